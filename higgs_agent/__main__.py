@@ -1,0 +1,3 @@
+from higgs_agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""Build Higgs Audio v2 model inputs: system text, scene, optional voice reference, text to speak.
+
+The layout comes from the processor's chat template (rendered as text); voice references go in as codec
+codes on the audio path. References are encoded once (`encode_voice`) and reused as codes, so a voice
+cloned at session start costs no codec work per turn; `build_inputs` gives exactly what
+`HiggsAudioV2Processor(text, audio)` gives for the same audio (a test holds it to that).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import HiggsAudioV2Processor
+
+from higgs_agent import SAMPLE_RATE
+from higgs_agent.audio import resample
+
+DEFAULT_SYSTEM = "Generate audio following instruction."
+_SPEAKER_TAG = re.compile(r"\[SPEAKER(\d+)\]")
+
+
+@dataclass(frozen=True)
+class VoiceReference:
+    """A voice to clone: its plain codec codes (num_codebooks x frames, no BOS/EOS, no delay) and the
+    words spoken in it."""
+
+    codes: torch.Tensor
+    transcript: str
+
+    @property
+    def frames(self) -> int:
+        return int(self.codes.shape[-1])
+
+
+@dataclass(frozen=True)
+class SpeechPrompt:
+    """What to say and how. `speakers` describes [SPEAKERn] voices for multi-speaker text."""
+
+    text: str
+    system: str = DEFAULT_SYSTEM
+    scene: str | None = None
+    voice: VoiceReference | None = None
+    speakers: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise ValueError("nothing to say: the text is empty")
+        used = {int(n) for n in _SPEAKER_TAG.findall(self.text)}
+        if self.speakers and used and max(used) >= len(self.speakers):
+            raise ValueError(
+                f"the text uses [SPEAKER{max(used)}] but only {len(self.speakers)} speakers are described"
+            )
+
+
+@dataclass
+class ModelInputs:
+    """Tensors for `HiggsAudioV2ForConditionalGeneration` (batch of one)."""
+
+    input_ids: torch.Tensor  # (1, L)
+    attention_mask: torch.Tensor  # (1, L)
+    audio_input_ids: torch.Tensor | None = None  # (1, F, num_codebooks), delay pattern applied
+    audio_input_ids_mask: torch.Tensor | None = None  # (1, F)
+
+    def as_kwargs(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        kwargs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.audio_input_ids is not None:
+            kwargs["audio_input_ids"] = self.audio_input_ids
+            kwargs["audio_input_ids_mask"] = self.audio_input_ids_mask
+        return {k: v.to(device) for k, v in kwargs.items()} if device is not None else kwargs
+
+    @property
+    def prompt_frames(self) -> int:
+        return 0 if self.audio_input_ids is None else int(self.audio_input_ids.shape[1])
+
+
+def scene_text(prompt: SpeechPrompt) -> str | None:
+    lines = [prompt.scene.strip()] if prompt.scene else []
+    if prompt.speakers:
+        lines.append("\n".join(f"SPEAKER{i}: {desc}" for i, desc in enumerate(prompt.speakers)))
+    return "\n\n".join(lines) if lines else None
+
+
+def conversation(prompt: SpeechPrompt) -> list[dict]:
+    """The chat-template messages for a prompt. A voice reference is a user turn with its transcript
+    followed by an assistant turn holding its audio; then the user turn with the text to speak."""
+    messages: list[dict] = [{"role": "system", "content": [{"type": "text", "text": prompt.system}]}]
+    scene = scene_text(prompt)
+    if scene:
+        messages.append({"role": "scene", "content": [{"type": "text", "text": scene}]})
+    if prompt.voice is not None:
+        messages.append({"role": "user", "content": [{"type": "text", "text": prompt.voice.transcript}]})
+        messages.append({"role": "assistant", "content": [{"type": "audio"}]})
+    messages.append({"role": "user", "content": [{"type": "text", "text": prompt.text}]})
+    return messages
+
+
+def prompt_text(processor: HiggsAudioV2Processor, prompt: SpeechPrompt) -> str:
+    """The prompt as template text, one <|AUDIO_OUT|> placeholder per voice reference."""
+    return processor.apply_chat_template(conversation(prompt), tokenize=False, add_generation_prompt=True)
+
+
+def delayed_audio_ids(processor: HiggsAudioV2Processor, codes: torch.Tensor) -> torch.Tensor:
+    """Plain codes (num_codebooks, T) -> prompt rows (T + num_codebooks + 1, num_codebooks): stream BOS and
+    EOS added, then the delay pattern, exactly as the processor does for audio it encodes itself."""
+    codes = codes.to(torch.long)[None]
+    bos = codes.new_full((1, codes.shape[1], 1), processor.audio_stream_bos_id)
+    eos = codes.new_full((1, codes.shape[1], 1), processor.audio_stream_eos_id)
+    return processor.build_delay_pattern(torch.cat([bos, codes, eos], dim=2))[0].transpose(0, 1)
+
+
+def build_inputs(processor: HiggsAudioV2Processor, prompt: SpeechPrompt) -> ModelInputs:
+    text = prompt_text(processor, prompt)
+    rows = None
+    if prompt.voice is not None:
+        rows = delayed_audio_ids(processor, prompt.voice.codes)
+        text = text.replace(processor.audio_token, processor.get_audio_tokens(rows.shape[0]), 1)
+    encoded = processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    inputs = ModelInputs(encoded["input_ids"], encoded["attention_mask"])
+    if rows is not None:
+        inputs.audio_input_ids = rows[None]
+        inputs.audio_input_ids_mask = torch.ones(1, rows.shape[0], dtype=torch.bool)
+    return inputs
+
+
+@torch.no_grad()
+def encode_voice(
+    processor: HiggsAudioV2Processor, audio: np.ndarray, sample_rate: int, transcript: str
+) -> VoiceReference:
+    """Encode a reference recording (any rate, mono float) into codec codes, the way the processor does."""
+    wave = resample(np.asarray(audio, dtype=np.float32), sample_rate, SAMPLE_RATE)
+    features = processor.feature_extractor(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    codec = processor.audio_tokenizer
+    codes = codec.encode(features["input_values"].to(codec.device)).audio_codes
+    return VoiceReference(codes=codes[0].cpu(), transcript=transcript)
