@@ -1,0 +1,1 @@
+"""Streaming pieces of the voice agent: incremental codec decoding and friends."""

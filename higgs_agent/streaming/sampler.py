@@ -1,0 +1,70 @@
+"""One step's audio logits -> one row of codes, exactly as `HiggsAudioV2GenerationMixin._sample` does it.
+
+Same order: delay-pattern masks, then transformers' own temperature / top-k / top-p warpers per codebook,
+then multinomial (or argmax), then repetition-aware sampling (RAS). Each stream draws from its own
+`torch.Generator`; a generator seeded with N draws the same numbers as `torch.manual_seed(N)` followed by
+`generate`, so a seeded stream reproduces `generate` exactly (tested), and streams sharing a batch cannot
+perturb each other's randomness.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from higgs_agent.model.sampling import SamplingSettings
+from higgs_agent.streaming.delay import AudioTokenIds, DelayState
+
+
+def build_warpers(settings: SamplingSettings) -> LogitsProcessorList:
+    """The warpers `generate` builds for these settings, in its order."""
+    warpers = LogitsProcessorList()
+    if settings.greedy:
+        return warpers
+    if settings.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(settings.temperature))
+    if settings.top_k:
+        warpers.append(TopKLogitsWarper(top_k=settings.top_k, min_tokens_to_keep=1))
+    if settings.top_p is not None and settings.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=settings.top_p, min_tokens_to_keep=1))
+    return warpers
+
+
+class CodeSampler:
+    """Samples rows for one stream."""
+
+    def __init__(self, settings: SamplingSettings, ids: AudioTokenIds, device: torch.device) -> None:
+        self.settings = settings
+        self.ids = ids
+        self.warpers = build_warpers(settings)
+        self.generator: torch.Generator | None = None
+        if not settings.greedy:
+            self.generator = torch.Generator(device=device)
+            if settings.seed is not None:
+                self.generator.manual_seed(settings.seed)
+            else:
+                self.generator.seed()
+
+    def sample(self, logits: torch.Tensor, delay: DelayState, history: torch.Tensor | None) -> torch.Tensor:
+        """logits: (K, V) float32 raw audio logits; history: (n, K) earlier rows incl. prompt audio rows."""
+        scores = delay.constrain(logits.clone(), self.ids)
+        if self.settings.greedy:
+            return scores.argmax(dim=-1)
+        # The warpers' input_ids argument is unused by these three; pass an empty placeholder.
+        scores = self.warpers(torch.empty(0, dtype=torch.long), scores)
+        row = torch.multinomial(scores.softmax(dim=-1), 1, generator=self.generator).squeeze(1)
+        if self.settings.uses_ras and history is not None and history.shape[0] > 0:
+            row = self._resample_repeats(row, logits, history)
+        return row
+
+    def _resample_repeats(self, row: torch.Tensor, logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """A code already seen >= max_repeats times in the window is redrawn from the raw distribution."""
+        window = history[-self.settings.ras_window:]
+        real = (window != self.ids.stream_bos) & (window != self.ids.stream_eos)
+        repeats = ((window == row[None]) & real).sum(dim=0)
+        redo = repeats >= self.settings.ras_max_repeats
+        if bool(redo.any()):
+            fresh = logits[redo].softmax(dim=-1).multinomial(1, replacement=True, generator=self.generator)
+            row = row.clone()
+            row[redo] = fresh.view(-1)
+        return row

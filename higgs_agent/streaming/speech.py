@@ -1,0 +1,28 @@
+"""Prompt in, 24 kHz PCM chunks out while the model is still generating: engine frames -> codec stream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from higgs_agent.streaming.codec_stream import StreamingCodecDecoder
+from higgs_agent.streaming.engine import Generation, StreamingEngine
+
+
+async def stream_pcm(
+    engine: StreamingEngine, generation: Generation, decoder: StreamingCodecDecoder | None = None
+) -> AsyncIterator[np.ndarray]:
+    """Yield float32 PCM chunks in order; their concatenation is the whole-sequence decode of the frames
+    (to >= 40 dB, see codec_stream). Closing the iterator cancels the generation at the next step."""
+    decoder = decoder or StreamingCodecDecoder(engine.bundle.codec)
+    stats = generation.stats
+    async for frame in engine.frames(generation):
+        for chunk in await asyncio.to_thread(decoder.push, frame[None]):
+            stats.mark_first_pcm()
+            yield chunk
+    tail = await asyncio.to_thread(decoder.flush)
+    if len(tail):
+        stats.mark_first_pcm()
+        yield tail
