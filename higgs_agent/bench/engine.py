@@ -1,0 +1,135 @@
+"""`higgs-agent bench engine`: the step loop against a bare cached forward, TTFA, exactness, codec streaming.
+
+Every ratio compares two things measured in this run on this machine. Times are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+from transformers import DynamicCache
+
+from higgs_agent.model import load_higgs
+from higgs_agent.model.loader import HiggsBundle
+from higgs_agent.model.prompts import ModelInputs, SpeechPrompt, build_inputs
+from higgs_agent.model.reference import generate_rows
+from higgs_agent.model.sampling import SamplingSettings
+from higgs_agent.model.tiny import make_tiny_model
+from higgs_agent.streaming.codec_stream import measure_stream_quality
+from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.streaming.speech import stream_pcm
+
+BENCH_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs all the way back home again."
+BENCH_SCENE = "Audio is recorded from a quiet room."
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def engine_step_times(engine: StreamingEngine, inputs: ModelInputs, frames: int, seed: int) -> list[float]:
+    """Wall time of each decode step (forward + sampling + bookkeeping), prefill excluded."""
+    generation = engine.start(inputs, SamplingSettings(seed=seed, max_frames=frames))
+    generation.advance()  # prefill
+    times = []
+    while not generation.finished:
+        start = time.perf_counter()
+        generation.advance()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def bare_forward_times(bundle: HiggsBundle, inputs: ModelInputs, steps: int) -> list[float]:
+    """The same model, the same cached one-row forwards, and nothing else: the floor for a step."""
+    model = bundle.model
+    kwargs = inputs.as_kwargs(bundle.device)
+    cache = DynamicCache(config=model.config)
+    mask = kwargs["attention_mask"]
+    row = torch.full((1, 1, bundle.num_codebooks), 7, dtype=torch.long, device=bundle.device)
+    times = []
+    with torch.inference_mode():
+        model(**kwargs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for _ in range(steps):
+            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            start = time.perf_counter()
+            out = model(audio_input_ids=row, attention_mask=mask, past_key_values=cache, use_cache=True)
+            out.logits[0, -1].float().cpu()  # the engine also brings logits to float32 on the host side
+            times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+async def measure_ttfa(engine: StreamingEngine, inputs: ModelInputs) -> tuple[float, int]:
+    """Time to first PCM chunk, and how many model steps had run by then."""
+    generation = engine.start(inputs, SamplingSettings(seed=0, max_frames=200))
+    stream = stream_pcm(engine, generation)
+    await anext(stream)
+    steps = generation.rows
+    await stream.aclose()
+    return generation.stats.ttfa_ms, steps
+
+
+def greedy_matches_reference(bundle: HiggsBundle, engine: StreamingEngine, inputs: ModelInputs) -> bool:
+    settings = SamplingSettings(greedy=True, max_frames=40)
+    generation = engine.start(inputs, settings)
+    rows = torch.stack([out.row for out in engine.run_to_end(generation)])
+    return bool(torch.equal(rows, generate_rows(bundle, inputs, settings)))
+
+
+def run_engine_bench(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = args.model
+        if model_dir is None:
+            _note("making a mini model (random weights) ...")
+            model_dir = str(make_tiny_model(os.path.join(scratch, "mini"), size="mini", seed=0))
+        bundle = load_higgs(model_dir, device=args.device, dtype=args.dtype, threads=args.threads)
+    engine = StreamingEngine(bundle)
+    inputs = build_inputs(bundle.processor, SpeechPrompt(BENCH_TEXT, scene=BENCH_SCENE))
+
+    _note("warming up ...")
+    engine_step_times(engine, inputs, 20, seed=0)
+    bare_forward_times(bundle, inputs, 20)
+
+    engine_runs, forward_runs = [], []
+    for repeat in range(args.repeats):  # interleaved so drifts in machine load hit both alike
+        engine_runs.append(engine_step_times(engine, inputs, args.frames, seed=repeat))
+        forward_runs.append(bare_forward_times(bundle, inputs, len(engine_runs[-1])))
+    engine_ms = statistics.median(t for run in engine_runs for t in run)
+    forward_ms = statistics.median(t for run in forward_runs for t in run)
+    _note(f"engine step {engine_ms:.2f} ms, bare forward {forward_ms:.2f} ms")
+
+    ttfa = [asyncio.run(measure_ttfa(engine, inputs)) for _ in range(args.repeats)]
+    ttfa_ms = statistics.median(t for t, _ in ttfa)
+    matches = greedy_matches_reference(bundle, engine, inputs)
+    _note(f"TTFA {ttfa_ms:.1f} ms after {ttfa[0][1]} steps; greedy matches generate(): {matches}")
+
+    codes = torch.randint(0, 1024, (1, bundle.num_codebooks, 250), generator=torch.Generator().manual_seed(0))
+    codec = measure_stream_quality(bundle.codec, codes, repeats=args.repeats)
+    _note(f"codec stream: {codec}")
+
+    params = sum(p.numel() for p in bundle.model.parameters())
+    return {
+        "engine_step_ms": round(engine_ms, 3),
+        "forward_step_ms": round(forward_ms, 3),
+        "engine_vs_forward": round(engine_ms / forward_ms, 3),
+        "ttfa_steps": ttfa[0][1],
+        "ttfa_ms": round(ttfa_ms, 2),
+        "greedy_matches_reference": matches,
+        **codec,
+        "model": model_dir if args.model else "mini (made on the fly)",
+        "model_parameters": params,
+        "device": str(bundle.device),
+        "dtype": str(bundle.dtype).removeprefix("torch."),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads"
+                   + (f", {torch.cuda.get_device_name()}" if bundle.device.type == "cuda" else ""),
+        "frames_per_run": args.frames,
+        "repeats": args.repeats,
+    }

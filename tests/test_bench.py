@@ -1,0 +1,25 @@
+"""The engine benchmark runs on CI-size hardware and prints its contract as the last line."""
+
+import json
+import subprocess
+import sys
+
+CONTRACT = {
+    "engine_step_ms", "forward_step_ms", "engine_vs_forward", "ttfa_steps", "ttfa_ms", "greedy_matches_reference",
+    "codec_receptive_field_frames", "codec_stream_snr_db", "codec_stream_max_seam_jump", "codec_stream_overhead",
+}
+
+
+def test_bench_engine_prints_its_json_last(tiny_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "higgs_agent", "bench", "engine", "--model", str(tiny_dir), "--frames", "30",
+         "--repeats", "1", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert CONTRACT <= figures.keys()
+    assert figures["greedy_matches_reference"] is True
+    assert figures["codec_stream_snr_db"] >= 40
+    assert figures["engine_step_ms"] > 0 and figures["forward_step_ms"] > 0
+    assert figures["ttfa_steps"] >= 9  # one prefill + 8 rows before the first whole frame
