@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(speak)
     _add_sampling_args(speak)
 
+    serve = commands.add_parser("serve", help="run the HTTP server (health, streaming speech)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    _add_model_args(serve)
+
     bench = commands.add_parser("bench", help="benchmarks; each prints its JSON as the last line")
     bench_kinds = bench.add_subparsers(dest="bench", required=True)
     engine = bench_kinds.add_parser("engine", help="step loop vs bare forward, TTFA, exactness, codec streaming")
@@ -85,6 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from higgs_agent.speak import run_speak
 
         return asyncio.run(run_speak(args, _sampling(args)))
+    if args.command == "serve":
+        import uvicorn
+
+        from higgs_agent.model import ModelLoadError, load_higgs
+        from higgs_agent.transport.http_app import create_app
+
+        try:
+            bundle = load_higgs(args.model, codec=args.codec, device=args.device, dtype=args.dtype,
+                                threads=args.threads)
+        except ModelLoadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        uvicorn.run(create_app(bundle), host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+        return 0
     if args.command == "bench" and args.bench == "engine":
         from higgs_agent.bench.engine import run_engine_bench
 

@@ -1,0 +1,1 @@
+"""Transports: move bytes between clients and the agent; they know nothing of tokens."""

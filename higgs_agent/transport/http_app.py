@@ -1,0 +1,60 @@
+"""HTTP endpoints: health, and streaming text-to-speech in the OpenAI `/v1/audio/speech` shape.
+
+The realtime WebSocket endpoint (`/v1/realtime`) joins this app with the agent issue.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from higgs_agent import SAMPLE_RATE
+from higgs_agent.audio import float_to_pcm16
+from higgs_agent.model.loader import HiggsBundle
+from higgs_agent.model.prompts import SpeechPrompt, build_inputs
+from higgs_agent.model.sampling import SamplingSettings
+from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.streaming.speech import stream_pcm
+
+
+class SpeechRequest(BaseModel):
+    input: str = Field(min_length=1, max_length=4096)
+    model: str | None = None  # accepted for OpenAI compatibility; the server has one model
+    response_format: str = Field(default="pcm", pattern="^pcm$")  # raw PCM16 mono 24 kHz, streamed
+    instructions: str | None = None  # used as the scene description
+    seed: int | None = None
+    max_frames: int = Field(default=1500, ge=1, le=7500)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": "invalid_request_error", "message": message}}, status_code=status)
+
+
+def create_app(bundle: HiggsBundle) -> Starlette:
+    engine = StreamingEngine(bundle)
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": bundle.model_source, "device": str(bundle.device)})
+
+    async def speech(request: Request) -> Response:
+        try:
+            body = SpeechRequest.model_validate(json.loads(await request.body()))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "the body must be JSON")
+        except ValidationError as exc:
+            return _error(400, exc.errors()[0]["msg"] + f" ({'.'.join(map(str, exc.errors()[0]['loc']))})")
+        inputs = build_inputs(bundle.processor, SpeechPrompt(body.input, scene=body.instructions))
+        generation = engine.start(inputs, SamplingSettings(seed=body.seed, max_frames=body.max_frames))
+
+        async def pcm():
+            async for chunk in stream_pcm(engine, generation):  # a client that leaves closes this: cancel
+                yield float_to_pcm16(chunk)
+
+        return StreamingResponse(pcm(), media_type=f"audio/pcm;rate={SAMPLE_RATE};channels=1;encoding=s16le")
+
+    return Starlette(routes=[Route("/health", health), Route("/v1/audio/speech", speech, methods=["POST"])])
