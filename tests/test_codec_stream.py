@@ -109,6 +109,9 @@ def test_full_receptive_field_context_is_exact(codec: HiggsAudioV2TokenizerModel
                                     left_context_frames=side, lookahead_frames=side))
     # equal up to float32 rounding (conv blocking differs with window length)
     assert np.max(np.abs(streamed - reference)) <= 1e-5 * np.max(np.abs(reference))
+    decoder = StreamingCodecDecoder.exact(codec, first_chunk_frames=3, chunk_frames=9)
+    exact = concat([c for i in range(80) for c in decoder.push(codes[:, i])] + [decoder.flush()])
+    assert np.max(np.abs(exact - reference)) <= 1e-5 * np.max(np.abs(reference))
 
 
 # --- timing of chunks -----------------------------------------------------------------------------------

@@ -10,11 +10,50 @@ measured error for less latency and compute.
 Receptive field (computed by `receptive_field_sides`, checked by perturbing one frame's codes in float64):
 10 frames on each side (left context 10, look-ahead 10; a sample depends on 21 frames in all). It is a
 property of the strides/kernels/dilations, so the tiny, mini and released codecs share it. The influence of
-far frames decays fast: in the tiny codec perturbing a frame changes frames 6..10 away by < 1e-5 of peak.
+far frames decays fast: perturbing one frame changes output frames 6..10 away by < 1e-5 of peak in the
+tiny codec and < 2.2e-4 in the mini one (frames 1..4 away: up to 3e-3).
 
-Defaults, chosen by measurement (`measure_stream_quality`, 2 CPU cores, torch 2.11, 250 random frames
-= 10 s, frames pushed one at a time, medians of 3):
-MEASUREMENTS_PLACEHOLDER
+Defaults, chosen by measurement with `measure_stream_quality` on 250 random frames (10 s), frames pushed
+one at a time, torch 2.11 on 2 shared CPU cores with ONE intra-op thread (with 2 threads other processes on
+the machine made timings swing 5x), overhead = median of 5-7 back-to-back (stream, whole) pairs.
+SNR in dB / max seam jump (x peak) / overhead; first chunk 2 frames then fixed chunks (no ramp),
+left context = look-ahead = ctx:
+
+    mini (decoder width 256; whole decode 0.43 s)
+    ctx | chunk 5            | chunk 10           | chunk 25           | chunk 50
+      0 |  34 0.49    2.11   |  37 0.49    1.36   |  41 0.49    0.98   |  44 0.49    0.92   <- clicks
+      1 |  60 4.8e-3  2.26   |  63 4.3e-3  1.52   |  67 3.9e-3  0.96   |  71 3.9e-3  0.95
+      2 |  64 4.3e-3  2.64   |  67 4.3e-3  1.77   |  72 2.4e-3  1.13   |  75 2.4e-3  0.95
+      3 |  71 2.2e-3  2.71   |  74 2.2e-3  1.60   |  78 1.8e-3  1.08   |  82 1.8e-3  0.96
+      4 |  84 3.5e-4  3.10   |  87 3.3e-4  1.93   |  91 2.9e-4  1.25   |  94 2.2e-4  0.96
+      6 |  96 1.7e-4  4.03   |  99 1.7e-4  2.13   | 103 1.7e-4  1.43   | 106 1.7e-4  1.15
+      8 | 135 4.5e-6  4.12   | 137 4.4e-6  2.45   | 142 4.5e-6  1.47   | 145 4.5e-6  1.16
+     10 | 157 1.7e-7  4.63   | 163 1.5e-7  2.67   | 163 1.5e-7  1.71   | 163 1.5e-7  1.21   <- exact
+    tiny (decoder width 64; whole decode 0.1 s)
+      0 |  35 0.25    4.09   |  38 0.25    2.77   |  42 0.25    1.69   |  45 0.25    1.42   <- clicks
+      2 |  78 7.1e-4  4.64   |  81 6.6e-4  3.28   |  85 5.6e-4  1.97   |  88 5.4e-4  1.25
+      4 | 109 2.3e-5  5.23   | 112 1.7e-5  2.98   | 116 2.3e-5  2.01   | 120 1.5e-5  1.54
+     10 | 146 2.4e-7  7.72   | 146 2.4e-7  4.41   | 146 1.4e-7  2.47   | 146 1.4e-7  1.64   <- exact
+
+Readings: (1) SNR alone does not catch seams: context-free chunks reach 41-45 dB at 25-50 frames and
+still click (a jump of 25-49 % of peak at every seam); the seam metric does. (2) The error falls in steps:
+the first conv alone reaches +-3 frames, and context 4 (one frame past it) brings the seam jump to
+<= 3.5e-4 of peak (-69 dB) with >= 84 dB SNR; 10 frames is exact. (3) Overhead is about
+(left + chunk + lookahead) / chunk plus a fixed cost per decode call: ~10 ms on mini and ~7 ms on tiny,
+whose whole decode is so cheap (0.4 ms/frame) that per-call Python dispatch dominates: tiny gets near
+1.5x only with ~50-frame chunks, mini (compute-bound, like the released codec) meets it from ~25.
+Reproduce: `trade_off_table(codec, codes, threads=1)`.
+
+Chosen: first_chunk_frames=2, chunk_frames=40, left_context_frames=4, lookahead_frames=4,
+max_chunk_growth=2 (chunks 2, 4, 8, 16, 32, 40, 40, ...). First audio after 6 frames. Measured at these
+defaults (1 thread, 10 s): mini SNR 91.3 dB, seam 2.6e-4, overhead 1.19x; tiny SNR 116.7 dB, seam 1.5e-5,
+overhead 1.96x (per-call dispatch, see above). Other (left, lookahead, chunk) points with the ramp, mini:
+(6,4,40) 93.8 dB 2.4e-4 1.25x; (6,6,40) 103 dB 8.5e-5 1.40x; (10,10,75) exact 1.31x but first audio
+after 12 frames. Look-ahead adds latency (to the first chunk), left context only compute.
+
+Caveat: these codecs have random weights. Trained weights may spread influence further within the
+10-frame receptive field, so re-run `measure_stream_quality` on the released codec; if its seam jump or
+SNR misses, raise the contexts (10/10 is exact for any weights).
 """
 
 from __future__ import annotations
@@ -266,6 +305,13 @@ class StreamingCodecDecoder:
                                    max_chunk_growth)
         self.state = StreamState()
 
+    @classmethod
+    def exact(cls, codec: nn.Module, **params: float) -> StreamingCodecDecoder:
+        """Contexts = the computed receptive field (10/10): equal to the whole decode for any weights, at the
+        cost of more look-ahead (latency before the first chunk) and compute than the defaults."""
+        left, right = receptive_field_sides(codec)
+        return cls(codec, left_context_frames=left, lookahead_frames=right, **params)
+
     def push(self, frames: torch.Tensor | np.ndarray) -> list[np.ndarray]:
         """Add frames (n, 8) of codes; return the PCM chunks that became final."""
         if self.state.finished:
@@ -386,7 +432,8 @@ def measure_stream_quality(
     codes: torch.Tensor | np.ndarray,
     *,
     push_sizes: Sequence[int] | int = 1,
-    repeats: int = 3,
+    repeats: int = 5,
+    threads: int | None = None,
     **decoder_params: float,
 ) -> dict[str, float | int]:
     """Stream `codes` ((1, 8, T) or (8, T)) and compare with the whole-sequence decode.
@@ -399,17 +446,28 @@ def measure_stream_quality(
         a time) / whole decode time: the median over `repeats` back-to-back pairs, after one warm-up.
     Also: codec_stream_max_abs_error (relative to peak), codec_stream_chunks, codec_stream_samples,
     codec_whole_samples, codec_stream_first_audio_after_frames, codec_stream_decode_s, codec_whole_decode_s.
+    `threads` sets torch's intra-op threads for the run, then restores them: on a busy few-core CPU, 1 gives
+    repeatable timings. `decoder_params` are `StreamingCodecDecoder` keywords (defaults otherwise).
     """
-    codes = _as_codes(codes)
-    params = replace(StreamParams(), **decoder_params)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(codec, _as_codes(codes), push_sizes, repeats, replace(StreamParams(), **decoder_params))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(codec: nn.Module, codes: torch.Tensor, push_sizes: Sequence[int] | int, repeats: int,
+             params: StreamParams) -> dict[str, float | int]:
     kwargs = dict(vars(params))
     reference = whole_decode(codec, codes)
     chunks = stream_decode(codec, codes, push_sizes, **kwargs)
     streamed = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     if streamed.size != reference.size:
-        raise AssertionError(f"streamed {streamed.size} samples, whole decode {reference.size}")
-    whole_s, stream_s, overhead = _timed_pairs(lambda: whole_decode(codec, codes),
-                                               lambda: stream_decode(codec, codes, push_sizes, **kwargs), repeats)
+        raise RuntimeError(f"streamed {streamed.size} samples, whole decode {reference.size}")
+    whole_s, stream_s, overhead = _timed_pairs(
+        lambda: whole_decode(codec, codes), lambda: stream_decode(codec, codes, push_sizes, **kwargs), repeats)
     peak = float(np.max(np.abs(reference))) or 1.0
     return {
         "codec_receptive_field_frames": receptive_field_frames(codec),
@@ -424,3 +482,22 @@ def measure_stream_quality(
         "codec_stream_decode_s": stream_s,
         "codec_whole_decode_s": whole_s,
     }
+
+
+def trade_off_table(
+    codec: nn.Module,
+    codes: torch.Tensor | np.ndarray,
+    contexts: Sequence[int] = (0, 1, 2, 3, 4, 6, 8, 10),
+    chunks: Sequence[int] = (5, 10, 25, 50),
+    **kwargs: float,
+) -> list[dict[str, float | int]]:
+    """`measure_stream_quality` over left context = look-ahead in `contexts` x `chunk_frames` in `chunks`
+    (first chunk 2 frames, no ramp, unless `kwargs` say otherwise): the table in the module docstring."""
+    rows = []
+    for context in contexts:
+        for chunk in chunks:
+            params = {"first_chunk_frames": 2, "max_chunk_growth": math.inf, **kwargs, "chunk_frames": chunk,
+                      "left_context_frames": context, "lookahead_frames": context}
+            rows.append({"context_frames": context, "chunk_frames": chunk,
+                         **measure_stream_quality(codec, codes, **params)})
+    return rows
