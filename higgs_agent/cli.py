@@ -38,6 +38,17 @@ def _sampling(args: argparse.Namespace) -> SamplingSettings:
                             top_p=args.top_p, max_frames=args.max_frames, seed=args.seed)
 
 
+def _load_bundle(args: argparse.Namespace):  # noqa: ANN202 - HiggsBundle, imported lazily
+    """Load the model named by --model/--codec/--device/--dtype/--threads, or exit 2 with the loader's advice."""
+    from higgs_agent.model import ModelLoadError, load_higgs
+
+    try:
+        return load_higgs(args.model, codec=args.codec, device=args.device, dtype=args.dtype, threads=args.threads)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="higgs-agent", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -89,20 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "speak":
         from higgs_agent.speak import run_speak
 
-        return asyncio.run(run_speak(args, _sampling(args)))
+        settings = _sampling(args)
+        return asyncio.run(run_speak(args, _load_bundle(args), settings))
     if args.command == "serve":
         import uvicorn
 
-        from higgs_agent.model import ModelLoadError, load_higgs
         from higgs_agent.transport.http_app import create_app
 
-        try:
-            bundle = load_higgs(args.model, codec=args.codec, device=args.device, dtype=args.dtype,
-                                threads=args.threads)
-        except ModelLoadError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        uvicorn.run(create_app(bundle), host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+        uvicorn.run(create_app(_load_bundle(args)), host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
         return 0
     if args.command == "bench" and args.bench == "engine":
         from higgs_agent.bench.engine import run_engine_bench

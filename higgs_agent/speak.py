@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from higgs_agent import FRAME_RATE, SAMPLE_RATE
 from higgs_agent.audio import float_to_pcm16, read_wav
-from higgs_agent.model import ModelLoadError, load_higgs
+from higgs_agent.model import HiggsBundle
 from higgs_agent.model.prompts import SpeechPrompt, build_inputs, encode_voice
 from higgs_agent.model.reference import synthesize_reference
 from higgs_agent.model.sampling import SamplingSettings
@@ -40,7 +40,7 @@ class PcmSink:
             self.file.write(chunk)
 
 
-def _prompt(args: argparse.Namespace, bundle) -> SpeechPrompt:  # noqa: ANN001
+def _prompt(args: argparse.Namespace, bundle: HiggsBundle) -> SpeechPrompt:
     voice = None
     if args.voice:
         if not args.voice_text:
@@ -49,13 +49,7 @@ def _prompt(args: argparse.Namespace, bundle) -> SpeechPrompt:  # noqa: ANN001
     return SpeechPrompt(args.text, scene=args.scene, voice=voice)
 
 
-async def run_speak(args: argparse.Namespace, settings: SamplingSettings) -> int:
-    try:
-        bundle = load_higgs(args.model, codec=args.codec, device=args.device, dtype=args.dtype,
-                            threads=args.threads)
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+async def run_speak(args: argparse.Namespace, bundle: HiggsBundle, settings: SamplingSettings) -> int:
     inputs = build_inputs(bundle.processor, _prompt(args, bundle))
     with ExitStack() as stack:
         sink = PcmSink(args.output, stack)
