@@ -9,6 +9,7 @@ bookkeeping of `HiggsAudioV2GenerationMixin._sample`, kept per stream so streams
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -103,12 +104,22 @@ class FrameAssembler:
 
     num_codebooks: int
     max_code: int  # largest real code (stream BOS - 1)
-    rows: list[torch.Tensor] = field(default_factory=list)
+    rows_seen: int = 0
+    recent: deque[torch.Tensor] = field(default_factory=deque)  # the last K rows: all a frame needs
 
-    def add(self, row: torch.Tensor) -> torch.Tensor | None:
-        self.rows.append(row)
-        j = len(self.rows) - 1 - self.num_codebooks  # the frame this row completes
-        if j < 0:
+    @property
+    def last_row(self) -> torch.Tensor:
+        return self.recent[-1]
+
+    def add(self, row: torch.Tensor, ends_audio: bool = False) -> torch.Tensor | None:
+        """Book a row; return the frame it completes, if any. The all-EOS row that ends the audio
+        completes none."""
+        self.rows_seen += 1
+        self.recent.append(row)
+        if len(self.recent) > self.num_codebooks:
+            self.recent.popleft()
+        if ends_audio or self.rows_seen <= self.num_codebooks:  # row 0 is the opening all-BOS row
             return None
-        frame = torch.stack([self.rows[j + 1 + k][k] for k in range(self.num_codebooks)])
+        # frame j = codebook k of row j+1+k; this row is j+K, so row j+1+k is recent[k]
+        frame = torch.stack([self.recent[k][k] for k in range(self.num_codebooks)])
         return frame.clamp(0, self.max_code)

@@ -55,12 +55,11 @@ class Generation:
         self.delay = DelayState.start(inputs.input_ids[0].tolist(), self.ids)
         self.sampler = CodeSampler(settings, self.ids, self.device)
         self.frames = FrameAssembler(self.ids.num_codebooks, max_code=self.ids.stream_bos - 1)
-        prompt_rows = inputs.audio_input_ids[0] if inputs.audio_input_ids is not None else None
-        # Earlier rows, prompt audio included: the window repetition-aware sampling looks at.
-        self.history: torch.Tensor = (
-            prompt_rows.to(self.device) if prompt_rows is not None
-            else torch.empty(0, self.ids.num_codebooks, dtype=torch.long, device=self.device)
-        )
+        # The rows repetition-aware sampling looks back at (prompt audio included), and no more.
+        self.history_rows = settings.ras_window if settings.uses_ras else 0
+        self.history = torch.empty(0, self.ids.num_codebooks, dtype=torch.long, device=self.device)
+        if inputs.audio_input_ids is not None:
+            self._remember(inputs.audio_input_ids[0].to(self.device))
         self.cache: DynamicCache | None = None
         self.attention_mask: torch.Tensor | None = None
         self.finished = False
@@ -69,7 +68,7 @@ class Generation:
 
     @property
     def rows(self) -> int:
-        return len(self.frames.rows)
+        return self.frames.rows_seen
 
     def advance(self) -> StepOutput:
         with self._lock:
@@ -106,7 +105,7 @@ class Generation:
                 self.attention_mask = kwargs["attention_mask"]
                 out = self.model(**kwargs, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
             else:
-                last = self.frames.rows[-1].view(1, 1, -1)
+                last = self.frames.last_row.view(1, 1, -1)
                 self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(1, 1)], dim=1)
                 out = self.model(audio_input_ids=last, attention_mask=self.attention_mask,
                                  past_key_values=self.cache, use_cache=True)
@@ -120,10 +119,8 @@ class Generation:
 
     def _record(self, row: torch.Tensor) -> StepOutput:
         ended = self.delay.record(row, self.ids)
-        self.history = torch.cat([self.history, row[None]], dim=0)
-        frame = None if ended else self.frames.add(row)
-        if ended:
-            self.frames.rows.append(row)
+        self._remember(row[None])
+        frame = self.frames.add(row, ends_audio=ended)
         if frame is not None:
             self.stats.frames += 1
             self.stats.mark_first_frame()
@@ -132,6 +129,10 @@ class Generation:
             self.stats.stop_reason = "end_of_audio" if ended else "max_frames"
             self.stats.finished_at = now()
         return StepOutput(row=row.cpu(), frame=None if frame is None else frame.cpu(), finished=self.finished)
+
+    def _remember(self, rows: torch.Tensor) -> None:
+        if self.history_rows:
+            self.history = torch.cat([self.history, rows])[-self.history_rows:]
 
     def _free(self) -> None:
         self.cache = None
