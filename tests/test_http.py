@@ -57,6 +57,7 @@ def test_speech_streams_pcm_in_chunks(server):
 @pytest.mark.parametrize("body,needle", [
     (b"{not json", "JSON"),
     (json.dumps({"input": ""}).encode(), "input"),
+    (json.dumps({"input": "   "}).encode(), "input"),
     (json.dumps({"input": "hi", "response_format": "mp3"}).encode(), "response_format"),
 ])
 def test_bad_requests_get_clear_errors(server, body, needle):

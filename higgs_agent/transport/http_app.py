@@ -48,7 +48,11 @@ def create_app(bundle: HiggsBundle) -> Starlette:
             return _error(400, "the body must be JSON")
         except ValidationError as exc:
             return _error(400, exc.errors()[0]["msg"] + f" ({'.'.join(map(str, exc.errors()[0]['loc']))})")
-        inputs = build_inputs(bundle.processor, SpeechPrompt(body.input, scene=body.instructions))
+        try:
+            prompt = SpeechPrompt(body.input, scene=body.instructions)
+        except ValueError as exc:  # e.g. an input of whitespace only
+            return _error(400, f"{exc} (input)")
+        inputs = build_inputs(bundle.processor, prompt)
         generation = engine.start(inputs, SamplingSettings(seed=body.seed, max_frames=body.max_frames))
 
         async def pcm():
