@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from higgs_agent import HOP_LENGTH
 from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import ModelInputs
 from higgs_agent.model.sampling import SamplingSettings
@@ -19,8 +20,9 @@ class ReferenceResult:
 
     @property
     def frames(self) -> int:
-        """Whole codec frames in `audio` (rows minus the opening BOS row, the delay and an EOS row)."""
-        return len(self.audio) // 960
+        """Codec frames in `audio`: the rows minus the opening BOS row, the 7 rows of delay and an ending
+        all-EOS row, if any."""
+        return len(self.audio) // HOP_LENGTH
 
 
 def generate_rows(bundle: HiggsBundle, inputs: ModelInputs, settings: SamplingSettings) -> torch.Tensor:
