@@ -85,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--frames", type=int, default=150, help="steps per measured run")
     engine.add_argument("--repeats", type=int, default=3)
     engine.add_argument("--json", action="store_true", help="print only the JSON line")
+    batching = bench_kinds.add_parser("batching", help="many streams per model: throughput vs streams, join "
+                                      "stall, batched == alone, codec batching")
+    batching.add_argument("--model", default=None, help="model folder (default: a mini model made on the fly)")
+    batching.add_argument("--device", default="auto")
+    batching.add_argument("--dtype", default="auto")
+    batching.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the cores)")
+    batching.add_argument("--frames", type=int, default=100, help="measured steps per stream count")
+    batching.add_argument("--prefill-chunk", type=int, default=None,
+                          help="prompt tokens per step while others decode (default: 64 on CPU, 256 on GPU)")
+    batching.add_argument("--json", action="store_true", help="print only the JSON line")
     return parser
 
 
@@ -113,5 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from higgs_agent.bench.engine import run_engine_bench
 
         print(json.dumps(run_engine_bench(args)))
+        return 0
+    if args.command == "bench" and args.bench == "batching":
+        from higgs_agent.bench.batching import run_batching_bench
+
+        print(json.dumps(run_batching_bench(args)))
         return 0
     raise AssertionError(args.command)

@@ -23,3 +23,26 @@ def test_bench_engine_prints_its_json_last(tiny_dir):
     assert figures["codec_stream_snr_db"] >= 40
     assert figures["engine_step_ms"] > 0 and figures["forward_step_ms"] > 0
     assert figures["ttfa_steps"] >= 9  # one prefill + 8 rows before the first whole frame
+
+
+BATCHING_CONTRACT = {"streams", "speedup_8_vs_1", "realtime_streams", "max_join_stall_ms", "batched_matches_alone"}
+
+
+def test_bench_batching_prints_its_json_last(tiny_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "higgs_agent", "bench", "batching", "--model", str(tiny_dir), "--frames", "6",
+         "--threads", "1", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert BATCHING_CONTRACT <= figures.keys()
+    assert [s["n"] for s in figures["streams"]] == [1, 2, 4, 8, 16]
+    for row in figures["streams"]:
+        assert {"n", "frames_per_s_total", "step_ms_p50", "step_ms_p95"} <= row.keys()
+        assert row["frames_per_s_total"] > 0 and 0 < row["step_ms_p50"] <= row["step_ms_p95"]
+    assert figures["batched_matches_alone"] is True
+    assert figures["speedup_8_vs_1"] > 0 and figures["max_join_stall_ms"] > 0
+    assert isinstance(figures["realtime_streams"], int)
+    assert figures["join_max_chunk_tokens"] <= figures["prefill_chunk_tokens"]
+    assert "codec_batch_speedup" in figures

@@ -15,7 +15,6 @@ import tempfile
 import time
 
 import torch
-from transformers import DynamicCache
 
 from higgs_agent.model import load_higgs
 from higgs_agent.model.loader import HiggsBundle
@@ -25,6 +24,7 @@ from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.model.tiny import make_tiny_model
 from higgs_agent.streaming.codec_stream import measure_stream_quality
 from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.streaming.kv_slots import SlotKVCache
 from higgs_agent.streaming.speech import stream_pcm
 
 BENCH_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs all the way back home again."
@@ -36,31 +36,37 @@ def _note(message: str) -> None:
 
 
 def engine_step_times(engine: StreamingEngine, inputs: ModelInputs, frames: int, seed: int) -> list[float]:
-    """Wall time of each decode step (forward + sampling + bookkeeping), prefill excluded."""
+    """Wall time of each step of a lone stream (forward + sampling + bookkeeping), the prefill step excluded."""
     generation = engine.start(inputs, SamplingSettings(seed=seed, max_frames=frames))
-    generation.advance()  # prefill
+    engine.step()  # prefill (and the first decode)
     times = []
     while not generation.finished:
         start = time.perf_counter()
-        generation.advance()
+        engine.step()
         times.append((time.perf_counter() - start) * 1000.0)
+    while generation.take()[0] is not None:  # nobody reads the outputs here
+        pass
     return times
 
 
 def bare_forward_times(bundle: HiggsBundle, inputs: ModelInputs, steps: int) -> list[float]:
-    """The same model, the same cached one-row forwards, and nothing else: the floor for a step."""
+    """The same model, the same slot cache, the same one-row forwards, and nothing else: the floor for a
+    step."""
     model = bundle.model
-    kwargs = inputs.as_kwargs(bundle.device)
-    cache = DynamicCache(config=model.config)
-    mask = kwargs["attention_mask"]
+    cache = SlotKVCache(model.config, 1, bundle.dtype, bundle.device)
+    length = inputs.input_ids.shape[1]
     row = torch.full((1, 1, bundle.num_codebooks), 7, dtype=torch.long, device=bundle.device)
     times = []
     with torch.inference_mode():
-        model(**kwargs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        view = cache.view(0, [0], length)
+        model(**inputs.as_kwargs(bundle.device), position_ids=view.position_ids(), past_key_values=view,
+              use_cache=True, logits_to_keep=1)
+        view.commit()
         for _ in range(steps):
-            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
             start = time.perf_counter()
-            out = model(audio_input_ids=row, attention_mask=mask, past_key_values=cache, use_cache=True)
+            view = cache.view(0, [cache.lengths[0]], 1)
+            out = model(audio_input_ids=row, position_ids=view.position_ids(), past_key_values=view, use_cache=True)
+            view.commit()
             out.logits[0, -1].float().cpu()  # the engine also brings logits to float32 on the host side
             times.append((time.perf_counter() - start) * 1000.0)
     return times

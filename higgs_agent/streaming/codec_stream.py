@@ -58,17 +58,22 @@ SNR misses, raise the contexts (10/10 is exact for any weights).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from higgs_agent import HOP_LENGTH
+
+if TYPE_CHECKING:
+    from higgs_agent.streaming.codec_batch import CodecBatcher
 
 NUM_CODEBOOKS = 8
 
@@ -288,7 +293,10 @@ class StreamingCodecDecoder:
     `push(frames)` returns the chunks that became final (possibly none); `flush()` ends the stream and returns
     the rest. Concatenated, they have exactly `frames * 960` samples, like `codec.decode` of all frames.
     The first chunk (`first_chunk_frames`) is emitted once `first_chunk_frames + lookahead_frames` frames
-    have arrived; later chunks grow by at most `max_chunk_growth` x up to `chunk_frames` frames each."""
+    have arrived; later chunks grow by at most `max_chunk_growth` x up to `chunk_frames` frames each.
+
+    With a `batcher` (`codec_batch.CodecBatcher`), windows are decoded by the shared codec worker together
+    with other streams' windows; `push_async`/`flush_async` await it without holding a thread."""
 
     def __init__(
         self,
@@ -299,11 +307,13 @@ class StreamingCodecDecoder:
         left_context_frames: int = DEFAULT_LEFT_CONTEXT_FRAMES,
         lookahead_frames: int = DEFAULT_LOOKAHEAD_FRAMES,
         max_chunk_growth: float = DEFAULT_MAX_CHUNK_GROWTH,
+        batcher: CodecBatcher | None = None,
     ) -> None:
         self.codec = codec
         self.params = StreamParams(first_chunk_frames, chunk_frames, left_context_frames, lookahead_frames,
                                    max_chunk_growth)
         self.state = StreamState()
+        self.batcher = batcher
 
     @classmethod
     def exact(cls, codec: nn.Module, **params: float) -> StreamingCodecDecoder:
@@ -314,11 +324,7 @@ class StreamingCodecDecoder:
 
     def push(self, frames: torch.Tensor | np.ndarray) -> list[np.ndarray]:
         """Add frames (n, 8) of codes; return the PCM chunks that became final."""
-        if self.state.finished:
-            raise RuntimeError("stream already flushed; call reset() to start a new one")
-        frames = _as_frames(frames)
-        self.state.codes = torch.cat([self.state.codes, frames])
-        self.state.frames_received += frames.shape[0]
+        self._add(frames)
         return self._emit(final=False)
 
     def flush(self) -> np.ndarray:
@@ -327,18 +333,53 @@ class StreamingCodecDecoder:
             return np.zeros(0, dtype=np.float32)
         chunks = self._emit(final=True)
         self.state.finished = True
-        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        return _joined(chunks)
+
+    async def push_async(self, frames: torch.Tensor | np.ndarray) -> list[np.ndarray]:
+        """`push` for event loops: awaits the batcher (or a worker thread) for the decode."""
+        if self.batcher is None:
+            return await asyncio.to_thread(self.push, frames)
+        self._add(frames)
+        return await self._emit_async(final=False)
+
+    async def flush_async(self) -> np.ndarray:
+        if self.batcher is None:
+            return await asyncio.to_thread(self.flush)
+        if self.state.finished:
+            return np.zeros(0, dtype=np.float32)
+        chunks = await self._emit_async(final=True)
+        self.state.finished = True
+        return _joined(chunks)
 
     def reset(self) -> None:
         self.state = StreamState()
+
+    def _add(self, frames: torch.Tensor | np.ndarray) -> None:
+        if self.state.finished:
+            raise RuntimeError("stream already flushed; call reset() to start a new one")
+        frames = _as_frames(frames)
+        self.state.codes = torch.cat([self.state.codes, frames])
+        self.state.frames_received += frames.shape[0]
 
     def _emit(self, final: bool) -> list[np.ndarray]:
         windows = plan_windows(self.state, self.params, final)
         if not windows:
             return []
-        chunks = decode_windows(self.codec, windows)
+        chunks = self.batcher.decode(windows) if self.batcher else decode_windows(self.codec, windows)
         _commit(self.state, self.params, windows)
         return chunks
+
+    async def _emit_async(self, final: bool) -> list[np.ndarray]:
+        windows = plan_windows(self.state, self.params, final)
+        if not windows:
+            return []
+        chunks = await self.batcher.decode_async(windows)
+        _commit(self.state, self.params, windows)
+        return chunks
+
+
+def _joined(chunks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -66,22 +66,19 @@ class DelayState:
         bos = _countdown(tail, ids.audio_out_bos, k) if ids.audio_out_bos in tail else torch.zeros(k, dtype=torch.long)
         return cls(bos, _countdown(tail, ids.delay_token, k), prompt_ids[-1])
 
-    def constrain(self, scores: torch.Tensor, ids: AudioTokenIds) -> torch.Tensor:
-        """Mask (K, V) scores in place for this step and advance the BOS countdown."""
+    def step_masks(self, ids: AudioTokenIds) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's (forced_bos, forced_eos) codebook masks, each (K,) bool; advances the countdowns.
+        Split from `constrain` so a batch can apply many streams' masks in one tensor operation."""
         forced_bos = self.bos_countdown >= 0
-        if forced_bos.any():
-            keep = scores[forced_bos, ids.stream_bos].clone()
-            scores[forced_bos] = -float("inf")
-            scores[forced_bos, ids.stream_bos] = keep
-        self.bos_countdown[forced_bos] -= 1
+        self.bos_countdown -= forced_bos.long()
         if self.last_text_token == ids.delay_token:
             self.eos_countdown -= 1
-        forced_eos = self.eos_countdown <= 0
-        if forced_eos.any():
-            keep = scores[forced_eos, ids.stream_eos].clone()
-            scores[forced_eos] = -float("inf")
-            scores[forced_eos, ids.stream_eos] = keep
-        return scores
+        return forced_bos, self.eos_countdown <= 0
+
+    def constrain(self, scores: torch.Tensor, ids: AudioTokenIds) -> torch.Tensor:
+        """Mask (K, V) scores for this step and advance the countdowns."""
+        forced_bos, forced_eos = self.step_masks(ids)
+        return apply_forcing(scores[None], forced_bos[None], forced_eos[None], ids)[0]
 
     def record(self, row: torch.Tensor, ids: AudioTokenIds) -> bool:
         """Book the sampled row; returns True when it ends the audio (all codebooks at EOS)."""
@@ -94,6 +91,16 @@ class DelayState:
         else:
             self.last_text_token = ids.audio_token
         return False
+
+
+def apply_forcing(scores: torch.Tensor, forced_bos: torch.Tensor, forced_eos: torch.Tensor,
+                  ids: AudioTokenIds) -> torch.Tensor:
+    """scores (B, K, V); forced_* (B, K) bool. A forced codebook keeps only its BOS (then EOS) score, as the
+    port's logits processor does, BOS first: a codebook forced both ways ends all -inf there too."""
+    vocab = torch.arange(scores.shape[-1], device=scores.device)
+    forced_bos, forced_eos = forced_bos.to(scores.device)[..., None], forced_eos.to(scores.device)[..., None]
+    scores = scores.masked_fill(forced_bos & (vocab != ids.stream_bos), -float("inf"))
+    return scores.masked_fill(forced_eos & (vocab != ids.stream_eos), -float("inf"))
 
 
 @dataclass

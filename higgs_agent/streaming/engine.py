@@ -1,167 +1,161 @@
-"""The step loop: prefill once, then one forward per audio row with a KV cache, frames out as they complete.
+"""The streaming engine: prompts in, codec frames out as they complete, many streams per model.
 
-transformers' `generate` cannot stream audio (its streamer only sees text placeholders), so this runs the
-same computation step by step over `HiggsAudioV2ForConditionalGeneration`: the network is transformers'
-own; what lives here is the loop, the per-stream state and cancellation. With greedy decoding the rows
-equal `generate`'s; with sampling they do too under the same seed (see `sampler.py`).
+transformers' `generate` cannot stream audio (its streamer only sees text placeholders), so the engine
+runs the same computation step by step over `HiggsAudioV2ForConditionalGeneration`: the network is
+transformers' own. Every stream shares one `BatchScheduler` (slots, batched forwards; `scheduler.py`):
+a single stream is a batch of one. With greedy decoding a stream's rows equal `generate`'s; with sampling
+they do too under the same seed (see `sampler.py`).
+
+Threads: one thread at a time runs `scheduler.step()`. Async consumers (`frames`) are fed by a background
+driver thread that steps while any stream needs it and sleeps otherwise; outputs reach the event loop
+through `loop.call_soon_threadsafe`. Synchronous callers (`run_to_end`, tests, benchmarks) may step
+themselves; steps never overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import ModelInputs
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.streaming.delay import AudioTokenIds, DelayState, FrameAssembler
-from higgs_agent.streaming.latency import GenerationStats, now
-from higgs_agent.streaming.sampler import CodeSampler
+from higgs_agent.streaming.codec_batch import CodecBatcher
+from higgs_agent.streaming.delay import AudioTokenIds
+from higgs_agent.streaming.generation import AtCapacityError, Generation, GenerationCancelled, StepOutput
+from higgs_agent.streaming.scheduler import (
+    DEFAULT_CONTEXT_TOKENS,
+    DEFAULT_QUEUE_TIMEOUT_S,
+    DEFAULT_SLOTS,
+    BatchScheduler,
+    StepReport,
+)
+
+__all__ = ["AtCapacityError", "Generation", "GenerationCancelled", "StepOutput", "StepReport", "StreamingEngine"]
 
 log = logging.getLogger(__name__)
-_request_ids = itertools.count(1)
-
-
-class GenerationCancelled(RuntimeError):
-    """The request was cancelled; its cache is gone."""
-
-
-@dataclass
-class StepOutput:
-    row: torch.Tensor  # (K,) the codes sampled this step (delay pattern applied)
-    frame: torch.Tensor | None  # (K,) the frame this step completed, if any
-    finished: bool
-
-
-class Generation:
-    """One request's decode state. `advance()` runs one forward and samples one row; the first call is the
-    prefill. Thread-safe against `cancel()`, which frees the KV cache at once or, mid-step, at the step's end."""
-
-    def __init__(self, bundle: HiggsBundle, inputs: ModelInputs, settings: SamplingSettings) -> None:
-        self.request_id = f"gen-{next(_request_ids)}"
-        self.model = bundle.model
-        self.device = bundle.device
-        self.settings = settings
-        self.ids = AudioTokenIds.from_config(bundle.config)
-        self.inputs = inputs
-        self.stats = GenerationStats()
-        self.delay = DelayState.start(inputs.input_ids[0].tolist(), self.ids)
-        self.sampler = CodeSampler(settings, self.ids, self.device)
-        self.frames = FrameAssembler(self.ids.num_codebooks, max_code=self.ids.stream_bos - 1)
-        # The rows repetition-aware sampling looks back at (prompt audio included), and no more.
-        self.history_rows = settings.ras_window if settings.uses_ras else 0
-        self.history = torch.empty(0, self.ids.num_codebooks, dtype=torch.long, device=self.device)
-        if inputs.audio_input_ids is not None:
-            self._remember(inputs.audio_input_ids[0].to(self.device))
-        self.cache: DynamicCache | None = None
-        self.attention_mask: torch.Tensor | None = None
-        self.finished = False
-        self.cancelled = False
-        self._lock = threading.Lock()
-
-    @property
-    def rows(self) -> int:
-        return self.frames.rows_seen
-
-    def advance(self) -> StepOutput:
-        with self._lock:
-            if self.cancelled:
-                self._free()
-                raise GenerationCancelled(self.request_id)
-            if self.finished:
-                raise RuntimeError(f"{self.request_id} already finished")
-            logits = self._forward()
-            row = self.sampler.sample(logits, self.delay, self.history)
-            out = self._record(row)
-            if self.cancelled or self.finished:
-                self._free()
-            return out
-
-    def cancel(self) -> None:
-        """Stop at the next step boundary and free the cache (now, if no step is running)."""
-        self.cancelled = True
-        if self._lock.acquire(blocking=False):
-            try:
-                self._free()
-                if self.stats.stop_reason is None:
-                    self.stats.stop_reason = "cancelled"
-                    self.stats.finished_at = now()
-            finally:
-                self._lock.release()
-
-    def _forward(self) -> torch.Tensor:
-        start = now()
-        with torch.inference_mode():
-            if self.cache is None:
-                self.cache = DynamicCache(config=self.model.config)
-                kwargs = self.inputs.as_kwargs(self.device)
-                self.attention_mask = kwargs["attention_mask"]
-                out = self.model(**kwargs, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-            else:
-                last = self.frames.last_row.view(1, 1, -1)
-                self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(1, 1)], dim=1)
-                out = self.model(audio_input_ids=last, attention_mask=self.attention_mask,
-                                 past_key_values=self.cache, use_cache=True)
-            logits = out.logits[0, -1].float().view(self.ids.num_codebooks, self.ids.codebook_size)
-        elapsed = (now() - start) * 1000.0
-        if self.stats.prefill_ms is None:
-            self.stats.prefill_ms = elapsed
-        else:
-            self.stats.step_ms.append(elapsed)
-        return logits
-
-    def _record(self, row: torch.Tensor) -> StepOutput:
-        ended = self.delay.record(row, self.ids)
-        self._remember(row[None])
-        frame = self.frames.add(row, ends_audio=ended)
-        if frame is not None:
-            self.stats.frames += 1
-            self.stats.mark_first_frame()
-        if ended or self.rows >= self.settings.max_frames:
-            self.finished = True
-            self.stats.stop_reason = "end_of_audio" if ended else "max_frames"
-            self.stats.finished_at = now()
-        return StepOutput(row=row.cpu(), frame=None if frame is None else frame.cpu(), finished=self.finished)
-
-    def _remember(self, rows: torch.Tensor) -> None:
-        if self.history_rows:
-            self.history = torch.cat([self.history, rows])[-self.history_rows:]
-
-    def _free(self) -> None:
-        self.cache = None
-        self.attention_mask = None
+_IDLE_WAIT_S = 0.5  # how often an idle driver re-checks (queued requests time out even with no wake-up)
 
 
 class StreamingEngine:
-    """Turns prompts into streams of codec frames. One stream is a batch of one."""
+    """Turns prompts into streams of codec frames; up to `slots` streams run together.
 
-    def __init__(self, bundle: HiggsBundle) -> None:
+    `max_queue=0` refuses a request at once when every slot is busy (`AtCapacityError` from `start`);
+    `max_queue>0` queues up to that many, each refused (the error comes out of `frames`) when no slot
+    frees within `queue_timeout_s`. `prefill_chunk_tokens` bounds the prompt work one step may add while
+    others decode (default 64 on a CPU, 256 on a GPU); `context_tokens` is the cache allocated per slot
+    up front (it grows as needed). `batch_codec` shares one codec worker among the PCM streams
+    (`codec_batch.py`): on by default on a GPU; off on a CPU, where batched decoding measured slower."""
+
+    def __init__(self, bundle: HiggsBundle, slots: int = DEFAULT_SLOTS,
+                 prefill_chunk_tokens: int | None = None, max_queue: int = 0,
+                 queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S, context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+                 batch_codec: bool | None = None) -> None:
         self.bundle = bundle
+        self.ids = AudioTokenIds.from_config(bundle.config)
+        self.scheduler = BatchScheduler(bundle, slots=slots, prefill_chunk_tokens=prefill_chunk_tokens,
+                                        max_queue=max_queue, queue_timeout_s=queue_timeout_s,
+                                        context_tokens=context_tokens)
+        self.batch_codec = bundle.device.type == "cuda" if batch_codec is None else batch_codec
+        self._driver: threading.Thread | None = None
+        self._codec_batcher: CodecBatcher | None = None
+        self._driver_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def slots(self) -> int:
+        return self.scheduler.slots
+
+    @property
+    def active_streams(self) -> int:
+        """Streams accepted and not yet ended (running, waiting for their prompt, or queued)."""
+        return len(self.scheduler.streams())
+
+    @property
+    def codec_batcher(self) -> CodecBatcher | None:
+        """The codec worker shared by this engine's PCM streams (`speech.stream_pcm`), if `batch_codec`."""
+        if not self.batch_codec:
+            return None
+        with self._driver_lock:
+            if self._codec_batcher is None:
+                self._codec_batcher = CodecBatcher(self.bundle.codec)
+            return self._codec_batcher
 
     def start(self, inputs: ModelInputs, settings: SamplingSettings) -> Generation:
-        return Generation(self.bundle, inputs, settings)
+        """Accept a request: it joins the batch at the next step. Raises AtCapacityError when full."""
+        generation = Generation(self.ids, inputs, settings, self.bundle.device)
+        self.scheduler.submit(generation)
+        return generation
+
+    def step(self) -> StepReport:
+        """Run one scheduler step here, synchronously (tests, benchmarks)."""
+        return self.scheduler.step()
 
     async def frames(self, generation: Generation) -> AsyncIterator[torch.Tensor]:
-        """Yield each frame (K codes) the step it completes; closing the iterator cancels the request."""
+        """Yield each frame (K codes) the step it completes. Closing the iterator (or cancelling the task)
+        cancels the stream: its slot frees at once, or at the end of a step running at that moment."""
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        generation.set_listener(lambda: loop.call_soon_threadsafe(wake.set))
+        self._ensure_driver()
         try:
-            while not generation.finished:
-                out = await asyncio.to_thread(generation.advance)
-                if out.frame is not None:
-                    yield out.frame
+            while True:
+                wake.clear()
+                out, ended = generation.take()
+                if out is not None:
+                    if out.frame is not None:
+                        yield out.frame
+                    continue
+                if ended:
+                    if generation.error is not None:
+                        raise generation.error
+                    return
+                await wake.wait()
         finally:
+            generation.set_listener(None)
             generation.cancel()
             log.info("%s %s", generation.request_id, generation.stats.summary())
 
     def run_to_end(self, generation: Generation) -> list[StepOutput]:
-        """Synchronous loop (tests, benchmarks): every step's output."""
+        """Synchronous loop (tests, benchmarks): every output of this stream, stepping as needed."""
         outputs = []
-        while not generation.finished:
-            outputs.append(generation.advance())
-        return outputs
+        while True:
+            out, ended = generation.take()
+            if out is not None:
+                outputs.append(out)
+            elif ended:
+                if generation.error is not None:
+                    raise generation.error
+                return outputs
+            else:
+                self.scheduler.step()
+
+    def close(self) -> None:
+        """Stop the driver thread (streams still running are cancelled)."""
+        self._closed = True
+        for generation in self.scheduler.streams():
+            generation.cancel()
+        self.scheduler.wake()  # so the driver sees _closed
+        if self._driver is not None:
+            self._driver.join(timeout=5)
+        if self._codec_batcher is not None:
+            self._codec_batcher.close()
+
+    def _ensure_driver(self) -> None:
+        with self._driver_lock:
+            if self._driver is None or not self._driver.is_alive():
+                self._driver = threading.Thread(target=self._drive, name="higgs-engine", daemon=True)
+                self._driver.start()
+
+    def _drive(self) -> None:
+        while not self._closed:
+            if not self.scheduler.wait_for_work(_IDLE_WAIT_S):
+                continue
+            try:
+                self.scheduler.step()
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad step
+                log.exception("engine step failed")

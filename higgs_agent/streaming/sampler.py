@@ -5,6 +5,10 @@ then multinomial (or argmax), then repetition-aware sampling (RAS). Each stream 
 `torch.Generator`; a generator seeded with N draws the same numbers as `torch.manual_seed(N)` followed by
 `generate`, so a seeded stream reproduces `generate` exactly (tested), and streams sharing a batch cannot
 perturb each other's randomness.
+
+`sample_rows` does a whole batch: the masks, argmax and warpers run once over all streams (they act row by
+row, so each stream's scores are what it would get alone); only the draws and RAS stay per stream, each
+on its own generator.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.streaming.delay import AudioTokenIds, DelayState
+from higgs_agent.streaming.delay import AudioTokenIds, DelayState, apply_forcing
 
 
 def build_warpers(settings: SamplingSettings) -> LogitsProcessorList:
@@ -45,14 +49,18 @@ class CodeSampler:
             else:
                 self.generator.seed()
 
+    @property
+    def warper_key(self) -> tuple:
+        """Streams with equal keys can share one pass of the warpers."""
+        return (self.settings.temperature, self.settings.top_k, self.settings.top_p)
+
     def sample(self, logits: torch.Tensor, delay: DelayState, history: torch.Tensor | None) -> torch.Tensor:
         """logits: (K, V) float32 raw audio logits; history: (n, K) earlier rows incl. prompt audio rows."""
-        scores = delay.constrain(logits.clone(), self.ids)
-        if self.settings.greedy:
-            return scores.argmax(dim=-1)
-        # The warpers' input_ids argument is unused by these three; pass an empty placeholder.
-        scores = self.warpers(torch.empty(0, dtype=torch.long), scores)
-        row = torch.multinomial(scores.softmax(dim=-1), 1, generator=self.generator).squeeze(1)
+        return sample_rows(logits[None], [self], [delay], [history])[0]
+
+    def draw(self, probs: torch.Tensor, logits: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """One row from warped probabilities (K, V), then repetition-aware resampling from raw `logits`."""
+        row = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
         if self.settings.uses_ras and history is not None and history.shape[0] > 0:
             row = self._resample_repeats(row, logits, history)
         return row
@@ -68,3 +76,24 @@ class CodeSampler:
             row = row.clone()
             row[redo] = fresh.view(-1)
         return row
+
+
+def sample_rows(logits: torch.Tensor, samplers: list[CodeSampler], delays: list[DelayState],
+                histories: list[torch.Tensor | None]) -> torch.Tensor:
+    """logits (B, K, V) float32, one row per stream -> codes (B, K). Advances each stream's delay state."""
+    ids = samplers[0].ids
+    masks = [delay.step_masks(ids) for delay in delays]
+    scores = apply_forcing(logits, torch.stack([m[0] for m in masks]), torch.stack([m[1] for m in masks]), ids)
+    rows = scores.argmax(dim=-1)  # the greedy streams' answer; sampled rows are replaced below
+    groups: dict[tuple, list[int]] = {}
+    for b, sampler in enumerate(samplers):
+        if not sampler.settings.greedy:
+            groups.setdefault(sampler.warper_key, []).append(b)
+    k, vocab = scores.shape[1], scores.shape[2]
+    for members in groups.values():
+        picked = scores[members].view(-1, vocab)  # (n * K, V): the warpers act row by row
+        # The warpers' input_ids argument is unused by these three; pass an empty placeholder.
+        probs = samplers[members[0]].warpers(torch.empty(0, dtype=torch.long), picked).softmax(dim=-1)
+        for n, b in enumerate(members):
+            rows[b] = samplers[b].draw(probs[n * k:(n + 1) * k], logits[b], histories[b])
+    return rows

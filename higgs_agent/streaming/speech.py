@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -15,14 +14,16 @@ async def stream_pcm(
     engine: StreamingEngine, generation: Generation, decoder: StreamingCodecDecoder | None = None
 ) -> AsyncIterator[np.ndarray]:
     """Yield float32 PCM chunks in order; their concatenation is the whole-sequence decode of the frames
-    (to >= 40 dB, see codec_stream). Closing the iterator cancels the generation at the next step."""
-    decoder = decoder or StreamingCodecDecoder(engine.bundle.codec)
+    (to >= 40 dB, see codec_stream). Closing the iterator cancels the generation at the next step.
+    With the engine's `batch_codec` (default on a GPU) the codec work goes through its shared
+    `CodecBatcher`, so streams whose windows are ready together share one decode call."""
+    decoder = decoder or StreamingCodecDecoder(engine.bundle.codec, batcher=engine.codec_batcher)
     stats = generation.stats
     async for frame in engine.frames(generation):
-        for chunk in await asyncio.to_thread(decoder.push, frame[None]):
+        for chunk in await decoder.push_async(frame[None]):
             stats.mark_first_pcm()
             yield chunk
-    tail = await asyncio.to_thread(decoder.flush)
+    tail = await decoder.flush_async()
     if len(tail):
         stats.mark_first_pcm()
         yield tail

@@ -1,0 +1,325 @@
+"""Continuous batching: a fixed number of cache slots, one batched forward per step for every decoding stream.
+
+A step (`BatchScheduler.step`, synchronous; one caller at a time) does, in order:
+  1. frees the slots of cancelled streams and refuses queued requests whose wait ran out;
+  2. gives free slots to newcomers;
+  3. runs at most ONE prompt chunk (<= `prefill_chunk_tokens` tokens) of one newcomer, as a batch of one
+     written straight into its slot, so a long prompt stalls running streams by one chunk at most; with
+     nothing decoding, whole prompts go in one forward each (nobody to stall, and the fastest start: a
+     lone stream's prefill is `generate`'s). The chunk that ends the prompt yields the stream's first
+     row, and the stream joins the decode below in the same step;
+  4. ONE forward over all decoding streams (audio_input_ids (B, 1, K): each stream's last row), each row at
+     its own position, padding hidden by the attention mask (see `kv_slots.py`);
+  5. samples every stream's next row (`sampler.sample_rows`) and delivers it to the stream's outbox.
+
+Decoding streams always hold slots 0..B-1, so the forward reads cache views, never gathered copies: when a
+stream leaves, the last one moves into its slot; when a prompt is done, its slot swaps to position B.
+
+Capacity: `submit` refuses at once (`AtCapacityError`) when every slot is taken, or, with `max_queue > 0`,
+queues up to `max_queue` requests, each refused if no slot frees within `queue_timeout_s`.
+
+Exactness: a stream's rows do not depend on its neighbours beyond float rounding: the mask gives padding
+exactly zero weight, positions and caches are per row, and sampling is per row with a per-stream
+generator. What batching changes is the kernels: B rows run another matrix-multiply path than one row
+(and, on a CPU, packed weights: `cpu_gemm.py`), and a prompt cut into chunks another path than one whole
+prompt, so logits can differ in the last bits. Greedy codes are equal (tested, also in `bench batching`)
+unless two codes tie to ~1e-6; a lone stream runs exactly `generate`'s computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from higgs_agent.model.loader import HiggsBundle
+from higgs_agent.streaming.cpu_gemm import PackedLinears
+from higgs_agent.streaming.delay import AudioTokenIds
+from higgs_agent.streaming.generation import AtCapacityError, Generation
+from higgs_agent.streaming.kv_slots import SlotKVCache
+from higgs_agent.streaming.latency import now
+from higgs_agent.streaming.sampler import sample_rows
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SLOTS = 8
+# Prompt chunk while others decode. What a chunk costs, against one decode step of 8 streams (measured):
+# mini model on one CPU core: 32 tokens 67 ms, 64 tokens 108 ms, 256 tokens 332 ms, vs ~45 ms per step; a
+# GPU runs 256 tokens in about the time of a decode step. So: 64 on a CPU, 256 elsewhere.
+DEFAULT_PREFILL_CHUNK_TOKENS = {"cpu": 64, "cuda": 256}
+DEFAULT_QUEUE_TIMEOUT_S = 10.0
+# Cache positions per slot allocated up front; more are added by doubling, which copies every slot once
+# (a one-off stall of ~0.1 s on the mini model at 16 slots). A server can size it to its longest turns.
+DEFAULT_CONTEXT_TOKENS = 256
+
+
+@dataclass
+class StepReport:
+    """What one step did (benchmarks, logs)."""
+
+    index: int
+    decoded: int  # streams in the batched decode forward
+    prefill_tokens: int  # prompt tokens run this step
+    prefill_ms: float
+    decode_ms: float  # the batched forward (logits to float32 included)
+    step_ms: float  # the whole step: bookkeeping, forwards, sampling, delivery
+
+
+class BatchScheduler:
+    """Owns the model's forwards and the slot cache for up to `slots` concurrent streams."""
+
+    def __init__(self, bundle: HiggsBundle, slots: int = DEFAULT_SLOTS,
+                 prefill_chunk_tokens: int | None = None, max_queue: int = 0,
+                 queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S, packed_cpu_weights: bool = True,
+                 context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> None:
+        if prefill_chunk_tokens is None:
+            prefill_chunk_tokens = DEFAULT_PREFILL_CHUNK_TOKENS.get(bundle.device.type, 256)
+        if prefill_chunk_tokens < 1:
+            raise ValueError("prefill_chunk_tokens must be >= 1")
+        if max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        self.model = bundle.model
+        self.device = bundle.device
+        self.ids = AudioTokenIds.from_config(bundle.config)
+        self.slots = slots
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self.cache = SlotKVCache(bundle.config, slots, bundle.dtype, bundle.device, initial_capacity=context_tokens)
+        # CPU: batched decodes use MKL-packed weights (see cpu_gemm.py); a no-op elsewhere.
+        self.packed = PackedLinears.for_model(self.model) if packed_cpu_weights and slots > 1 else None
+        self.owners: list[Generation | None] = [None] * slots
+        self.n_decoding = 0  # decoding streams hold slots 0 .. n_decoding - 1
+        self.prefilling: list[Generation] = []  # oldest first; each holds a slot above the decoding ones
+        self.steps = 0
+        self.last_report: StepReport | None = None
+        # Shared with other threads (submit, cancel, the engine's driver): guarded by _lock.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._active: set[Generation] = set()  # accepted and not yet ended: they hold or await a slot
+        self._joining: deque[Generation] = deque()
+        self._queued: deque[tuple[Generation, float]] = deque()  # (stream, deadline)
+        self._step_lock = threading.Lock()
+
+    # -- other threads -------------------------------------------------------------------------------
+
+    def submit(self, generation: Generation) -> None:
+        """Accept a stream (it joins at the next step), queue it, or raise AtCapacityError at once."""
+        room = self.cache.max_capacity - generation.prompt_tokens  # positions left for rows
+        if room < 1:
+            raise ValueError(f"the prompt ({generation.prompt_tokens} tokens) fills the model's context "
+                             f"of {self.cache.max_capacity}")
+        generation.max_rows = min(generation.max_rows, room)  # a full context ends the stream, as max_frames
+        with self._lock:
+            if self._live() < self.slots:
+                self._active.add(generation)
+                self._joining.append(generation)
+            elif len(self._queued) < self.max_queue:
+                self._queued.append((generation, now() + self.queue_timeout_s))
+            else:
+                queue = f" and {len(self._queued)} queued" if self.max_queue else ""
+                raise AtCapacityError(f"at capacity: all {self.slots} slots busy{queue}; try again later")
+            generation.scheduler = self
+            self._work.notify_all()
+
+    def cancel(self, generation: Generation) -> None:
+        """Free a cancelled stream's slot now if no step is running, else at the running step's end."""
+        with self._lock:
+            self._work.notify_all()
+        if self._step_lock.acquire(blocking=False):
+            try:
+                self._reap()
+            finally:
+                self._step_lock.release()
+
+    def streams(self) -> list[Generation]:
+        """Every stream not yet ended: holding a slot, about to get one, or queued."""
+        with self._lock:
+            return list(self._active) + [g for g, _ in self._queued]
+
+    def wake(self) -> None:
+        """Wake a thread blocked in `wait_for_work`."""
+        with self._lock:
+            self._work.notify_all()
+
+    def has_work(self) -> bool:
+        with self._lock:
+            return bool(self._active or self._queued)
+
+    def wait_for_work(self, timeout: float | None = None) -> bool:
+        """Block until some stream needs a step (or `timeout` passes); True if one does."""
+        with self._work:
+            if not (self._active or self._queued):
+                self._work.wait(timeout)
+            return bool(self._active or self._queued)
+
+    @property
+    def busy_slots(self) -> int:
+        """Streams holding or awaiting a slot (cancelled ones excluded: their slots are as good as free)."""
+        with self._lock:
+            return self._live()
+
+    def _live(self) -> int:
+        return sum(1 for g in self._active if not g.cancelled)
+
+    @property
+    def decoding(self) -> list[Generation]:
+        """The decoding streams, in slot order."""
+        return self.owners[:self.n_decoding]  # type: ignore[return-value]
+
+    # -- the step ------------------------------------------------------------------------------------
+
+    def step(self) -> StepReport:
+        with self._step_lock:
+            start = now()
+            self._reap()
+            self._admit()
+            prefill_tokens, prefill_ms = self._prefill()
+            decoded, decode_ms = len(self.decoding), self._decode()
+            self._reap()  # cancels that came in during the forwards take effect now, not a step later
+            self.steps += 1
+            self.last_report = StepReport(self.steps, decoded, prefill_tokens, prefill_ms, decode_ms,
+                                          (now() - start) * 1000.0)
+            return self.last_report
+
+    def _admit(self) -> None:
+        with self._lock:
+            while self._queued and self._live() < self.slots:
+                generation, _ = self._queued.popleft()
+                if not generation.cancelled:
+                    self._active.add(generation)
+                    self._joining.append(generation)
+            refused = []
+            while self._queued and self._queued[0][1] <= now():
+                refused.append(self._queued.popleft()[0])
+            free = self.owners.count(None)
+            joining = [self._joining.popleft() for _ in range(min(free, len(self._joining)))]
+        for generation in refused:
+            generation.end("at_capacity", AtCapacityError(
+                f"at capacity: no slot of {self.slots} freed within {self.queue_timeout_s:g} s"))
+        for generation in joining:
+            slot = self.owners.index(None)  # the lowest free slot: usually where it will decode
+            generation.slot = slot
+            self.owners[slot] = generation
+            self.cache.clear(slot)
+            self.prefilling.append(generation)
+
+    def _prefill(self) -> tuple[int, float]:
+        """One chunk of the oldest newcomer's prompt; with nothing decoding at the step's start (nobody to
+        stall), every waiting prompt whole."""
+        chunked = self.n_decoding > 0
+        tokens, elapsed = 0, 0.0
+        while self.prefilling and not (chunked and tokens):
+            generation = self.prefilling[0]
+            chunk = generation.next_prompt_chunk(self.prefill_chunk_tokens if chunked else None)
+            view = self.cache.view(generation.slot, [chunk.start], chunk.length)
+            start = now()
+            try:
+                with torch.inference_mode():
+                    out = self.model(**chunk.kwargs, attention_mask=view.attention_mask(),
+                                     position_ids=view.position_ids(), past_key_values=view, use_cache=True,
+                                     logits_to_keep=1)
+                    logits = out.logits[0, -1].float().view(self.ids.num_codebooks, self.ids.codebook_size)
+            except Exception as exc:  # noqa: BLE001 - the stream fails; the others go on
+                log.exception("%s: prefill failed", generation.request_id)
+                self._release(generation, "failed", exc)
+                continue
+            view.commit()
+            ms = (now() - start) * 1000.0
+            generation.prompt_chunk_done(chunk, ms)
+            tokens, elapsed = tokens + chunk.length, elapsed + ms
+            if chunk.last:
+                self.prefilling.pop(0)
+                self._join_decoding(generation)
+                self._sample([generation], logits[None])
+        return tokens, elapsed
+
+    def _decode(self) -> float:
+        """One forward for every decoding stream; returns its time in ms (0 when nothing decodes)."""
+        batch = list(self.decoding)
+        if not batch:
+            return 0.0
+        view = self.cache.view(0, [self.cache.lengths[i] for i in range(len(batch))], 1)
+        last = torch.stack([g.frames.last_row for g in batch]).to(self.device)[:, None]  # (B, 1, K)
+        start = now()
+        packed = self.packed.rows(len(batch)) if self.packed is not None else contextlib.nullcontext()
+        try:
+            with torch.inference_mode(), packed:
+                out = self.model(audio_input_ids=last, attention_mask=view.attention_mask(),
+                                 position_ids=view.position_ids(), past_key_values=view, use_cache=True)
+                logits = out.logits[:, -1].float().view(len(batch), self.ids.num_codebooks, self.ids.codebook_size)
+        except Exception as exc:  # noqa: BLE001 - fail this step's streams, keep serving new ones
+            log.exception("batched decode failed")
+            for generation in reversed(batch):
+                self._release(generation, "failed", exc)
+            return 0.0
+        view.commit()
+        ms = (now() - start) * 1000.0
+        for generation in batch:
+            generation.stats.step_ms.append(ms)
+        self._sample(batch, logits)
+        return ms
+
+    def _sample(self, batch: list[Generation], logits: torch.Tensor) -> None:
+        with torch.inference_mode():
+            rows = sample_rows(logits, [g.sampler for g in batch], [g.delay for g in batch],
+                               [g.history for g in batch])
+        rows_cpu = rows.cpu()  # one device sync per step; the per-stream bookkeeping runs on the host
+        for b, generation in enumerate(batch):
+            generation.record(rows_cpu[b], rows[b])
+        for generation in reversed(batch):  # highest slot first keeps the moves simple
+            if generation.finished:
+                self._release(generation, None)
+
+    # -- slots ---------------------------------------------------------------------------------------
+
+    def _join_decoding(self, generation: Generation) -> None:
+        self._swap(generation.slot, self.n_decoding)
+        self.n_decoding += 1
+
+    def _swap(self, a: int, b: int) -> None:
+        if a == b:
+            return
+        self.cache.move(a, b)
+        self.owners[a], self.owners[b] = self.owners[b], self.owners[a]
+        for slot in (a, b):
+            if self.owners[slot] is not None:
+                self.owners[slot].slot = slot
+
+    def _release(self, generation: Generation, reason: str | None, error: BaseException | None = None) -> None:
+        """Free the stream's slot (keeping decoding slots contiguous) and end it (`reason` None: it
+        finished by itself and has already delivered its last output)."""
+        slot = generation.slot
+        if slot is not None:
+            if slot < self.n_decoding:  # the last decoding stream takes its place
+                last = self.n_decoding - 1
+                self._swap(slot, last)
+                self.n_decoding -= 1
+                slot = last
+            elif generation in self.prefilling:
+                self.prefilling.remove(generation)
+            self.owners[slot] = None
+            self.cache.clear(slot)
+            generation.slot = None
+        with self._lock:
+            self._active.discard(generation)
+            self._work.notify_all()
+        if reason is not None:
+            generation.end(reason, error)
+
+    def _reap(self) -> None:
+        """End cancelled streams wherever they are: decoding, prefilling, joining or queued."""
+        for generation in [g for g in reversed(self.decoding) if g.cancelled]:
+            self._release(generation, "cancelled")
+        for generation in [g for g in self.prefilling if g.cancelled]:
+            self._release(generation, "cancelled")
+        with self._lock:
+            dropped = [g for g in self._joining if g.cancelled] + [g for g, _ in self._queued if g.cancelled]
+            self._joining = deque(g for g in self._joining if not g.cancelled)
+            self._queued = deque((g, t) for g, t in self._queued if not g.cancelled)
+        for generation in dropped:
+            self._release(generation, "cancelled")
