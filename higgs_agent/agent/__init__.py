@@ -1,0 +1,1 @@
+"""The realtime voice agent: sessions, turn detection, wire events."""

