@@ -15,5 +15,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HIGGS_MODEL=bosonai/higgs-audio-v2-generation-3B-base
 
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=600s CMD curl -fsS http://127.0.0.1:8000/health || exit 1
+# HIGGS_API_KEY, when set, is required by every endpoint (the server reads it as --api-key's default).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s \
+    CMD curl -fsS -H "Authorization: Bearer ${HIGGS_API_KEY:-}" http://127.0.0.1:8000/health || exit 1
 CMD ["sh", "-c", "exec higgs-agent serve --host 0.0.0.0 --port 8000 --model \"$HIGGS_MODEL\""]

@@ -1,4 +1,4 @@
-"""The `higgs-agent` command line: make-tiny-model, speak, bench."""
+"""The `higgs-agent` command line: make-tiny-model, speak, serve, talk, bench."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from higgs_agent.model.loader import DEFAULT_MODEL
 from higgs_agent.model.sampling import SamplingSettings
+from higgs_agent.server import add_serve_args
+from higgs_agent.talk import add_talk_parser
 
 log = logging.getLogger("higgs_agent")
 
@@ -38,12 +40,13 @@ def _sampling(args: argparse.Namespace) -> SamplingSettings:
                             top_p=args.top_p, max_frames=args.max_frames, seed=args.seed)
 
 
-def _load_bundle(args: argparse.Namespace):  # noqa: ANN202 - HiggsBundle, imported lazily
+def _load_bundle(args: argparse.Namespace, use_text_head: bool = False):  # noqa: ANN202 - HiggsBundle, lazily
     """Load the model named by --model/--codec/--device/--dtype/--threads, or exit 2 with the loader's advice."""
     from higgs_agent.model import ModelLoadError, load_higgs
 
     try:
-        return load_higgs(args.model, codec=args.codec, device=args.device, dtype=args.dtype, threads=args.threads)
+        return load_higgs(args.model, codec=args.codec, device=args.device, dtype=args.dtype, threads=args.threads,
+                          use_text_head=use_text_head)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
@@ -58,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir")
     tiny.add_argument("--size", choices=["tiny", "mini"], default="tiny")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--text-head", action="store_true", help="include a (random) text head, for --responder native")
 
     speak = commands.add_parser("speak", help="synthesise speech, streaming it out as it is generated")
     speak.add_argument("text")
@@ -70,10 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(speak)
     _add_sampling_args(speak)
 
-    serve = commands.add_parser("serve", help="run the HTTP server (health, streaming speech)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve = commands.add_parser("serve", help="run the voice agent server (realtime WebSocket, speech, health, "
+                                "metrics)")
+    add_serve_args(serve)
+    serve.add_argument("--slots", type=int, default=8, help="streams the engine runs at once (default: %(default)s)")
     _add_model_args(serve)
+    _add_sampling_args(serve)
+
+    add_talk_parser(commands)
 
     bench = commands.add_parser("bench", help="benchmarks; each prints its JSON as the last line")
     bench_kinds = bench.add_subparsers(dest="bench", required=True)
@@ -95,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     batching.add_argument("--prefill-chunk", type=int, default=None,
                           help="prompt tokens per step while others decode (default: 64 on CPU, 256 on GPU)")
     batching.add_argument("--json", action="store_true", help="print only the JSON line")
+    agent = bench_kinds.add_parser("agent", help="turn latency of the whole agent over a real socket vs the engine")
+    agent.add_argument("--model", default=None, help="model folder (default: a mini model made on the fly)")
+    agent.add_argument("--asr-model", default=None, help="faster-whisper model (default: tiny.en)")
+    agent.add_argument("--device", default="auto")
+    agent.add_argument("--dtype", default="auto")
+    agent.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the cores)")
+    agent.add_argument("--turns", type=int, default=5)
+    agent.add_argument("--max-frames", type=int, default=200, help="frame budget per phrase")
+    agent.add_argument("--json", action="store_true", help="print only the JSON line")
     return parser
 
 
@@ -105,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "make-tiny-model":
         from higgs_agent.model.tiny import make_tiny_model
 
-        print(make_tiny_model(args.dir, size=args.size, seed=args.seed))
+        print(make_tiny_model(args.dir, size=args.size, seed=args.seed, text_head=args.text_head))
         return 0
     if args.command == "speak":
         from higgs_agent.speak import run_speak
@@ -113,12 +130,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _sampling(args)
         return asyncio.run(run_speak(args, _load_bundle(args), settings))
     if args.command == "serve":
-        import uvicorn
+        from higgs_agent.server import check_serve_args, default_responder, run_server
 
-        from higgs_agent.transport.http_app import create_app
+        problem = check_serve_args(args)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+        bundle = _load_bundle(args, use_text_head=default_responder(args) == "native")
+        return run_server(args, bundle, _sampling(args))
+    if args.command == "talk":
+        from higgs_agent.talk import run_talk
 
-        uvicorn.run(create_app(_load_bundle(args)), host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
-        return 0
+        return run_talk(args)
     if args.command == "bench" and args.bench == "engine":
         from higgs_agent.bench.engine import run_engine_bench
 
@@ -128,5 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from higgs_agent.bench.batching import run_batching_bench
 
         print(json.dumps(run_batching_bench(args)))
+        return 0
+    if args.command == "bench" and args.bench == "agent":
+        from higgs_agent.bench.agent import run_agent_bench
+
+        print(json.dumps(run_agent_bench(args)))
         return 0
     raise AssertionError(args.command)

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 import soxr
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConcurrencyError, ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import (
+    ConcurrencyError,
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
 
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.audio import float_to_pcm16, pcm16_to_float, resample

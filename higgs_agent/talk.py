@@ -14,7 +14,13 @@ import numpy as np
 
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.audio import read_wav, write_wav
-from higgs_agent.client import DEFAULT_URL, RealtimeConnectionError, RealtimeError, TalkResult, talk
+from higgs_agent.client import (
+    DEFAULT_URL,
+    RealtimeConnectionError,
+    RealtimeError,
+    TalkResult,
+    talk,
+)
 
 _LATENCY_KEYS = ("transcript", "first_text", "first_audio_frame", "first_audio_sent")
 

@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+from speech import ESPEAK, normalize_text, pad, synthesize, word_error_rate
 
 from higgs_agent.agent.vad import SpeechStopped, TurnDetector, VadSettings
 from higgs_agent.model import ModelNotFoundError, WrongModelTypeError
@@ -16,7 +17,6 @@ from higgs_agent.model.asr import (
     bundled_tiny_en,
     resolve_asr_model,
 )
-from speech import ESPEAK, normalize_text, pad, synthesize, word_error_rate
 
 needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed")
 

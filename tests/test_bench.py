@@ -46,3 +46,17 @@ def test_bench_batching_prints_its_json_last(tiny_dir):
     assert isinstance(figures["realtime_streams"], int)
     assert figures["join_max_chunk_tokens"] <= figures["prefill_chunk_tokens"]
     assert "codec_batch_speedup" in figures
+
+
+def test_bench_agent_measures_turn_latency_over_a_real_socket(tiny_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "higgs_agent", "bench", "agent", "--model", str(tiny_dir), "--turns", "1", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["turns"] == figures["completed"] == 1
+    stages = [figures[f"{s}_ms_p50"] for s in ("transcript", "first_text", "first_audio_frame", "first_audio_sent")]
+    assert None not in stages and stages == sorted(stages)
+    assert figures["engine_ttfa_ms_p50"] > 0 and figures["speech_vs_engine"] > 0
+    assert "weather" in figures["transcript"].lower()

@@ -11,11 +11,16 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+from fake_realtime import FakeRealtimeServer
 
 from higgs_agent.audio import float_to_pcm16, resample
-from higgs_agent.client import RealtimeClient, RealtimeConnectionError, RealtimeError, talk
+from higgs_agent.client import (
+    RealtimeClient,
+    RealtimeConnectionError,
+    RealtimeError,
+    talk,
+)
 from higgs_agent.talk import add_talk_parser, run_talk
-from fake_realtime import FakeRealtimeServer
 
 LATENCY = {"transcript": 120.5, "first_text": 310.0, "first_audio_frame": 450.25, "first_audio_sent": None}
 

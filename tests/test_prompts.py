@@ -3,7 +3,12 @@ import pytest
 import torch
 
 from higgs_agent.model import special_tokens as st
-from higgs_agent.model.prompts import SpeechPrompt, build_inputs, encode_voice, prompt_text
+from higgs_agent.model.prompts import (
+    SpeechPrompt,
+    build_inputs,
+    encode_voice,
+    prompt_text,
+)
 
 
 @pytest.fixture(scope="module")

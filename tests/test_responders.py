@@ -7,8 +7,8 @@ from contextlib import aclosing
 
 import pytest
 import torch
-
 from fake_llm import FakeLLM
+
 from higgs_agent.agent.phrases import PhraseSplitter
 from higgs_agent.agent.responders import (
     EchoResponder,

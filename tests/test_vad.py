@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from speech import pad, silence, speech_edges_ms, speech_with_silence, synthesize
 
 from higgs_agent.agent.vad import (
     SpeechStarted,
@@ -12,7 +13,6 @@ from higgs_agent.agent.vad import (
     threshold_to_aggressiveness,
 )
 from higgs_agent.audio import resample
-from speech import pad, silence, speech_edges_ms, speech_with_silence, synthesize
 
 RATE = 16_000
 EDGE_TOLERANCE_MS = 150

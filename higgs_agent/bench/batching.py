@@ -12,8 +12,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -21,12 +19,20 @@ import numpy as np
 import torch
 
 from higgs_agent import FRAME_RATE, HOP_LENGTH
-from higgs_agent.model import load_higgs
+from higgs_agent.bench.common import load_bench_model, note
 from higgs_agent.model.loader import HiggsBundle
-from higgs_agent.model.prompts import ModelInputs, SpeechPrompt, VoiceReference, build_inputs
+from higgs_agent.model.prompts import (
+    ModelInputs,
+    SpeechPrompt,
+    VoiceReference,
+    build_inputs,
+)
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.model.tiny import make_tiny_model
-from higgs_agent.streaming.codec_stream import DEFAULT_CHUNK_FRAMES, CodecWindow, decode_windows
+from higgs_agent.streaming.codec_stream import (
+    DEFAULT_CHUNK_FRAMES,
+    CodecWindow,
+    decode_windows,
+)
 from higgs_agent.streaming.engine import Generation, StepReport, StreamingEngine
 
 STREAM_COUNTS = (1, 2, 4, 8, 16)
@@ -39,10 +45,6 @@ TEXTS = (
     "Numbers: one, two, three, four, five, six, seven.",
 )
 SCENE = "Audio is recorded from a quiet room."
-
-
-def _note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -261,37 +263,32 @@ def _voice_prompt(bundle: HiggsBundle, seconds: int) -> ModelInputs:
 
 
 def run_batching_bench(args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model
-        if model_dir is None:
-            _note("making a mini model (random weights) ...")
-            model_dir = str(make_tiny_model(os.path.join(scratch, "mini"), size="mini", seed=0))
-        bundle = load_higgs(model_dir, device=args.device, dtype=args.dtype, threads=args.threads)
+    bundle, model_dir = load_bench_model(args)
     engine = StreamingEngine(bundle, slots=max(STREAM_COUNTS), prefill_chunk_tokens=args.prefill_chunk)
     prompts = [build_inputs(bundle.processor, SpeechPrompt(t, scene=SCENE)) for t in TEXTS]
 
-    _note("warming up ...")
+    note("warming up ...")
     throughput(engine, prompts[0], (1, 8, max(STREAM_COUNTS)), 3, rounds=1)  # also packs the CPU weights
     newcomer = _voice_prompt(bundle, REFERENCE_SECONDS)
     join_stall(engine, prompts[0], newcomer, steps_before=2)  # grows the cache to the join's size once
 
     streams = throughput(engine, prompts[0], STREAM_COUNTS, args.frames)
     for row in streams:
-        _note(f"{row['n']:2d} streams: {row}")
+        note(f"{row['n']:2d} streams: {row}")
     by_n = {s["n"]: s for s in streams}
     speedup = by_n[8]["frames_per_s_total"] / by_n[1]["frames_per_s_total"]
     realtime = realtime_streams(engine, prompts[0], streams, max(20, args.frames // 2))
-    _note(f"speedup 8 vs 1: {speedup:.2f}; streams each >= {FRAME_RATE} frames/s: {realtime}")
+    note(f"speedup 8 vs 1: {speedup:.2f}; streams each >= {FRAME_RATE} frames/s: {realtime}")
 
     stall = join_stall(engine, prompts[0], newcomer, steps_before=10)
     unchunked = StreamingEngine(bundle, slots=JOIN_BESIDE + 1, prefill_chunk_tokens=1 << 20)
     unchunked.scheduler.cache.reserve(engine.scheduler.cache.capacity)  # no growth inside the measurement
     stall["join_stall_unchunked_ms"] = join_stall(unchunked, prompts[0], newcomer, steps_before=2)["max_join_stall_ms"]
-    _note(f"join: {stall}")
+    note(f"join: {stall}")
     matches, rows = exactness(engine, prompts, frames=min(args.frames, 60))
-    _note(f"greedy codes batched == alone: {matches} (rows per stream {rows})")
+    note(f"greedy codes batched == alone: {matches} (rows per stream {rows})")
     codec = codec_batch_speedup(bundle)
-    _note(f"codec: {codec}")
+    note(f"codec: {codec}")
 
     return {
         "streams": streams,

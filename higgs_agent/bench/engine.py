@@ -10,18 +10,15 @@ import asyncio
 import os
 import platform
 import statistics
-import sys
-import tempfile
 import time
 
 import torch
 
-from higgs_agent.model import load_higgs
+from higgs_agent.bench.common import load_bench_model, note
 from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import ModelInputs, SpeechPrompt, build_inputs
 from higgs_agent.model.reference import generate_rows
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.model.tiny import make_tiny_model
 from higgs_agent.streaming.codec_stream import measure_stream_quality
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.streaming.kv_slots import SlotKVCache
@@ -29,10 +26,6 @@ from higgs_agent.streaming.speech import stream_pcm
 
 BENCH_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs all the way back home again."
 BENCH_SCENE = "Audio is recorded from a quiet room."
-
-
-def _note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def engine_step_times(engine: StreamingEngine, inputs: ModelInputs, frames: int, seed: int) -> list[float]:
@@ -90,16 +83,11 @@ def greedy_matches_reference(bundle: HiggsBundle, engine: StreamingEngine, input
 
 
 def run_engine_bench(args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model
-        if model_dir is None:
-            _note("making a mini model (random weights) ...")
-            model_dir = str(make_tiny_model(os.path.join(scratch, "mini"), size="mini", seed=0))
-        bundle = load_higgs(model_dir, device=args.device, dtype=args.dtype, threads=args.threads)
+    bundle, model_dir = load_bench_model(args)
     engine = StreamingEngine(bundle)
     inputs = build_inputs(bundle.processor, SpeechPrompt(BENCH_TEXT, scene=BENCH_SCENE))
 
-    _note("warming up ...")
+    note("warming up ...")
     engine_step_times(engine, inputs, 20, seed=0)
     bare_forward_times(bundle, inputs, 20)
 
@@ -109,16 +97,16 @@ def run_engine_bench(args: argparse.Namespace) -> dict:
         forward_runs.append(bare_forward_times(bundle, inputs, len(engine_runs[-1])))
     engine_ms = statistics.median(t for run in engine_runs for t in run)
     forward_ms = statistics.median(t for run in forward_runs for t in run)
-    _note(f"engine step {engine_ms:.2f} ms, bare forward {forward_ms:.2f} ms")
+    note(f"engine step {engine_ms:.2f} ms, bare forward {forward_ms:.2f} ms")
 
     ttfa = [asyncio.run(measure_ttfa(engine, inputs)) for _ in range(args.repeats)]
     ttfa_ms = statistics.median(t for t, _ in ttfa)
     matches = greedy_matches_reference(bundle, engine, inputs)
-    _note(f"TTFA {ttfa_ms:.1f} ms after {ttfa[0][1]} steps; greedy matches generate(): {matches}")
+    note(f"TTFA {ttfa_ms:.1f} ms after {ttfa[0][1]} steps; greedy matches generate(): {matches}")
 
     codes = torch.randint(0, 1024, (1, bundle.num_codebooks, 250), generator=torch.Generator().manual_seed(0))
     codec = measure_stream_quality(bundle.codec, codes, repeats=args.repeats)
-    _note(f"codec stream: {codec}")
+    note(f"codec stream: {codec}")
 
     params = sum(p.numel() for p in bundle.model.parameters())
     return {

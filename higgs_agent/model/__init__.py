@@ -6,7 +6,12 @@ from higgs_agent.model.errors import (
     OutOfGPUMemoryError,
     WrongModelTypeError,
 )
-from higgs_agent.model.loader import DEFAULT_CODEC, DEFAULT_MODEL, HiggsBundle, load_higgs
+from higgs_agent.model.loader import (
+    DEFAULT_CODEC,
+    DEFAULT_MODEL,
+    HiggsBundle,
+    load_higgs,
+)
 
 __all__ = [
     "DEFAULT_CODEC",

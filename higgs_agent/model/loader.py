@@ -21,7 +21,6 @@ from transformers import (
     HiggsAudioV2Processor,
     HiggsAudioV2TokenizerModel,
 )
-
 from transformers.utils import logging as hf_logging
 
 from higgs_agent.model.errors import (

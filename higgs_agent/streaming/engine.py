@@ -26,7 +26,12 @@ from higgs_agent.model.prompts import ModelInputs
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.codec_batch import CodecBatcher
 from higgs_agent.streaming.delay import AudioTokenIds
-from higgs_agent.streaming.generation import AtCapacityError, Generation, GenerationCancelled, StepOutput
+from higgs_agent.streaming.generation import (
+    AtCapacityError,
+    Generation,
+    GenerationCancelled,
+    StepOutput,
+)
 from higgs_agent.streaming.scheduler import (
     DEFAULT_CONTEXT_TOKENS,
     DEFAULT_QUEUE_TIMEOUT_S,

@@ -14,7 +14,12 @@ on its own generator.
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.delay import AudioTokenIds, DelayState, apply_forcing

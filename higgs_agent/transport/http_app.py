@@ -1,24 +1,20 @@
-"""HTTP endpoints: health, and streaming text-to-speech in the OpenAI `/v1/audio/speech` shape.
-
-The realtime WebSocket endpoint (`/v1/realtime`) joins this app with the agent issue.
-"""
+"""Streaming text-to-speech over HTTP in the OpenAI `/v1/audio/speech` shape (mounted by `transport.app`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel, Field, ValidationError
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.audio import float_to_pcm16
-from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import SpeechPrompt, build_inputs
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.streaming.generation import AtCapacityError
 from higgs_agent.streaming.speech import stream_pcm
 
 
@@ -35,11 +31,8 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"type": "invalid_request_error", "message": message}}, status_code=status)
 
 
-def create_app(bundle: HiggsBundle) -> Starlette:
-    engine = StreamingEngine(bundle)
-
-    async def health(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": bundle.model_source, "device": str(bundle.device)})
+def speech_endpoint(engine: StreamingEngine) -> Callable[[Request], Awaitable[Response]]:
+    bundle = engine.bundle
 
     async def speech(request: Request) -> Response:
         try:
@@ -53,7 +46,11 @@ def create_app(bundle: HiggsBundle) -> Starlette:
         except ValueError as exc:  # e.g. an input of whitespace only
             return _error(400, f"{exc} (input)")
         inputs = build_inputs(bundle.processor, prompt)
-        generation = engine.start(inputs, SamplingSettings(seed=body.seed, max_frames=body.max_frames))
+        try:
+            generation = engine.start(inputs, SamplingSettings(seed=body.seed, max_frames=body.max_frames))
+        except AtCapacityError as exc:
+            return JSONResponse({"error": {"type": "server_error", "code": "at_capacity", "message": str(exc)}},
+                                status_code=503, headers={"Retry-After": "1"})
 
         async def pcm():
             async for chunk in stream_pcm(engine, generation):  # a client that leaves closes this: cancel
@@ -61,4 +58,4 @@ def create_app(bundle: HiggsBundle) -> Starlette:
 
         return StreamingResponse(pcm(), media_type=f"audio/pcm;rate={SAMPLE_RATE};channels=1;encoding=s16le")
 
-    return Starlette(routes=[Route("/health", health), Route("/v1/audio/speech", speech, methods=["POST"])])
+    return speech

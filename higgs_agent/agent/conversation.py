@@ -1,0 +1,116 @@
+"""The conversation history: what the user said (words, and their audio as codec codes) and what the
+assistant said — as heard by the listener, not as generated, once a turn is truncated by barge-in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from higgs_agent.agent.events import ProtocolError
+
+Role = Literal["user", "assistant", "system"]
+
+
+@dataclass(frozen=True)
+class SpokenPhrase:
+    """One phrase of an assistant turn and where its audio sits in the turn's audio timeline."""
+
+    text: str
+    start_ms: float
+    end_ms: float
+
+
+def heard_text(phrases: list[SpokenPhrase], audio_end_ms: float) -> str:
+    """The words a listener heard by `audio_end_ms`: whole phrases, then the share of words of the phrase
+    being played proportional to its audio played (words are spoken at roughly even pace)."""
+    words: list[str] = []
+    for phrase in phrases:
+        if audio_end_ms >= phrase.end_ms:
+            words.extend(phrase.text.split())
+            continue
+        if audio_end_ms > phrase.start_ms:
+            phrase_words = phrase.text.split()
+            share = (audio_end_ms - phrase.start_ms) / max(phrase.end_ms - phrase.start_ms, 1e-6)
+            words.extend(phrase_words[: int(len(phrase_words) * share)])
+        break
+    return " ".join(words)
+
+
+@dataclass
+class ConversationItem:
+    id: str
+    role: Role
+    content_type: Literal["input_audio", "input_text", "output_audio", "text"]
+    text: str | None = None  # transcript, typed text, or the spoken words (heard words once truncated)
+    language: str | None = None
+    codes: torch.Tensor | None = None  # (num_codebooks, frames): the user's audio, for the model to hear
+    phrases: list[SpokenPhrase] = field(default_factory=list)
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
+
+    @property
+    def audio_ms(self) -> float:
+        return self.phrases[-1].end_ms if self.phrases else 0.0
+
+    @property
+    def spoken_text(self) -> str:
+        return " ".join(p.text for p in self.phrases)
+
+    def to_dict(self) -> dict[str, Any]:
+        part: dict[str, Any] = {"type": self.content_type}
+        if self.content_type in ("input_text", "text"):
+            part["text"] = self.text or ""
+        else:
+            part["transcript"] = self.text
+        return {"id": self.id, "type": "message", "object": "realtime.item", "status": self.status,
+                "role": self.role, "content": [part]}
+
+
+class Conversation:
+    """Items in order, addressable by id."""
+
+    def __init__(self, max_items: int = 200) -> None:
+        self.items: list[ConversationItem] = []
+        self.max_items = max_items  # old turns drop out so a long call cannot grow without bound
+
+    def add(self, item: ConversationItem) -> ConversationItem:
+        self.items.append(item)
+        del self.items[: -self.max_items]
+        return item
+
+    def get(self, item_id: str) -> ConversationItem:
+        for item in self.items:
+            if item.id == item_id:
+                return item
+        raise ProtocolError("item_not_found", f"no conversation item with id '{item_id}'", param="item_id")
+
+    def delete(self, item_id: str) -> None:
+        self.items.remove(self.get(item_id))
+
+    def previous_id(self, item: ConversationItem) -> str | None:
+        index = self.items.index(item)
+        return self.items[index - 1].id if index > 0 else None
+
+    def last_user_item(self) -> ConversationItem | None:
+        return next((item for item in reversed(self.items) if item.role == "user"), None)
+
+    def truncate(self, item_id: str, audio_end_ms: float) -> ConversationItem:
+        """Cut an assistant turn to what was heard by `audio_end_ms` of its audio."""
+        item = self.get(item_id)
+        if item.role != "assistant" or item.content_type != "output_audio":
+            raise ProtocolError("invalid_value", "only assistant audio items can be truncated", param="item_id")
+        if audio_end_ms > item.audio_ms + 1:
+            raise ProtocolError("invalid_value", f"audio_end_ms {audio_end_ms:.0f} is past the end of the item's "
+                                f"audio ({item.audio_ms:.0f} ms)", param="audio_end_ms")
+        item.text = heard_text(item.phrases, audio_end_ms)
+        item.status = "incomplete"
+        return item
+
+    def chat_messages(self, instructions: str) -> list[dict[str, str]]:
+        """OpenAI chat messages: the instructions, then every turn with words in it."""
+        messages = [{"role": "system", "content": instructions}]
+        for item in self.items:
+            if item.text:
+                messages.append({"role": item.role, "content": item.text})
+        return messages

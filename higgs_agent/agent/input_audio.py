@@ -1,0 +1,120 @@
+"""The caller's audio on its way in: wire format -> 16 kHz float (what VAD and ASR want) -> turns.
+
+Keeps the input buffer for manual commits and runs the server VAD when it is on. Everything downstream
+(transcription, the codec encoding of the turn) starts from the 16 kHz turn audio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from higgs_agent.agent.vad import (
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    VadSettings,
+)
+from higgs_agent.audio_formats import AudioFormat, StreamResampler, decode_audio
+
+ASR_RATE = 16000
+
+
+@dataclass(frozen=True)
+class TurnAudio:
+    """A committed user turn: its 16 kHz audio and where it sits in the session's input timeline."""
+
+    audio: np.ndarray
+    start_ms: int
+    end_ms: int
+
+
+class InputAudio:
+    def __init__(self, fmt: AudioFormat, vad: VadSettings | None, max_buffer_s: float = 300.0,
+                 max_turn_s: float = 60.0) -> None:
+        self.format = fmt
+        self.max_buffer_samples = int(max_buffer_s * ASR_RATE)
+        self.max_turn_ms = int(max_turn_s * 1000)
+        self._turn_start_ms = 0
+        self._resampler = StreamResampler(fmt.rate, ASR_RATE)
+        self._detector: TurnDetector | None = None
+        self._chunks: list[np.ndarray] = []
+        self._buffered = 0
+        self._total = 0  # samples since the session started: the audio clock events report
+        self._buffer_start = 0  # where the manual buffer starts on that clock
+        self.reconfigure(fmt, vad)
+
+    @property
+    def vad_on(self) -> bool:
+        return self._detector is not None
+
+    @property
+    def audio_ms(self) -> int:
+        return self._total * 1000 // ASR_RATE
+
+    @property
+    def buffered_ms(self) -> int:
+        return self._buffered * 1000 // ASR_RATE
+
+    def reconfigure(self, fmt: AudioFormat, vad: VadSettings | None) -> None:
+        if fmt != self.format:
+            self.format = fmt
+            self._resampler = StreamResampler(fmt.rate, ASR_RATE)
+        if vad is None:
+            self._detector = None
+        elif self._detector is None or self._detector.settings != vad:
+            self._detector = TurnDetector(vad, sample_rate=ASR_RATE, origin_ms=self.audio_ms)  # session clock
+
+    def append(self, data: bytes) -> list[SpeechStarted | SpeechStopped]:
+        """Add wire bytes (AudioFormatError if malformed); return the VAD's events."""
+        return self.push(decode_audio(data, self.format), self.format.rate)
+
+    def push(self, samples: np.ndarray, rate: int) -> list[SpeechStarted | SpeechStopped]:
+        """Add float samples at `rate` (transports that deliver decoded audio call this directly)."""
+        if rate != self.format.rate:
+            raise ValueError(f"audio at {rate} Hz pushed into a {self.format.rate} Hz input")
+        audio = self._resampler.push(samples)
+        if not len(audio):
+            return []
+        self._chunks.append(audio)
+        self._buffered += len(audio)
+        self._total += len(audio)
+        self._trim()
+        if self._detector is None:
+            return []
+        events = self._detector.push(audio)
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                self._turn_start_ms = event.audio_start_ms
+        if self._detector.in_speech and self.audio_ms - self._turn_start_ms > self.max_turn_ms:
+            stopped = self._detector.force_stop()  # endless "speech" (noise, music) still makes turns
+            events += [stopped] if stopped is not None else []
+        if any(isinstance(event, SpeechStopped) for event in events):
+            self.clear()  # the turn owns that audio now
+        return events
+
+    def commit(self) -> TurnAudio:
+        """Take the buffer as a turn (manual mode, or a commit in VAD mode), resampler tail included."""
+        tail = self._resampler.flush()
+        if len(tail):
+            self._chunks.append(tail)
+            self._total += len(tail)
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+        turn = TurnAudio(audio, self._buffer_start * 1000 // ASR_RATE, self.audio_ms)
+        self.clear()
+        if self._detector is not None:
+            self._detector.reset()  # that speech is committed; do not end it again later
+        return turn
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._buffered = 0
+        self._buffer_start = self._total
+
+    def _trim(self) -> None:
+        """Bound the buffer: a client that streams for ever without committing keeps only the newest audio."""
+        while self._buffered > self.max_buffer_samples and len(self._chunks) > 1:
+            dropped = self._chunks.pop(0)
+            self._buffered -= len(dropped)
+            self._buffer_start += len(dropped)

@@ -1,0 +1,106 @@
+"""`higgs-agent bench agent`: turn latency of the whole voice agent, over a real socket, in one run.
+
+A real server (in this process, on a free port) with the echo responder; espeak-ng speech sent by the
+Realtime client at full speed; per turn, the server's `higgs.turn.latency` stages and the client's own
+"first audio after the end of my speech". Baseline, measured in the same run: the engine alone speaking
+the same words (`stream_pcm` time to first audio), so `agent_vs_engine` is what the agent adds on top
+of the speech generation it cannot avoid (ASR, VAD decision, codec encode of the turn, plumbing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from higgs_agent import SAMPLE_RATE
+from higgs_agent.agent.services import AgentServices
+from higgs_agent.audio import read_wav
+from higgs_agent.model.sampling import SamplingSettings
+
+UTTERANCE = "hello, can you tell me the weather forecast for tomorrow"
+
+
+def espeak(text: str) -> np.ndarray:
+    """24 kHz speech from espeak-ng (installed by scripts/install.sh), with 0.3 s of silence before."""
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("bench agent needs espeak-ng for its test speech: apt-get install espeak-ng")
+    with tempfile.TemporaryDirectory() as folder:
+        wav = Path(folder) / "speech.wav"
+        subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
+        audio = read_wav(wav, SAMPLE_RATE)
+    return np.concatenate([np.zeros(SAMPLE_RATE * 3 // 10, dtype=np.float32), audio])
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 1) if present else None
+
+
+async def _engine_ttfa_ms(services: AgentServices, text: str) -> float:
+    from higgs_agent.agent.speaker import PhraseSpeaker
+
+    speaker = PhraseSpeaker(services.engine, services.sampling)
+    start = time.perf_counter()
+    first = None
+    async for _ in speaker.speak(text):
+        first = first or (time.perf_counter() - start) * 1000.0
+    return first or float("nan")
+
+
+def run_agent_bench(args: argparse.Namespace) -> dict:
+    import uvicorn
+
+    from higgs_agent.agent.responders.echo import EchoResponder
+    from higgs_agent.bench.common import load_bench_model
+    from higgs_agent.client import talk
+    from higgs_agent.model.asr import Transcriber
+    from higgs_agent.server import WS_MAX_BYTES
+    from higgs_agent.streaming.engine import StreamingEngine
+    from higgs_agent.transport.app import create_agent_app
+
+    bundle, model = load_bench_model(args)
+    services = AgentServices(engine=StreamingEngine(bundle), transcriber=Transcriber.load(args.asr_model),
+                             responders={"echo": EchoResponder()}, default_responder="echo",
+                             sampling=SamplingSettings(greedy=True, max_frames=args.max_frames))
+    services.transcriber.warmup()
+    server = uvicorn.Server(uvicorn.Config(create_agent_app(services), host="127.0.0.1", port=0,
+                                           log_level="warning", ws_max_size=WS_MAX_BYTES, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not (server.started and server.servers):
+        time.sleep(0.05)
+    url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1/realtime"
+    speech = espeak(UTTERANCE)
+    turns = []
+    try:
+        for _ in range(args.turns):
+            result = asyncio.run(talk(url, speech, SAMPLE_RATE, realtime_pace=False, timeout_s=300))
+            turns.append({**result.latency_ms, "client_first_audio": result.first_audio_after_ms,
+                          "transcript_text": result.user_transcript, "status": result.status})
+        said = turns[-1]["transcript_text"] or UTTERANCE
+        baseline = [asyncio.run(_engine_ttfa_ms(services, said)) for _ in range(args.turns)]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    figures = {stage: _median([t.get(stage) for t in turns]) for stage in
+               ("transcript", "first_text", "first_audio_frame", "first_audio_sent", "client_first_audio")}
+    engine_ttfa = _median(baseline)
+    speech_part = (figures["first_audio_sent"] or 0) - (figures["first_text"] or 0)
+    return {
+        "turns": len(turns),
+        "completed": sum(t["status"] == "completed" for t in turns),
+        **{f"{stage}_ms_p50": value for stage, value in figures.items()},
+        "engine_ttfa_ms_p50": engine_ttfa,
+        "speech_vs_engine": round(speech_part / engine_ttfa, 3) if engine_ttfa else None,
+        "transcript": turns[-1]["transcript_text"] if turns else None,
+        "model": model, "device": str(bundle.device), "asr": services.transcriber.name,
+    }

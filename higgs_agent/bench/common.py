@@ -1,0 +1,28 @@
+"""What every benchmark does first: say what it is doing (on stderr, so the JSON stays the last stdout
+line), and load the model it measures, making a mini one when none is named."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+from higgs_agent.model import load_higgs
+from higgs_agent.model.loader import HiggsBundle
+from higgs_agent.model.tiny import make_tiny_model
+
+
+def note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_bench_model(args: argparse.Namespace) -> tuple[HiggsBundle, str]:
+    """The bundle for `--model` (or a seed-0 mini model written to a scratch folder), and its name."""
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = args.model
+        if model_dir is None:
+            note("making a mini model (random weights) ...")
+            model_dir = str(make_tiny_model(os.path.join(scratch, "mini"), size="mini", seed=0))
+        bundle = load_higgs(model_dir, device=args.device, dtype=args.dtype, threads=args.threads)
+    return bundle, args.model or "mini (made on the fly)"

@@ -1,0 +1,60 @@
+"""The WebSocket output's outbox: bounded for a client that stops reading, and barge-in drops queued audio."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from higgs_agent.audio_formats import PCM16_24K
+from higgs_agent.transport.realtime_ws import ClientTooSlow, WebSocketOutput
+
+
+class StuckSocket:
+    """A client that never reads: every send blocks."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closed_with: tuple[int, str] | None = None
+        self.block = asyncio.Event()
+
+    async def send_text(self, text: str) -> None:
+        await self.block.wait()
+        self.sent.append(text)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed_with = (code, reason)
+
+
+async def test_a_client_that_stops_reading_costs_bounded_memory_then_is_closed():
+    socket = StuckSocket()
+    output = WebSocketOutput(socket, lambda: PCM16_24K, max_messages=8, slow_client_timeout_s=0.3)
+    output.start()
+    with pytest.raises(ClientTooSlow):
+        for _ in range(1000):
+            await output.send_audio("resp", "item", np.zeros(960, dtype=np.float32))
+            assert len(output._queue) <= 8
+    await asyncio.sleep(0.05)
+    assert socket.closed_with is not None and socket.closed_with[0] == 1008
+    await output.send_event({"type": "late"})  # after the close: dropped quietly, no error
+    await output.close()
+
+
+async def test_barge_in_drops_queued_audio_of_that_item_only():
+    socket = StuckSocket()
+    output = WebSocketOutput(socket, lambda: PCM16_24K, max_messages=64)
+    output.start()
+    for _ in range(5):
+        await output.send_audio("r1", "old", np.zeros(960, dtype=np.float32))
+    await output.send_event({"type": "keep"})
+    await output.send_audio("r2", "new", np.zeros(480, dtype=np.float32))
+    await asyncio.sleep(0.01)  # the sender holds the first message, blocked in send_text
+    dropped = output.discard_audio("old")
+    assert dropped == 4 * 960
+    socket.block.set()
+    await asyncio.sleep(0.05)
+    kinds = [json.loads(t)["type"] for t in socket.sent]
+    items = [json.loads(t).get("item_id") for t in socket.sent]
+    assert kinds == ["response.output_audio.delta", "keep", "response.output_audio.delta"]
+    assert items == ["old", None, "new"]
+    await output.close()
