@@ -58,3 +58,14 @@ async def test_barge_in_drops_queued_audio_of_that_item_only():
     assert kinds == ["response.output_audio.delta", "keep", "response.output_audio.delta"]
     assert items == ["old", None, "new"]
     await output.close()
+
+
+def test_the_playout_clock_counts_a_stall_as_not_heard():
+    from higgs_agent.agent.playout import PlayoutClock
+
+    clock = PlayoutClock()
+    clock.sent(1000, at=0.0)  # 1 s of audio at t=0 s
+    assert clock.heard_ms(at=0.5) == 500
+    clock.sent(2000, at=3.0)  # the listener ran dry at t=1 s; 2 s more arrive at t=3 s
+    assert clock.heard_ms(at=3.1) == pytest.approx(1100)  # not min(sent, elapsed) = 3000
+    assert clock.heard_ms(at=10.0) == 3000

@@ -17,6 +17,7 @@ from higgs_agent.agent.vad import VadSettings
 from higgs_agent.audio_formats import AudioFormat, AudioFormatError
 
 RESPONDERS = ("echo", "llm", "native")
+SEMANTIC_PAUSE_MS = {"low": 1200, "medium": 600, "auto": 600, "high": 300}  # eagerness -> pause that ends a turn
 CALLER_VOICE = "caller"
 
 
@@ -27,10 +28,13 @@ class TurnDetection:
     vad: VadSettings = field(default_factory=VadSettings)
     create_response: bool = True
     interrupt_response: bool = True
+    eagerness: str | None = None  # set when the client asked for semantic_vad (served by the same VAD)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.vad.to_turn_detection(), "create_response": self.create_response,
-                "interrupt_response": self.interrupt_response}
+        flags = {"create_response": self.create_response, "interrupt_response": self.interrupt_response}
+        if self.eagerness is not None:
+            return {"type": "semantic_vad", "eagerness": self.eagerness, **flags}
+        return {**self.vad.to_turn_detection(), **flags}
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,14 @@ class SessionConfig:
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     transcription_model: str = "whisper"
     voice: str = "default"
+    latency_events: bool = True  # extension: send higgs.turn.latency (clients that reject unknown events: false)
     id: str = field(default_factory=lambda: new_id("sess"))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": "realtime", "object": "realtime.session", "id": self.id, "model": self.model,
             "output_modalities": ["audio"], "instructions": self.instructions, "responder": self.responder,
+            "latency_events": self.latency_events,
             "audio": {
                 "input": {"format": self.input_format.to_session(),
                           "turn_detection": None if self.turn_detection is None else self.turn_detection.to_dict(),
@@ -68,6 +74,11 @@ class SessionConfig:
                 raise ProtocolError("invalid_value", f"responder must be one of {', '.join(available_responders)}"
                                     f" on this server, got {name!r}", param="session.responder")
             changes["responder"] = name
+        if "latency_events" in session:
+            if not isinstance(session["latency_events"], bool):
+                raise ProtocolError("invalid_value", "session.latency_events must be true or false",
+                                    param="session.latency_events")
+            changes["latency_events"] = session["latency_events"]
         modalities = session.get("output_modalities")
         if modalities is not None and "audio" not in modalities:
             raise ProtocolError("invalid_value", "this server always answers with audio; output_modalities must "
@@ -91,10 +102,15 @@ class SessionConfig:
         if value is None:
             return None
         value = _object(value, param)
-        if value.get("type", "server_vad") != "server_vad":
-            raise ProtocolError("invalid_value", f"turn_detection.type must be 'server_vad' or the whole field null, "
-                                f"got {value.get('type')!r}", param=f"{param}.type")
+        kind = value.get("type", "server_vad")
+        if kind == "semantic_vad":
+            return self._semantic_vad(value, param)
+        if kind != "server_vad":
+            raise ProtocolError("invalid_value", f"turn_detection.type must be 'server_vad', 'semantic_vad' or the "
+                                f"whole field null, got {kind!r}", param=f"{param}.type")
         base = self.turn_detection or TurnDetection()
+        if base.eagerness is not None:
+            base = TurnDetection()
         merged = {k: v for k, v in {**base.to_dict(), **value}.items() if v is not None}
         if "threshold" in value and "aggressiveness" not in value:
             merged.pop("aggressiveness", None)  # a new threshold sets the aggressiveness
@@ -106,6 +122,18 @@ class SessionConfig:
             raise ProtocolError("invalid_value", str(exc), param=param) from None
         return TurnDetection(vad=vad, create_response=bool(merged.get("create_response", True)),
                              interrupt_response=bool(merged.get("interrupt_response", True)))
+
+
+    def _semantic_vad(self, value: dict[str, Any], param: str) -> TurnDetection:
+        """No semantic turn model here: semantic_vad is served by the VAD, its eagerness setting how long a
+        pause ends a turn. Accepted (not refused) because SDKs ask for it by default."""
+        eagerness = value.get("eagerness", "auto")
+        if eagerness not in SEMANTIC_PAUSE_MS:
+            raise ProtocolError("invalid_value", f"turn_detection.eagerness must be one of "
+                                f"{', '.join(SEMANTIC_PAUSE_MS)}, got {eagerness!r}", param=f"{param}.eagerness")
+        vad = VadSettings(silence_duration_ms=SEMANTIC_PAUSE_MS[eagerness])
+        return TurnDetection(vad=vad, create_response=bool(value.get("create_response", True)),
+                             interrupt_response=bool(value.get("interrupt_response", True)), eagerness=eagerness)
 
 
 def _object(value: Any, param: str) -> dict[str, Any]:

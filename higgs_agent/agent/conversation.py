@@ -42,7 +42,7 @@ def heard_text(phrases: list[SpokenPhrase], audio_end_ms: float) -> str:
 class ConversationItem:
     id: str
     role: Role
-    content_type: Literal["input_audio", "input_text", "output_audio", "text"]
+    content_type: Literal["input_audio", "input_text", "output_audio", "output_text"]
     text: str | None = None  # transcript, typed text, or the spoken words (heard words once truncated)
     language: str | None = None
     codes: torch.Tensor | None = None  # (num_codebooks, frames): the user's audio, for the model to hear
@@ -59,7 +59,7 @@ class ConversationItem:
 
     def to_dict(self) -> dict[str, Any]:
         part: dict[str, Any] = {"type": self.content_type}
-        if self.content_type in ("input_text", "text"):
+        if self.content_type in ("input_text", "output_text"):
             part["text"] = self.text or ""
         else:
             part["transcript"] = self.text

@@ -95,6 +95,11 @@ class ConversationItemDelete(_ClientEvent):
     item_id: str
 
 
+class ConversationItemRetrieve(_ClientEvent):
+    type: Literal["conversation.item.retrieve"]
+    item_id: str
+
+
 class ResponseCreate(_ClientEvent):
     type: Literal["response.create"]
     response: dict[str, Any] | None = None
@@ -107,15 +112,16 @@ class ResponseCancel(_ClientEvent):
 
 ClientEvent = Annotated[
     SessionUpdate | InputAudioBufferAppend | InputAudioBufferCommit | InputAudioBufferClear
-    | ConversationItemCreate | ConversationItemTruncate | ConversationItemDelete | ResponseCreate | ResponseCancel,
+    | ConversationItemCreate | ConversationItemTruncate | ConversationItemDelete | ConversationItemRetrieve
+    | ResponseCreate | ResponseCancel,
     Field(discriminator="type"),
 ]
 _client_event = TypeAdapter(ClientEvent)
 CLIENT_EVENT_TYPES = frozenset(
     model.model_fields["type"].annotation.__args__[0]  # the Literal's one value
     for model in (SessionUpdate, InputAudioBufferAppend, InputAudioBufferCommit, InputAudioBufferClear,
-                  ConversationItemCreate, ConversationItemTruncate, ConversationItemDelete, ResponseCreate,
-                  ResponseCancel)
+                  ConversationItemCreate, ConversationItemTruncate, ConversationItemDelete, ConversationItemRetrieve,
+                  ResponseCreate, ResponseCancel)
 )
 
 
@@ -126,7 +132,7 @@ def parse_client_event(raw: str | bytes, max_bytes: int) -> ClientEvent:
                             "bytes; send audio in smaller input_audio_buffer.append chunks")
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError("invalid_json", f"message is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("invalid_event", "an event must be a JSON object")

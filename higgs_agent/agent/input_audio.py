@@ -112,9 +112,19 @@ class InputAudio:
         self._buffered = 0
         self._buffer_start = self._total
 
+    def discard(self) -> None:
+        """input_audio_buffer.clear: drop the buffer AND any turn in progress (its audio is gone too)."""
+        self.clear()
+        self._resampler.reset()
+        if self._detector is not None:
+            self._detector.reset()
+
     def _trim(self) -> None:
-        """Bound the buffer: a client that streams for ever without committing keeps only the newest audio."""
-        while self._buffered > self.max_buffer_samples and len(self._chunks) > 1:
+        """Bound the buffer: a client that streams for ever without committing keeps only the newest audio
+        (with the VAD on, no more than a turn can hold: the VAD keeps its own copy of the turn)."""
+        limit = min(self.max_buffer_samples, self.max_turn_ms * ASR_RATE // 1000) if self.vad_on \
+            else self.max_buffer_samples
+        while self._buffered > limit and len(self._chunks) > 1:
             dropped = self._chunks.pop(0)
             self._buffered -= len(dropped)
             self._buffer_start += len(dropped)

@@ -1,13 +1,12 @@
 """One response, start to `response.done`: reply text phrase by phrase from the responder, each phrase
-spoken as soon as it is complete, audio handed to the output as it is decoded, a pacing record of what the
-listener has heard so a barge-in can cut the turn to exactly that."""
+spoken as soon as it is complete, audio handed to the output as it is decoded; on barge-in the turn is cut
+to what the listener heard (the client's truncate, else the output's playout clock)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,25 +37,8 @@ class SessionOutput(Protocol):
     def discard_audio(self, item_id: str) -> int:
         """Drop queued, unsent audio of an item; return the samples (24 kHz) dropped."""
 
-
-@dataclass
-class Playback:
-    """The pacing record: audio handed to the transport, and when the first of it went out. A listener
-    plays at real time from the first byte, so by `t` it has heard min(sent, t - first) of it."""
-
-    sent_samples: int = 0
-    first_sent_at: float | None = None
-
-    def add(self, samples: int) -> None:
-        if self.first_sent_at is None:
-            self.first_sent_at = time.perf_counter()
-        self.sent_samples += samples
-
-    def heard_ms(self, at: float | None = None) -> float:
-        if self.first_sent_at is None:
-            return 0.0
-        elapsed_ms = ((at or time.perf_counter()) - self.first_sent_at) * 1000.0
-        return max(0.0, min(self.sent_samples * 1000.0 / SAMPLE_RATE, elapsed_ms))
+    def heard_ms(self, item_id: str) -> float:
+        """How much of the item's audio the listener has heard by now (see `playout.PlayoutClock`)."""
 
 
 @dataclass
@@ -75,29 +57,25 @@ class ReplyRun:
     id: str = field(default_factory=lambda: new_id("resp"))
     status: str = "in_progress"
     status_details: dict[str, Any] | None = None
-    playback: Playback = field(default_factory=Playback)
     heard_ms_at_cancel: float | None = None
-    _task: asyncio.Task | None = None
+    client_heard_ms: float | None = None  # from the client's conversation.item.truncate: wins when given
+    task: asyncio.Task | None = None
     _latency_sent: bool = False
 
-    def start(self, on_done: Callable[[ReplyRun], Awaitable[None]]) -> asyncio.Task:
-        async def main() -> None:
-            try:
-                await self._run()
-            finally:
-                await on_done(self)
-
-        self._task = asyncio.create_task(main(), name=self.id)
-        return self._task
+    def start(self, on_done: Callable[[ReplyRun], None]) -> asyncio.Task:
+        """Run the response as a task; `on_done` runs when it ends, even if cancelled before it ran."""
+        self.task = asyncio.create_task(self._run(), name=self.id)
+        self.task.add_done_callback(lambda _: on_done(self))
+        return self.task
 
     @property
     def done(self) -> bool:
-        return self._task is None or self._task.done()
+        return self.task is None or self.task.done()
 
     async def wait(self) -> None:
-        """Until the response is done, without cancelling it if the waiter is cancelled."""
-        if self._task is not None:
-            await asyncio.shield(self._task)
+        """Until the response is done; never raises (a cancelled waiter stays cancelled)."""
+        if self.task is not None:
+            await asyncio.wait({self.task})
 
     async def cancel(self, reason: str) -> None:
         """Stop generating and sending now; the turn keeps what was heard. Waits for the task to settle."""
@@ -105,17 +83,15 @@ class ReplyRun:
             return
         self.status = "cancelled"
         self.status_details = {"type": "cancelled", "reason": reason}
-        dropped = self.output.discard_audio(self.item.id)
-        self.playback.sent_samples -= dropped
-        self.heard_ms_at_cancel = self.playback.heard_ms()
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self.output.discard_audio(self.item.id)
+        self.heard_ms_at_cancel = self.output.heard_ms(self.item.id)
+        assert self.task is not None
+        self.task.cancel()
+        await self.wait()
 
-    def response_object(self) -> dict[str, Any]:
+    def response_object(self, with_output: bool = True) -> dict[str, Any]:
         return {"object": "realtime.response", "id": self.id, "status": self.status,
-                "status_details": self.status_details, "output": [self.item.to_dict()],
+                "status_details": self.status_details, "output": [self.item.to_dict()] if with_output else [],
                 "output_modalities": ["audio"], "usage": None}
 
     async def _emit(self, kind: str, **fields: Any) -> None:
@@ -123,12 +99,12 @@ class ReplyRun:
 
     async def _run(self) -> None:
         ids = {"response_id": self.id, "item_id": self.item.id, "output_index": 0, "content_index": 0}
-        await self._emit("response.created", response=self.response_object())
-        await self._emit("response.output_item.added", response_id=self.id, output_index=0,
-                         item=self.item.to_dict())
-        await self._emit("conversation.item.added", item=self.item.to_dict())
-        await self._emit("response.content_part.added", **ids, part={"type": "output_audio", "transcript": ""})
         try:
+            await self._emit("response.created", response=self.response_object(with_output=False))
+            await self._emit("response.output_item.added", response_id=self.id, output_index=0,
+                             item=self.item.to_dict())
+            await self._emit("conversation.item.added", item=self.item.to_dict())
+            await self._emit("response.content_part.added", **ids, part={"type": "audio", "transcript": ""})
             await self._speak_phrases(ids)
             self.status = "completed"
         except asyncio.CancelledError:
@@ -171,8 +147,8 @@ class ReplyRun:
                         self.timing.mark("first_text")
                         await phrases.put(phrase.strip())
             await phrases.put(None)
-        except ResponderError as exc:
-            await phrases.put(exc)
+        except Exception as exc:  # noqa: BLE001 - any responder failure ends the reply as failed, never hangs it
+            await phrases.put(exc if isinstance(exc, ResponderError) else ResponderError(f"responder failed: {exc!r}"))
 
     async def _speak(self, phrase: str, ids: dict[str, Any]) -> None:
         start_ms = self.item.audio_ms
@@ -181,15 +157,16 @@ class ReplyRun:
         samples = 0
         spoken = SpokenPhrase(phrase, start_ms, start_ms)
         self.item.phrases.append(spoken)  # the timeline grows as audio goes out, for truncation
-        async for chunk in self.speaker.speak(phrase, self.voice,
-                                              on_first_frame=lambda: self.timing.mark("first_audio_frame")):
-            await self.output.send_audio(self.id, self.item.id, chunk)
-            self.playback.add(len(chunk))
-            samples += len(chunk)
-            self.item.phrases[-1] = SpokenPhrase(phrase, start_ms, start_ms + samples * 1000.0 / SAMPLE_RATE)
-            if not self._latency_sent:
-                self.timing.mark("first_audio_sent")
-                await self._send_latency()
+        speech = self.speaker.speak(phrase, self.voice, on_first_frame=lambda: self.timing.mark("first_audio_frame"))
+        async with contextlib.aclosing(speech):  # a cancel here closes the generation at once, not at GC
+            async for chunk in speech:
+                await self.output.send_audio(self.id, self.item.id, chunk)
+                samples += len(chunk)
+                self.item.phrases[-1] = SpokenPhrase(phrase, start_ms,
+                                                     start_ms + samples * 1000.0 / SAMPLE_RATE)
+                if not self._latency_sent:
+                    self.timing.mark("first_audio_sent")
+                    await self._send_latency()
 
     async def _send_latency(self) -> None:
         self._latency_sent = True
@@ -198,18 +175,21 @@ class ReplyRun:
 
     async def _finish(self, ids: dict[str, Any]) -> None:
         if self.status == "cancelled":
-            heard = self.heard_ms_at_cancel if self.heard_ms_at_cancel is not None else self.playback.heard_ms()
-            self.item.text = heard_text(self.item.phrases, heard)
+            if self.client_heard_ms is not None:  # the client said where it stopped playing: already truncated
+                self.item.text = heard_text(self.item.phrases, self.client_heard_ms)
+            else:
+                heard = self.heard_ms_at_cancel
+                heard = self.output.heard_ms(self.item.id) if heard is None else heard
+                self.item.text = heard_text(self.item.phrases, heard)
+                await self._emit("conversation.item.truncated", item_id=self.item.id, content_index=0,
+                                 audio_end_ms=int(heard))
             self.item.status = "incomplete"
-            await self._emit("conversation.item.truncated", item_id=self.item.id, content_index=0,
-                             audio_end_ms=int(heard))
         else:
             self.item.text = self.item.spoken_text
             self.item.status = "completed" if self.status == "completed" else "incomplete"
         await self._emit("response.output_audio.done", **ids)
         await self._emit("response.output_audio_transcript.done", **ids, transcript=self.item.text)
-        await self._emit("response.content_part.done", **ids,
-                         part={"type": "output_audio", "transcript": self.item.text})
+        await self._emit("response.content_part.done", **ids, part={"type": "audio", "transcript": self.item.text})
         await self._emit("response.output_item.done", response_id=self.id, output_index=0, item=self.item.to_dict())
         if not self._latency_sent:
             await self._send_latency()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +43,8 @@ class UserTurn:
     audio: np.ndarray | None  # 16 kHz; None for typed text
     timing: TurnTiming
     create_response: bool
+    epoch: int = 0  # speech starts seen when it was queued: a later one means the user spoke on
+    instructions: str | None = None  # response.create's per-response override
 
 
 class Session:
@@ -57,7 +58,9 @@ class Session:
         self.reply: ReplyRun | None = None
         self._speech_item_id: str | None = None
         self._turns: asyncio.Queue[UserTurn] = asyncio.Queue()
-        self._codes: dict[str, asyncio.Task] = {}  # item id -> codec encoding of that turn's audio
+        self._pending: list[UserTurn] = []  # queued turns that will create a response
+        self._epoch = 0  # speech starts so far
+        self._last_audio: tuple[str, np.ndarray] | None = None  # the latest user turn's audio, for its codes
         self._worker: asyncio.Task | None = None
         self.closed = False
 
@@ -75,14 +78,11 @@ class Session:
             return
         self.closed = True
         self.services.metrics.sessions_active.dec()
+        if self._worker is not None:  # first: so it cannot start another reply
+            self._worker.cancel()
+            await asyncio.wait({self._worker})
         if self.reply is not None:
             await self.reply.cancel("client_disconnected")
-        tasks = [t for t in (self._worker, *self._codes.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
     # --- input -----------------------------------------------------------------------------------------
 
@@ -92,6 +92,11 @@ class Session:
             await self.handle(ev.parse_client_event(raw, self.services.max_event_bytes))
         except ProtocolError as exc:
             await self.report(exc)
+        except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a rate of 1e400, JSON nested 100k deep
+            await self.report(ProtocolError("invalid_value", f"unusable value: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - a bug must not end the session
+            log.exception("handling a client message failed")
+            await self.report(ProtocolError("server_error", f"internal error: {exc!r}", type="server_error"))
 
     async def report(self, error: ProtocolError) -> None:
         self.services.metrics.errors.labels(code=error.code).inc()
@@ -106,6 +111,7 @@ class Session:
             "conversation.item.create": self._item_create,
             "conversation.item.truncate": self._truncate,
             "conversation.item.delete": self._delete,
+            "conversation.item.retrieve": self._retrieve,
             "response.create": self._response_create,
             "response.cancel": self._response_cancel,
         }[event.type]
@@ -144,6 +150,7 @@ class Session:
 
     async def _speech_started(self, audio_start_ms: int) -> None:
         self._speech_item_id = new_id("item")
+        self._epoch += 1
         await self._emit("input_audio_buffer.speech_started", audio_start_ms=audio_start_ms,
                          item_id=self._speech_item_id)
         detection = self.config.turn_detection
@@ -173,11 +180,17 @@ class Session:
         item = self.conversation.add(ConversationItem(item_id, "user", "input_audio"))
         await self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
         await self._emit("conversation.item.added", previous_item_id=previous, item=item.to_dict())
-        self._codes[item_id] = asyncio.create_task(asyncio.to_thread(self._encode, audio))
-        await self._turns.put(UserTurn(item, audio, timing, create_response))
+        self._last_audio = (item_id, audio)
+        self._queue(UserTurn(item, audio, timing, create_response, epoch=self._epoch))
+
+    def _queue(self, turn: UserTurn) -> None:
+        if turn.create_response:
+            self._pending.append(turn)
+        self._turns.put_nowait(turn)
 
     async def _clear(self, event: ev.InputAudioBufferClear) -> None:
-        self.input.clear()
+        self.input.discard()
+        self._speech_item_id = None
         await self._emit("input_audio_buffer.cleared")
 
     async def _item_create(self, event: ev.ConversationItemCreate) -> None:
@@ -190,8 +203,8 @@ class Session:
             if part.text is None:
                 raise ProtocolError("invalid_value", "a text part needs 'text'", param="item.content.0.text")
             previous = self.conversation.items[-1].id if self.conversation.items else None
-            added = self.conversation.add(ConversationItem(item_id, item.role, "input_text" if item.role == "user"
-                                                           else "text", text=part.text))
+            kind = "output_text" if item.role == "assistant" else "input_text"
+            added = self.conversation.add(ConversationItem(item_id, item.role, kind, text=part.text))
             await self._emit("conversation.item.added", previous_item_id=previous, item=added.to_dict())
             await self._emit("conversation.item.done", previous_item_id=previous, item=added.to_dict())
         elif part.type == "input_audio" and item.role == "user":
@@ -207,6 +220,8 @@ class Session:
 
     async def _truncate(self, event: ev.ConversationItemTruncate) -> None:
         item = self.conversation.truncate(event.item_id, event.audio_end_ms)
+        if self.reply is not None and self.reply.item is item:
+            self.reply.client_heard_ms = event.audio_end_ms  # the client knows best what it played
         await self._emit("conversation.item.truncated", item_id=item.id, content_index=event.content_index,
                          audio_end_ms=event.audio_end_ms)
 
@@ -214,14 +229,27 @@ class Session:
         self.conversation.delete(event.item_id)
         await self._emit("conversation.item.deleted", item_id=event.item_id)
 
+    async def _retrieve(self, event: ev.ConversationItemRetrieve) -> None:
+        await self._emit("conversation.item.retrieved", item=self.conversation.get(event.item_id).to_dict())
+
     async def _response_create(self, event: ev.ResponseCreate) -> None:
-        if self.reply is not None:
+        busy = self.reply.id if self.reply is not None else ("a queued response" if self._pending else None)
+        if busy:  # one response at a time writes to the conversation, as the reference server enforces
             raise ProtocolError("conversation_already_has_active_response",
-                                f"response {self.reply.id} is still in progress; cancel it or wait for response.done")
+                                f"{busy} is still in progress; cancel it or wait for response.done")
+        instructions = (event.response or {}).get("instructions")
+        if instructions is not None and not isinstance(instructions, str):
+            raise ProtocolError("invalid_value", "response.instructions must be a string",
+                                param="response.instructions")
         # Behind the queue: a commit just before this must be transcribed before the reply is written.
-        await self._turns.put(UserTurn(None, None, TurnTiming(), create_response=True))
+        self._queue(UserTurn(None, None, TurnTiming(), create_response=True, instructions=instructions))
 
     async def _response_cancel(self, event: ev.ResponseCancel) -> None:
+        if self.reply is None and self._pending and not event.response_id:
+            for turn in self._pending:  # not started yet: it never will
+                turn.create_response = False
+            self._pending.clear()
+            return
         if self.reply is None or (event.response_id and event.response_id != self.reply.id):
             raise ProtocolError("response_cancel_not_active", "there is no active response to cancel",
                                 param="response_id")
@@ -232,27 +260,43 @@ class Session:
     async def _understand_turns(self) -> None:
         while True:
             turn = await self._turns.get()
-            if turn.item is not None and turn.audio is not None:
-                await self._transcribe(turn)
-            if turn.create_response:
-                if self.reply is not None:  # a reply the user did not interrupt: let it finish first
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self.reply.wait()
-                await self._respond(turn.timing)
+            try:
+                await self._take_turn(turn)
+            except Exception as exc:  # noqa: BLE001 - one failed turn must not stop the session listening
+                log.exception("a turn failed")
+                await self.report(ProtocolError("server_error", f"the turn failed: {exc!r}", type="server_error"))
+
+    async def _take_turn(self, turn: UserTurn) -> None:
+        if turn.item is not None and turn.audio is not None:
+            await self._transcribe(turn)
+        if turn in self._pending:
+            self._pending.remove(turn)
+        if not turn.create_response or self.closed:
+            return
+        detection = self.config.turn_detection
+        if turn.item is not None and turn.epoch != self._epoch and detection and detection.interrupt_response:
+            return  # the user spoke on after this turn: the next turn answers both
+        if self.reply is not None:  # a reply the user did not interrupt: let it finish first
+            await self.reply.wait()
+        if not self.closed:
+            await self._respond(turn.timing, turn.instructions)
 
     async def _transcribe(self, turn: UserTurn) -> None:
         item = turn.item
         try:
             transcript = await asyncio.to_thread(self.services.transcriber.transcribe, turn.audio)
-            item.text, item.language = transcript.text.strip(), transcript.language
-        except Exception as exc:  # noqa: BLE001 - reported to the client, the session goes on
+        except Exception as exc:  # noqa: BLE001 - reported against the item, the session goes on
             log.exception("transcription failed")
             item.text = ""
-            await self.report(ProtocolError("transcription_failed", f"transcription failed: {exc}",
-                                            type="server_error"))
-        turn.timing.mark("transcript")
-        await self._emit("conversation.item.input_audio_transcription.completed", item_id=item.id, content_index=0,
-                         transcript=item.text, language=item.language)
+            await self._emit("conversation.item.input_audio_transcription.failed", item_id=item.id, content_index=0,
+                             error={"type": "transcription_error", "code": "transcription_failed",
+                                    "message": f"transcription failed: {exc}", "param": None})
+        else:
+            item.text, item.language = transcript.text.strip(), transcript.language
+            turn.timing.mark("transcript")
+            await self._emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
+                             content_index=0, transcript=item.text, language=item.language,
+                             usage={"type": "duration", "seconds": round(transcript.duration_s, 3)})
         await self._emit("conversation.item.done", item=item.to_dict())
 
     def _encode(self, audio: np.ndarray) -> Any:  # noqa: ANN401 - codes tensor or None
@@ -262,18 +306,22 @@ class Session:
         return encode_voice(self.services.bundle.processor, audio, ASR_RATE, "").codes
 
     async def _user_codes(self, item: ConversationItem | None) -> Any:  # noqa: ANN401
-        if item is None or item.id not in self._codes:
-            return None
-        if item.codes is None:
-            item.codes = await self._codes[item.id]
+        """The codec codes of the latest user turn, encoded on first use (only some replies need them)."""
+        if item is None or item.codes is not None or self._last_audio is None or self._last_audio[0] != item.id:
+            return None if item is None else item.codes
+        try:
+            item.codes = await asyncio.to_thread(self._encode, self._last_audio[1])
+        except Exception:  # noqa: BLE001 - the reply goes on without hearing the audio
+            log.exception("encoding the user's audio failed")
+        self._last_audio = None  # encoded (or not): the audio is not needed any more
         return item.codes
 
-    async def _respond(self, timing: TurnTiming) -> None:
+    async def _respond(self, timing: TurnTiming, instructions: str | None = None) -> None:
         responder = self.services.responder(self.config.responder)
         user = self.conversation.last_user_item()
         wants_codes = self.config.voice == CALLER_VOICE or self.config.responder == "native"
         codes = await self._user_codes(user) if wants_codes else None
-        request = ReplyRequest(messages=self.conversation.chat_messages(self.config.instructions),
+        request = ReplyRequest(messages=self.conversation.chat_messages(instructions or self.config.instructions),
                                user_audio_codes=codes, on_first_text=lambda: timing.mark("first_text"))
         voice = self.services.voice
         if self.config.voice == CALLER_VOICE and codes is not None and user is not None:
@@ -284,7 +332,9 @@ class Session:
                               user_item_id=user.id if user is not None else None, on_latency=self._latency)
         self.reply.start(on_done=self._reply_done)
 
-    async def _reply_done(self, run: ReplyRun) -> None:
+    def _reply_done(self, run: ReplyRun) -> None:
+        if run.status == "in_progress":  # cancelled before its task ever ran: nothing was sent
+            run.status = "cancelled"
         self.services.metrics.responses.labels(status=run.status).inc()
         if self.reply is run:
             self.reply = None
@@ -292,7 +342,8 @@ class Session:
     async def _latency(self, run: ReplyRun, latency_ms: dict[str, float | None]) -> None:
         self.services.metrics.observe_turn(latency_ms)
         log.info("turn latency %s %s", run.id, latency_ms)
-        await self._emit(f"{ev.EXTENSION_PREFIX}turn.latency", response_id=run.id, item_id=run.user_item_id,
+        if self.config.latency_events:
+            await self._emit(f"{ev.EXTENSION_PREFIX}turn.latency", response_id=run.id, item_id=run.user_item_id,
                          latency_ms=latency_ms)
 
     # --- helpers ---------------------------------------------------------------------------------------

@@ -18,6 +18,10 @@ from higgs_agent.streaming.generation import AtCapacityError
 from higgs_agent.streaming.speech import stream_pcm
 
 
+class BodyTooLarge(ValueError):
+    pass
+
+
 class SpeechRequest(BaseModel):
     input: str = Field(min_length=1, max_length=4096)
     model: str | None = None  # accepted for OpenAI compatibility; the server has one model
@@ -25,6 +29,19 @@ class SpeechRequest(BaseModel):
     instructions: str | None = None  # used as the scene description
     seed: int | None = None
     max_frames: int = Field(default=1500, ge=1, le=7500)
+
+
+MAX_BODY_BYTES = 64 << 10  # 4096 characters of input, with room to spare
+
+
+async def _body(request: Request) -> bytes:
+    """The body, refused past MAX_BODY_BYTES even without a Content-Length (chunked uploads)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"the body exceeds {MAX_BODY_BYTES} bytes")
+    return body
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -35,10 +52,14 @@ def speech_endpoint(engine: StreamingEngine) -> Callable[[Request], Awaitable[Re
     bundle = engine.bundle
 
     async def speech(request: Request) -> Response:
+        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+            return _error(413, f"the body exceeds {MAX_BODY_BYTES} bytes")
         try:
-            body = SpeechRequest.model_validate(json.loads(await request.body()))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = SpeechRequest.model_validate(json.loads(await _body(request)))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return _error(400, "the body must be JSON")
+        except BodyTooLarge as exc:
+            return _error(413, str(exc))
         except ValidationError as exc:
             return _error(400, exc.errors()[0]["msg"] + f" ({'.'.join(map(str, exc.errors()[0]['loc']))})")
         try:

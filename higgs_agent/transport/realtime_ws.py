@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.agent.events import ProtocolError, server_event
+from higgs_agent.agent.playout import PlayoutClock
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
 from higgs_agent.audio_formats import AudioFormat, StreamResampler, encode_audio
@@ -56,6 +57,7 @@ class WebSocketOutput:
         self._closed = False
         self._sender: asyncio.Task | None = None
         self.audio_seconds_sent = 0.0
+        self._playout: dict[str, PlayoutClock] = {}  # per reply item: what the listener has heard
         self._resampler: tuple[tuple[str, int], StreamResampler] | None = None
 
     def start(self) -> None:
@@ -80,6 +82,10 @@ class WebSocketOutput:
         event = server_event("response.output_audio.delta", response_id=response_id, item_id=item_id,
                              output_index=0, content_index=0, delta=delta)
         await self._put(_Outgoing(json.dumps(event), item_id=item_id, samples=len(samples)))
+
+    def heard_ms(self, item_id: str) -> float:
+        clock = self._playout.get(item_id)
+        return 0.0 if clock is None else clock.heard_ms()
 
     def discard_audio(self, item_id: str) -> int:
         kept = [m for m in self._queue if m.item_id != item_id]
@@ -114,6 +120,10 @@ class WebSocketOutput:
                 message = self._queue.popleft()
                 self._changed.notify_all()
             await self.websocket.send_text(message.text)
+            if message.item_id is not None:
+                if message.item_id not in self._playout:
+                    self._playout = {message.item_id: PlayoutClock()}  # one reply at a time is played
+                self._playout[message.item_id].sent(message.samples * 1000.0 / SAMPLE_RATE)
             self.audio_seconds_sent += message.samples / SAMPLE_RATE
 
 

@@ -1,0 +1,261 @@
+"""The session without a socket: races between turns, replies, cancels and closes; protocol details.
+
+A fake output records events; a scripted transcriber and responders make the timing controllable. The
+tiny model really speaks (the engine is real)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from higgs_agent.agent.responders.base import ReplyRequest
+from higgs_agent.agent.responders.echo import EchoResponder
+from higgs_agent.agent.services import AgentServices
+from higgs_agent.agent.session import Session
+from higgs_agent.audio import float_to_pcm16
+from higgs_agent.model.asr import Transcript
+from higgs_agent.model.sampling import SamplingSettings
+from higgs_agent.streaming.engine import StreamingEngine
+
+
+class FakeOutput:
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.samples = 0
+
+    async def send_event(self, event: dict) -> None:
+        self.events.append(event)
+
+    async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
+        self.samples += len(samples)
+        await asyncio.sleep(0)
+
+    def discard_audio(self, item_id: str) -> int:
+        return 0
+
+    def heard_ms(self, item_id: str) -> float:
+        return self.samples / 24.0
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+@dataclass
+class ScriptedTranscriber:
+    text: str = "hello there"
+    delay_s: float = 0.0
+    name: str = "scripted"
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        import time
+
+        time.sleep(self.delay_s)
+        return Transcript(self.text, "en", 1.0, len(audio) / 16000, self.delay_s * 1000)
+
+
+class Held:
+    """A responder that says one phrase, then waits until released."""
+
+    name = "held"
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def reply(self, request: ReplyRequest):
+        request.first_text()
+        yield "One moment."
+        await self.release.wait()
+        yield "Done."
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Broken:
+    name = "broken"
+
+    async def reply(self, request: ReplyRequest):
+        raise RuntimeError("boom")
+        yield ""  # pragma: no cover - makes this an async generator
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture
+def make_session(bundle):
+    engine = StreamingEngine(bundle)
+
+    async def make(transcriber=None, **responders) -> tuple[Session, FakeOutput]:
+        services = AgentServices(engine=engine, transcriber=transcriber or ScriptedTranscriber(),
+                                 responders={"echo": EchoResponder(), **responders}, default_responder="echo",
+                                 sampling=SamplingSettings(greedy=True, max_frames=60))
+        output = FakeOutput()
+        session = Session(services, output)
+        await session.open()
+        return session, output
+
+    yield make
+    engine.close()
+
+
+async def send(target: Session, **event) -> None:
+    await target.handle_message(json.dumps(event))
+
+
+async def until(output: FakeOutput, kind: str, count: int = 1, timeout: float = 60) -> dict:
+    for _ in range(int(timeout / 0.01)):
+        found = output.of(kind)
+        if len(found) >= count:
+            return found[count - 1]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no {kind} (#{count}); got {output.types()}")
+
+
+async def text_turn(session: Session, text: str) -> None:
+    await send(session, type="conversation.item.create",
+               item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+
+
+async def test_a_responder_that_crashes_fails_the_response_and_the_session_goes_on(make_session):
+    session, out = await make_session(broken=Broken())
+    await send(session, type="session.update", session={"responder": "broken"})
+    await text_turn(session, "hi")
+    await send(session, type="response.create")
+    done = await until(out, "response.done")
+    assert done["response"]["status"] == "failed"
+    await send(session, type="session.update", session={"responder": "echo"})
+    await send(session, type="response.create")
+    assert (await until(out, "response.done", 2))["response"]["status"] == "completed"
+    await session.close()
+
+
+async def test_one_response_at_a_time_and_a_queued_one_can_be_cancelled(make_session):
+    held = Held()
+    session, out = await make_session(held=held)
+    await send(session, type="session.update", session={"responder": "held"})
+    await text_turn(session, "hi")
+    await send(session, type="response.create")
+    await send(session, type="response.create")  # queued behind or running: either way refused
+    error = await until(out, "error")
+    assert error["error"]["code"] == "conversation_already_has_active_response"
+    await until(out, "response.output_audio_transcript.delta")
+    await send(session, type="response.cancel")
+    assert (await until(out, "response.done"))["response"]["status"] == "cancelled"
+    assert len(out.of("response.created")) == 1
+    await session.close()
+
+
+async def test_the_clients_truncate_wins_over_the_servers_estimate(make_session):
+    held = Held()
+    session, out = await make_session(held=held)
+    await send(session, type="session.update", session={"responder": "held"})
+    await text_turn(session, "hi")
+    await send(session, type="response.create")
+    added = await until(out, "response.output_item.added")
+    await until(out, "response.output_audio_transcript.delta")
+    for _ in range(500):  # until the first phrase's audio is out
+        if session.reply is not None and session.reply.item.audio_ms > 0 and out.samples:
+            break
+        await asyncio.sleep(0.01)
+    item_id = added["item"]["id"]
+    await send(session, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=0)
+    await send(session, type="response.cancel")
+    done = await until(out, "response.done")
+    assert done["response"]["output"][0]["content"][0]["transcript"] == ""
+    assert [e["audio_end_ms"] for e in out.of("conversation.item.truncated")] == [0]
+    await session.close()
+
+
+async def test_close_during_a_queued_turn_starts_no_reply_and_returns(make_session):
+    held = Held()
+    session, out = await make_session(ScriptedTranscriber(delay_s=0.3), held=held)
+    await send(session, type="session.update", session={"responder": "held",
+                                                        "audio": {"input": {"turn_detection": None}}})
+    await text_turn(session, "first")
+    await send(session, type="response.create")
+    await until(out, "response.output_audio_transcript.delta")
+    audio = base64.b64encode(float_to_pcm16(np.zeros(24000, dtype=np.float32))).decode()
+    await send(session, type="input_audio_buffer.append", audio=audio)
+    await send(session, type="input_audio_buffer.commit")
+    await asyncio.wait_for(session.close(), 10)
+    await asyncio.sleep(0.5)
+    assert len(out.of("response.created")) == 1
+    assert session.services.engine.active_streams == 0
+
+
+async def test_hostile_values_get_error_events(make_session):
+    session, out = await make_session()
+    await session.handle_message('{"type": "session.update", "session": {"audio": {"input": {"format": '
+                                 '{"type": "audio/pcm", "rate": 1e400}}}}}')
+    await session.handle_message("[" * 100_000)
+    await send(session, type="session.update", session={"audio": {"input": {"turn_detection": {
+        "type": "server_vad", "silence_duration_ms": 1e400}}}})
+    codes = [e["error"]["code"] for e in out.of("error")]
+    assert len(codes) == 3 and "server_error" not in codes
+    await send(session, type="session.update", session={"instructions": "ok"})
+    assert out.of("session.updated")[-1]["session"]["instructions"] == "ok"
+    await session.close()
+
+
+async def test_sdk_defaults_semantic_vad_and_item_retrieve_are_served(make_session):
+    session, out = await make_session()
+    await send(session, type="session.update", session={"instructions": "be nice", "audio": {"input": {
+        "turn_detection": {"type": "semantic_vad", "eagerness": "high", "interrupt_response": True}}}})
+    updated = (await until(out, "session.updated"))["session"]
+    assert updated["instructions"] == "be nice"
+    assert updated["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+    assert session.config.turn_detection.vad.silence_duration_ms == 300
+    await text_turn(session, "hello")
+    item_id = (await until(out, "conversation.item.added"))["item"]["id"]
+    await send(session, type="conversation.item.retrieve", item_id=item_id)
+    retrieved = await until(out, "conversation.item.retrieved")
+    assert retrieved["item"]["content"][0] == {"type": "input_text", "text": "hello"}
+    await session.close()
+
+
+async def test_per_response_instructions_and_content_part_types(make_session):
+    seen = []
+
+    class Recorder(EchoResponder):
+        name = "recorder"
+
+        async def reply(self, request):
+            seen.append(request.messages[0]["content"])
+            async for phrase in super().reply(request):
+                yield phrase
+
+    session, out = await make_session(recorder=Recorder())
+    await send(session, type="session.update", session={"responder": "recorder"})
+    await text_turn(session, "hello")
+    await send(session, type="response.create", response={"instructions": "Greet the user."})
+    await until(out, "response.done")
+    assert seen == ["Greet the user."]
+    assert (await until(out, "response.content_part.added"))["part"]["type"] == "audio"
+    assert (await until(out, "response.created"))["response"]["output"] == []
+    await session.close()
+
+
+async def test_a_turn_the_user_talked_on_after_is_answered_once_with_the_next(make_session):
+    """Split utterance: the user pauses past the VAD's silence, then goes on. The first half must not get a
+    reply of its own that starts while they are still talking."""
+    from speech import pad, synthesize
+
+    session, out = await make_session(ScriptedTranscriber(delay_s=0.5))
+    half, _ = synthesize("I would like to book", sample_rate=24000)
+    audio = np.concatenate([pad(half, 24000, lead_ms=300, tail_ms=800), pad(half, 24000, tail_ms=1200)])
+    await send(session, type="input_audio_buffer.append", audio=base64.b64encode(float_to_pcm16(audio)).decode())
+    assert len(out.of("input_audio_buffer.speech_stopped")) == 2
+    await until(out, "response.done")
+    await asyncio.sleep(0.3)
+    assert len(out.of("response.created")) == 1
+    assert len(out.of("conversation.item.input_audio_transcription.completed")) == 2
+    await session.close()
