@@ -195,7 +195,9 @@ def test_slot_cache_grows_and_swaps_without_losing_tokens(bundle):
     assert torch.all(cache.values[0][2, :, :3] == -1)
     ragged = cache.view(0, [5, 0], 1)
     mask = ragged.attention_mask()
-    assert mask.shape == (2, 1, 1, 6) and mask[0].all() and mask[1, 0, 0].tolist() == [True] + [False] * 5
+    hidden = torch.finfo(torch.float32).min
+    assert mask.shape == (2, 1, 1, 6) and mask.dtype == torch.float32
+    assert (mask[0] == 0).all() and mask[1, 0, 0].tolist() == [0.0] + [hidden] * 5
     assert ragged.position_ids().tolist() == [[5], [0]]
 
 
@@ -208,3 +210,266 @@ def test_a_full_context_ends_the_stream_like_its_frame_budget(bundle, prompts):
     engine.scheduler.cache.max_capacity = inputs.input_ids.shape[1]
     with pytest.raises(ValueError, match="fills the model's context"):
         engine.start(inputs, GREEDY)
+
+
+# -- failures stay with the stream at fault (review findings) ----------------------------------------------
+
+
+def _rows(engine, generation):
+    return torch.stack([o.row for o in engine.run_to_end(generation)])
+
+
+def _failing_draws(monkeypatch, victim):
+    """Make every draw that includes `victim`'s sampler raise, as NaN logits make `multinomial` do."""
+    import higgs_agent.streaming.scheduler as scheduler_module
+
+    real = scheduler_module.sample_rows
+
+    def flaky(logits, samplers, *args):
+        if victim().sampler in samplers:
+            raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
+        return real(logits, samplers, *args)
+
+    monkeypatch.setattr(scheduler_module, "sample_rows", flaky)
+
+
+def test_a_failing_draw_fails_only_its_stream_and_its_nan_slot_is_wiped(bundle, prompts, monkeypatch):
+    engine = StreamingEngine(bundle, slots=2)
+    bad = engine.start(prompts["long"], SamplingSettings(seed=1, max_frames=60))
+    good = engine.start(prompts["scene"], GREEDY)
+    for _ in range(5):
+        engine.step()
+    slot, good_rows = bad.slot, good.rows
+    for buffers in (engine.scheduler.cache.keys, engine.scheduler.cache.values):
+        for buf in buffers:  # what a forward gone NaN leaves behind
+            buf[slot, :, :engine.scheduler.cache.lengths[slot]] = float("nan")
+    _failing_draws(monkeypatch, lambda: bad)
+    engine.step()  # must not raise: the batched draw fails, then only `bad`'s own draw does
+    monkeypatch.undo()
+    assert bad.stats.stop_reason == "failed" and "nan" in str(bad.error) and bad.slot is None
+    with pytest.raises(RuntimeError, match="nan"):
+        engine.run_to_end(bad)
+    assert engine.scheduler.n_decoding == 1 and good.rows == good_rows + 1
+    # a newcomer takes the wiped slot and decodes beside `good` at other positions (padding it must not see)
+    newcomer = engine.start(prompts["hello"], GREEDY)
+    assert torch.equal(_rows(engine, newcomer), alone(engine, prompts["hello"], GREEDY)[0])
+    assert torch.equal(_rows(engine, good), alone(engine, prompts["scene"], GREEDY)[0])  # every row, untouched
+
+
+def test_a_newcomer_whose_first_draw_fails_never_joins_the_decoders(bundle, prompts, monkeypatch):
+    engine = StreamingEngine(bundle, slots=2)
+    running = engine.start(prompts["scene"], GREEDY)
+    for _ in range(3):
+        engine.step()
+    newcomer = engine.start(prompts["hello"], SamplingSettings(seed=0, max_frames=40))
+    _failing_draws(monkeypatch, lambda: newcomer)
+    while not newcomer.finished:
+        engine.step()  # its prompt goes in, chunk by chunk; the last chunk's draw fails
+    monkeypatch.undo()
+    assert newcomer.stats.stop_reason == "failed" and newcomer.rows == 0 and newcomer.slot is None
+    assert engine.scheduler.n_decoding == 1 and engine.scheduler.owners[1] is None
+    assert torch.equal(_rows(engine, running), alone(engine, prompts["scene"], GREEDY)[0])
+
+
+def test_a_step_that_raises_outside_any_stream_fails_the_slot_holders_once(bundle, prompts, monkeypatch):
+    engine = StreamingEngine(bundle, slots=2)
+    stuck = engine.start(prompts["long"], GREEDY)
+    engine.step()
+    monkeypatch.setattr(engine.scheduler, "_admit", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        engine.step()
+    monkeypatch.undo()
+    assert stuck.stats.stop_reason == "failed" and engine.scheduler.busy_slots == 0
+    assert engine.scheduler.owners == [None, None] and engine.scheduler.n_decoding == 0
+    fresh = engine.start(prompts["hello"], GREEDY)  # the next steps start clean
+    assert torch.equal(_rows(engine, fresh), alone(engine, prompts["hello"], GREEDY)[0])
+
+
+def test_cache_growth_that_runs_out_of_memory_leaves_the_cache_whole(bundle, monkeypatch):
+    cache = SlotKVCache(bundle.config, slots=2, dtype=torch.float32, device=torch.device("cpu"), initial_capacity=4)
+    calls, real = [0], torch.Tensor.new_zeros
+
+    def oom_on_second(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "new_zeros", oom_on_second)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        cache.reserve(8)
+    monkeypatch.undo()
+    assert cache.capacity == 4 and {b.shape[2] for b in cache.keys + cache.values} == {4}
+    cache.reserve(8)
+    assert cache.capacity == 8 and {b.shape[2] for b in cache.keys + cache.values} == {8}
+
+
+def test_a_cache_that_cannot_grow_fails_only_the_streams_that_need_the_room(bundle, prompts, monkeypatch):
+    engine = StreamingEngine(bundle, slots=2, context_tokens=256)
+    long_prompt = engine.start(prompts["scene"], GREEDY)
+    short = engine.start(prompts["hello"], GREEDY)
+    engine.step()
+    cache = engine.scheduler.cache
+    assert cache.lengths[long_prompt.slot] > cache.lengths[short.slot]
+    cache.capacity = cache.lengths[long_prompt.slot]  # pretend it is full: the next decode must grow it
+
+    def no_memory(tokens):
+        if tokens > cache.capacity:
+            raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(cache, "reserve", no_memory)
+    engine.step()
+    monkeypatch.undo()
+    cache.capacity = cache.keys[0].shape[2]
+    assert long_prompt.stats.stop_reason == "failed" and short.slot is not None
+    assert torch.equal(_rows(engine, short), alone(engine, prompts["hello"], GREEDY)[0])
+
+
+def test_eager_attention_batched_equals_alone(bundle, prompts):
+    """The ragged decode's mask is additive: eager attention adds it (a bool mask would add 0/1 and hide
+    no padding), SDPA takes it as is."""
+    before = bundle.model.config._attn_implementation
+    bundle.model.set_attn_implementation("eager")
+    try:
+        engine = StreamingEngine(bundle, slots=2)
+        settings = SamplingSettings(greedy=True, max_frames=40)
+        a, b = engine.start(prompts["long"], settings), engine.start(prompts["scene"], settings)  # ragged rows
+        rows_a, rows_b = _rows(engine, a), _rows(engine, b)
+        assert torch.equal(rows_a, alone(engine, prompts["long"], settings)[0])
+        assert torch.equal(rows_b, alone(engine, prompts["scene"], settings)[0])
+    finally:
+        bundle.model.set_attn_implementation(before)  # the bundle is shared by the whole session
+    assert bundle.model.config._attn_implementation == before
+
+
+def test_an_attention_kernel_the_mask_does_not_suit_is_refused(bundle):
+    from types import SimpleNamespace
+
+    from higgs_agent.streaming.scheduler import BatchScheduler
+
+    fake = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"), device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="'sdpa' or 'eager'"):
+        BatchScheduler(fake)
+
+
+def test_a_new_request_does_not_jump_the_queue(bundle, prompts):
+    engine = StreamingEngine(bundle, slots=1, max_queue=2, queue_timeout_s=60)
+    first = engine.start(prompts["hello"], SamplingSettings(greedy=True, max_frames=3))
+    queued = engine.start(prompts["long"], GREEDY)
+    while not first.finished:
+        engine.step()  # the step where `first` finishes frees the slot; `queued` gets it at the next step
+    late = engine.start(prompts["hello"], GREEDY)
+    engine.step()
+    assert engine.scheduler.owners == [queued]
+    assert [g for g, _ in engine.scheduler._queued] == [late]
+
+
+def test_packed_weights_follow_in_place_weight_changes_and_survive_a_deep_copy(bundle):
+    import copy
+
+    from higgs_agent.streaming.cpu_gemm import PackedLinears
+
+    packed = PackedLinears.for_model(bundle.model)
+    if not packed.enabled:
+        pytest.skip("no MKL packing here")
+    linear = bundle.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(4, 1, linear.in_features)
+    with torch.inference_mode():
+        with packed.rows(4):
+            before = linear(x)
+        with torch.no_grad():
+            linear.weight.mul_(2.0)  # load_state_dict, a LoRA merge...
+        try:
+            with packed.rows(4):
+                after = linear(x)
+            assert torch.allclose(after, torch.nn.functional.linear(x, linear.weight), atol=1e-5)
+            assert not torch.allclose(after, before)
+        finally:
+            with torch.no_grad():
+                linear.weight.div_(2.0)  # the bundle is shared by the whole session
+        copied = copy.deepcopy(bundle.model)
+        copied_linear = copied.model.layers[0].self_attn.q_proj
+        with torch.no_grad():
+            copied_linear.weight.mul_(3.0)
+        with packed.rows(4):
+            assert torch.allclose(copied_linear(x), torch.nn.functional.linear(x, copied_linear.weight), atol=1e-5)
+            assert torch.allclose(linear(x), before)  # the original kept its own weights
+
+
+def test_a_queued_request_cancelled_just_before_admission_is_still_ended(bundle, prompts):
+    engine = StreamingEngine(bundle, slots=1, max_queue=1, queue_timeout_s=60)
+    first = engine.start(prompts["hello"], SamplingSettings(greedy=True, max_frames=3))
+    queued = engine.start(prompts["long"], GREEDY)
+    engine.run_to_end(first)
+    queued.cancelled = True  # as if cancel() landed after the step's _reap, before its _admit
+    engine.scheduler._admit()
+    assert queued.stats.stop_reason == "cancelled" and queued.take() == (None, True)
+    assert engine.active_streams == 0
+
+
+def test_no_row_is_delivered_to_a_stream_cancelled_during_a_step(bundle, prompts):
+    engine = StreamingEngine(bundle, slots=2)
+    generation = engine.start(prompts["long"], GREEDY)
+    engine.step()
+    rows = generation.rows
+    while generation.take()[0] is not None:
+        pass
+    # cancel() landing while the step runs its forward (the flag only: the step lock is held then)
+    hook = bundle.model.register_forward_hook(lambda *_: setattr(generation, "cancelled", True))
+    try:
+        engine.step()
+    finally:
+        hook.remove()
+    assert generation.take() == (None, True) and generation.stats.stop_reason == "cancelled"
+    assert generation.rows == rows and generation.slot is None
+
+
+async def test_cancelling_a_codec_wait_leaves_the_worker_alive():
+    """A barge-in cancels a stream awaiting its decode; the worker must not die setting that result."""
+    import threading
+    from types import SimpleNamespace
+
+    from higgs_agent.streaming.codec_batch import CodecBatcher
+    from higgs_agent.streaming.codec_stream import CodecWindow
+
+    class GatedCodec(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.entered, self.gate, self.decoded = threading.Event(), threading.Event(), []
+
+        def decode(self, codes):
+            self.entered.set()
+            self.gate.wait(30)
+            self.decoded.append(codes.shape[0])
+            return SimpleNamespace(audio_values=torch.zeros(codes.shape[0], 1, codes.shape[2] * 4))
+
+    codec = GatedCodec()
+    batcher = CodecBatcher(codec)
+    window = CodecWindow(torch.zeros(5, 8, dtype=torch.long), 0, 20)
+    running = asyncio.create_task(batcher.decode_async([window]))
+    await asyncio.get_running_loop().run_in_executor(None, codec.entered.wait, 30)  # being decoded now
+    waiting = asyncio.create_task(batcher.decode_async([window]))  # queued behind it
+    await asyncio.sleep(0)
+    running.cancel()
+    waiting.cancel()
+    for task in (running, waiting):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    codec.gate.set()
+    out = await asyncio.wait_for(batcher.decode_async([window]), 10)
+    assert len(out) == 1 and out[0].shape == (20,)
+    assert codec.decoded == [1, 1]  # the cancelled waiting window was never decoded
+    batcher.close()
+
+
+def test_closing_ends_every_stream_and_a_closed_engine_refuses_new_requests(bundle, prompts):
+    engine = StreamingEngine(bundle, slots=1)
+    generation = engine.start(prompts["hello"], GREEDY)
+    with engine.scheduler._step_lock:  # as if a step were running: cancel() can only flag the stream
+        generation.cancel()
+    assert generation.take() == (None, False)
+    engine.close()
+    assert generation.take() == (None, True) and generation.stats.stop_reason == "cancelled"
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.start(prompts["hello"], GREEDY)

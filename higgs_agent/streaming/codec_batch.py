@@ -14,7 +14,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 from torch import nn
@@ -67,6 +67,7 @@ class CodecBatcher:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        # The loop must never die: a dead worker leaves every later `decode` waiting forever.
         while True:
             with self._lock:
                 while not self._pending and not self._closed:
@@ -74,17 +75,43 @@ class CodecBatcher:
                 if self._closed and not self._pending:
                     return
                 batch, self._pending = self._pending, []
-            flat = [w for windows, _ in batch for w in windows]
             try:
-                pcm = decode_windows(self.codec, flat)
-            except Exception as exc:  # noqa: BLE001 - hand the error to every waiting stream
-                log.exception("batched codec decode failed")
+                self._decode_batch(batch)
+            except BaseException as exc:  # noqa: BLE001 - hand the error out, keep the worker
+                log.exception("codec worker round failed")
                 for _, future in batch:
-                    future.set_exception(exc)
-                continue
-            self.calls += 1
-            self.windows += len(flat)
-            at = 0
-            for windows, future in batch:
-                future.set_result(pcm[at:at + len(windows)])
-                at += len(windows)
+                    _settle(future, exception=exc)
+
+    def _decode_batch(self, batch: list[tuple[list[CodecWindow], Future]]) -> None:
+        # Mark each future running: a consumer cancelled before this point is skipped (its windows are not
+        # decoded), and one cancelled later can no longer cancel the future, so setting its result is safe.
+        batch = [(windows, future) for windows, future in batch if future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        flat = [w for windows, _ in batch for w in windows]
+        try:
+            pcm = decode_windows(self.codec, flat)
+        except Exception as exc:  # noqa: BLE001 - hand the error to every waiting stream
+            log.exception("batched codec decode failed")
+            for _, future in batch:
+                _settle(future, exception=exc)
+            return
+        self.calls += 1
+        self.windows += len(flat)
+        at = 0
+        for windows, future in batch:
+            _settle(future, result=pcm[at:at + len(windows)])
+            at += len(windows)
+
+
+def _settle(future: Future, result: object = None, exception: BaseException | None = None) -> None:
+    """Resolve a future unless it is already done (cancelled): never raise on the worker thread."""
+    if future.done():
+        return
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # cancelled between the check and the set
+        pass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import types
 from collections.abc import Iterator
 
 import torch
@@ -52,12 +53,15 @@ class PackedLinears:
         self.linears = decode_linears(model)
         self.bytes = sum(m.weight.numel() * m.weight.element_size() for m in self.linears)
         self.enabled = available(model) and self.bytes <= MAX_PACKED_BYTES
-        self._packs: dict[tuple[int, int], torch.Tensor] = {}
+        # (id(module), bucket) -> (the weight's (data_ptr, _version) when packed, the packed copy)
+        self._packs: dict[tuple[int, int], tuple[tuple[int, int], torch.Tensor]] = {}
         self._pack_lock = threading.Lock()
         self._local = threading.local()
         if self.enabled:
             for module in self.linears:
-                module.forward = self._router(module)  # instance attribute: shadows nn.Linear.forward
+                # An instance attribute shadowing nn.Linear.forward, bound to the module so that a deep copy
+                # of the model routes to the copy's own weights.
+                module.forward = types.MethodType(self._router(), module)
         else:
             log.info("packed CPU weights off (device/dtype/MKL, or %.1f GB of weights)", self.bytes / 1e9)
 
@@ -68,6 +72,11 @@ class PackedLinears:
             existing = cls(model)
             model._higgs_packed_linears = existing  # noqa: SLF001 - one router per model object
         return existing
+
+    def __deepcopy__(self, memo: dict) -> PackedLinears:
+        # Packed copies are opaque tensors that cannot be copied; shared, they still serve a copied model's
+        # linears (each module is packed on its own, keyed and validated by its weight).
+        return self
 
     @contextlib.contextmanager
     def rows(self, count: int) -> Iterator[None]:
@@ -80,8 +89,8 @@ class PackedLinears:
         finally:
             self._local.bucket = previous
 
-    def _router(self, module: nn.Linear):  # noqa: ANN202 - a forward for `module`
-        def forward(x: torch.Tensor) -> torch.Tensor:
+    def _router(self):  # noqa: ANN202 - a forward, to bind to each linear
+        def forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             bucket = getattr(self._local, "bucket", 0)
             rows = x.numel() // x.shape[-1] if x.numel() else 0
             if not bucket or rows > bucket or rows < MIN_ROWS:
@@ -103,12 +112,24 @@ class PackedLinears:
         return buffers[key]
 
     def _pack(self, module: nn.Linear, bucket: int) -> torch.Tensor:
-        key = (id(module), bucket)
-        pack = self._packs.get(key)
-        if pack is None:
+        # Validated on every call: a weight changed in place (load_state_dict, a LoRA merge) bumps its version
+        # counter, and a replaced one has new storage; either way the packed copy is stale.
+        key, weight = (id(module), bucket), module.weight
+        stamp = (weight.data_ptr(), _version(weight))
+        entry = self._packs.get(key)
+        if entry is None or entry[0] != stamp:
             with self._pack_lock, torch.inference_mode():
-                pack = self._packs.get(key)
-                if pack is None:
-                    pack = torch.ops.mkl._mkl_reorder_linear_weight(module.weight.detach(), bucket)
-                    self._packs[key] = pack
-        return pack
+                entry = self._packs.get(key)
+                if entry is None or entry[0] != stamp:
+                    entry = (stamp, torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), bucket))
+                    self._packs[key] = entry
+        return entry[1]
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The in-place version counter (an inference tensor has none: it cannot change in place outside
+    inference mode, so 0 stands)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return 0

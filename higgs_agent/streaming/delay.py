@@ -66,14 +66,25 @@ class DelayState:
         bos = _countdown(tail, ids.audio_out_bos, k) if ids.audio_out_bos in tail else torch.zeros(k, dtype=torch.long)
         return cls(bos, _countdown(tail, ids.delay_token, k), prompt_ids[-1])
 
-    def step_masks(self, ids: AudioTokenIds) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's (forced_bos, forced_eos) codebook masks, each (K,) bool; advances the countdowns.
-        Split from `constrain` so a batch can apply many streams' masks in one tensor operation."""
+    def masks(self, ids: AudioTokenIds) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's (forced_bos, forced_eos) codebook masks, each (K,) bool, without advancing the
+        countdowns: a batch samples first and calls `advance` only once every draw succeeded, so a failed
+        draw leaves the state as it was."""
         forced_bos = self.bos_countdown >= 0
-        self.bos_countdown -= forced_bos.long()
+        eos = self.eos_countdown - 1 if self.last_text_token == ids.delay_token else self.eos_countdown
+        return forced_bos, eos <= 0
+
+    def advance(self, ids: AudioTokenIds) -> None:
+        """Move the countdowns past this step (what `masks` looked ahead to)."""
+        self.bos_countdown -= (self.bos_countdown >= 0).long()
         if self.last_text_token == ids.delay_token:
             self.eos_countdown -= 1
-        return forced_bos, self.eos_countdown <= 0
+
+    def step_masks(self, ids: AudioTokenIds) -> tuple[torch.Tensor, torch.Tensor]:
+        """`masks`, then `advance`."""
+        masks = self.masks(ids)
+        self.advance(ids)
+        return masks
 
     def constrain(self, scores: torch.Tensor, ids: AudioTokenIds) -> torch.Tensor:
         """Mask (K, V) scores for this step and advance the countdowns."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 
 import torch
@@ -44,6 +45,7 @@ __all__ = ["AtCapacityError", "Generation", "GenerationCancelled", "StepOutput",
 
 log = logging.getLogger(__name__)
 _IDLE_WAIT_S = 0.5  # how often an idle driver re-checks (queued requests time out even with no wake-up)
+_FAILED_STEP_BACKOFF_S = 0.05  # after a step raised: a fault outside any stream must not spin a core
 
 
 class StreamingEngine:
@@ -91,7 +93,10 @@ class StreamingEngine:
             return self._codec_batcher
 
     def start(self, inputs: ModelInputs, settings: SamplingSettings) -> Generation:
-        """Accept a request: it joins the batch at the next step. Raises AtCapacityError when full."""
+        """Accept a request: it joins the batch at the next step. Raises AtCapacityError when full, and
+        RuntimeError once the engine is closed (no driver would ever run it)."""
+        if self._closed:
+            raise RuntimeError("streaming engine closed")
         generation = Generation(self.ids, inputs, settings, self.bundle.device)
         self.scheduler.submit(generation)
         return generation
@@ -147,6 +152,9 @@ class StreamingEngine:
         self.scheduler.wake()  # so the driver sees _closed
         if self._driver is not None:
             self._driver.join(timeout=5)
+        # The driver may have exited between steps with cancelled streams not yet ended: end them now,
+        # after any running step, so their consumers see the end instead of waiting forever.
+        self.scheduler.reap()
         if self._codec_batcher is not None:
             self._codec_batcher.close()
 
@@ -161,6 +169,7 @@ class StreamingEngine:
             if not self.scheduler.wait_for_work(_IDLE_WAIT_S):
                 continue
             try:
-                self.scheduler.step()
+                self.scheduler.step()  # a step that raises has already failed the streams it involved
             except Exception:  # noqa: BLE001 - the loop must outlive one bad step
                 log.exception("engine step failed")
+                time.sleep(_FAILED_STEP_BACKOFF_S)

@@ -5,7 +5,12 @@ and its `length` (tokens cached). A forward gets a `SlotCacheView` for the slots
 only `view.update(k, v, layer_idx)` (see `HiggsAudioV2Attention.forward`), which writes the new K/V at each
 row's own position and returns the slots' buffers up to the longest row. Shorter rows see padding there;
 `attention_mask` hides it (probability exactly 0), and since buffers start at zero and only ever hold real
-K/V, hidden positions are finite, so 0 x value adds exactly nothing: padding does not change results.
+K/V, hidden positions are finite, so 0 x value adds exactly nothing: padding does not change results. (A
+stream that failed may have left NaN there: the scheduler `wipe`s its slot, as 0 x NaN is NaN.)
+
+The mask is additive, in the model's dtype (0 visible, the dtype's minimum hidden): transformers' eager
+attention adds the mask to the scores and SDPA accepts the same float mask, so both are right. (A bool
+mask is right only for SDPA: eager would add it as 0/1 and hide nothing.)
 
 When every row starts at the same position no mask is passed and transformers builds its own (none at all
 for a lone stream), exactly as `generate` does for a batch of one; the view answers the two questions mask
@@ -46,16 +51,28 @@ class SlotKVCache:
         capacity = self.capacity
         while capacity < tokens:
             capacity = min(2 * capacity, self.max_capacity)
-        for buffers in (self.keys, self.values):
-            for i, old in enumerate(buffers):
-                new = old.new_zeros(*old.shape[:2], capacity, old.shape[3])
-                new[:, :, :self.capacity] = old
-                buffers[i] = new
+        # Every new buffer first, then the swap: running out of memory half way leaves the cache as it was
+        # (not some layers grown and others not, which would break every later forward).
+        grown = [[self._grown(old, capacity) for old in buffers] for buffers in (self.keys, self.values)]
+        self.keys, self.values = grown
         self.capacity = capacity
+
+    def _grown(self, old: torch.Tensor, capacity: int) -> torch.Tensor:
+        new = old.new_zeros(*old.shape[:2], capacity, old.shape[3])
+        new[:, :, :self.capacity] = old
+        return new
 
     def clear(self, slot: int) -> None:
         """Forget a slot's tokens. The stale K/V stay (finite, never visible: the next owner overwrites
         each position before any query may see it)."""
+        self.lengths[slot] = 0
+
+    def wipe(self, slot: int) -> None:
+        """Forget a slot's tokens and zero its K/V: for a stream that failed, whose K/V may be NaN (hidden
+        positions get weight 0, but 0 x NaN is NaN, so the next owner would read garbage)."""
+        for buffers in (self.keys, self.values):
+            for buf in buffers:
+                buf[slot].zero_()
         self.lengths[slot] = 0
 
     def move(self, src: int, dst: int) -> None:
@@ -126,14 +143,17 @@ class SlotCacheView:
         return self.starts[0]
 
     def attention_mask(self) -> torch.Tensor | None:
-        """(B, 1, q, L) bool: key j is visible to query i of row b iff j <= start_b + i. None when all rows
-        start together (transformers then builds the same causal mask itself, or none for a lone row)."""
+        """(B, 1, q, L) additive, in the cache's dtype: 0 where key j is visible to query i of row b (j <=
+        start_b + i), the dtype's minimum elsewhere (exp underflows to exactly 0; no -inf, so no NaN). None
+        when all rows start together (transformers then builds the same causal mask itself, or none for a
+        lone row)."""
         if self.uniform:
             return None
-        device = self._pos_index.device
+        device, dtype = self._pos_index.device, self.cache.keys[0].dtype
         keys = torch.arange(self.kv_len, device=device)
         limit = self._pos_index[:, None] + torch.arange(self.q_len, device=device)[None]  # (B, q)
-        return (keys[None, None, :] <= limit[:, :, None])[:, None]
+        hidden = (keys[None, None, :] > limit[:, :, None])[:, None]
+        return torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill(hidden, torch.finfo(dtype).min)
 
     def position_ids(self) -> torch.Tensor:
         """(B, q): start_b + i."""

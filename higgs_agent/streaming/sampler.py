@@ -85,20 +85,31 @@ class CodeSampler:
 
 def sample_rows(logits: torch.Tensor, samplers: list[CodeSampler], delays: list[DelayState],
                 histories: list[torch.Tensor | None]) -> torch.Tensor:
-    """logits (B, K, V) float32, one row per stream -> codes (B, K). Advances each stream's delay state."""
+    """logits (B, K, V) float32, one row per stream -> codes (B, K). Advances each stream's delay state.
+    All or nothing: if it raises (say NaN logits make `multinomial` fail), no delay state or generator has
+    moved, so the caller can sample the streams one by one to find the one at fault."""
     ids = samplers[0].ids
-    masks = [delay.step_masks(ids) for delay in delays]
-    scores = apply_forcing(logits, torch.stack([m[0] for m in masks]), torch.stack([m[1] for m in masks]), ids)
-    rows = scores.argmax(dim=-1)  # the greedy streams' answer; sampled rows are replaced below
-    groups: dict[tuple, list[int]] = {}
-    for b, sampler in enumerate(samplers):
-        if not sampler.settings.greedy:
-            groups.setdefault(sampler.warper_key, []).append(b)
-    k, vocab = scores.shape[1], scores.shape[2]
-    for members in groups.values():
-        picked = scores[members].view(-1, vocab)  # (n * K, V): the warpers act row by row
-        # The warpers' input_ids argument is unused by these three; pass an empty placeholder.
-        probs = samplers[members[0]].warpers(torch.empty(0, dtype=torch.long), picked).softmax(dim=-1)
-        for n, b in enumerate(members):
-            rows[b] = samplers[b].draw(probs[n * k:(n + 1) * k], logits[b], histories[b])
+    masks = [delay.masks(ids) for delay in delays]
+    saved = [s.generator.get_state() if s.generator is not None else None for s in samplers]  # ~1 us each
+    try:
+        scores = apply_forcing(logits, torch.stack([m[0] for m in masks]), torch.stack([m[1] for m in masks]), ids)
+        rows = scores.argmax(dim=-1)  # the greedy streams' answer; sampled rows are replaced below
+        groups: dict[tuple, list[int]] = {}
+        for b, sampler in enumerate(samplers):
+            if not sampler.settings.greedy:
+                groups.setdefault(sampler.warper_key, []).append(b)
+        k, vocab = scores.shape[1], scores.shape[2]
+        for members in groups.values():
+            picked = scores[members].view(-1, vocab)  # (n * K, V): the warpers act row by row
+            # The warpers' input_ids argument is unused by these three; pass an empty placeholder.
+            probs = samplers[members[0]].warpers(torch.empty(0, dtype=torch.long), picked).softmax(dim=-1)
+            for n, b in enumerate(members):
+                rows[b] = samplers[b].draw(probs[n * k:(n + 1) * k], logits[b], histories[b])
+    except BaseException:
+        for sampler, state in zip(samplers, saved):
+            if state is not None:
+                sampler.generator.set_state(state)
+        raise
+    for delay in delays:
+        delay.advance(ids)
     return rows

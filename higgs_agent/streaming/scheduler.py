@@ -12,6 +12,12 @@ A step (`BatchScheduler.step`, synchronous; one caller at a time) does, in order
      its own position, padding hidden by the attention mask (see `kv_slots.py`);
   5. samples every stream's next row (`sampler.sample_rows`) and delivers it to the stream's outbox.
 
+Failures stay with the stream at fault: a prompt forward, a cache that cannot grow, or a draw that raises
+(NaN logits make `multinomial` raise) fails that stream (`stop_reason` "failed", the error comes out of
+its consumer) and the others go on; a failed stream's slot is zeroed. A batched forward that raises fails
+the streams in it. Anything else that escapes a step fails every stream holding a slot (their cache state
+is unknown) rather than raising again on every later step.
+
 Decoding streams always hold slots 0..B-1, so the forward reads cache views, never gathered copies: when a
 stream leaves, the last one moves into its slot; when a prompt is done, its slot swaps to position B.
 
@@ -55,6 +61,9 @@ DEFAULT_QUEUE_TIMEOUT_S = 10.0
 # Cache positions per slot allocated up front; more are added by doubling, which copies every slot once
 # (a one-off stall of ~0.1 s on the mini model at 16 slots). A server can size it to its longest turns.
 DEFAULT_CONTEXT_TOKENS = 256
+# The slot mask is additive, which both of these honour; another kernel (flash attention, flex) would get
+# a mask it reads differently, or none.
+SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
 @dataclass
@@ -82,6 +91,10 @@ class BatchScheduler:
             raise ValueError("prefill_chunk_tokens must be >= 1")
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
+        attention = getattr(bundle.config, "_attn_implementation", None)
+        if attention not in SUPPORTED_ATTENTION:
+            raise ValueError(f"continuous batching needs attn_implementation 'sdpa' or 'eager' (its padded "
+                             f"rows use an additive 4-D mask), not {attention!r}")
         self.model = bundle.model
         self.device = bundle.device
         self.ids = AudioTokenIds.from_config(bundle.config)
@@ -115,7 +128,8 @@ class BatchScheduler:
                              f"of {self.cache.max_capacity}")
         generation.max_rows = min(generation.max_rows, room)  # a full context ends the stream, as max_frames
         with self._lock:
-            if self._live() < self.slots:
+            waiting = sum(1 for g, _ in self._queued if not g.cancelled)
+            if self._live() + waiting < self.slots:  # queued requests come first: no jumping the queue
                 self._active.add(generation)
                 self._joining.append(generation)
             elif len(self._queued) < self.max_queue:
@@ -174,23 +188,38 @@ class BatchScheduler:
     # -- the step ------------------------------------------------------------------------------------
 
     def step(self) -> StepReport:
+        """One step. Raises only when something escaped the per-stream handling; the streams holding
+        slots have then been failed with that error, so the next step starts clean."""
         with self._step_lock:
             start = now()
-            self._reap()
-            self._admit()
-            prefill_tokens, prefill_ms = self._prefill()
-            decoded, decode_ms = len(self.decoding), self._decode()
-            self._reap()  # cancels that came in during the forwards take effect now, not a step later
+            try:
+                self._reap()
+                self._admit()
+                prefill_tokens, prefill_ms = self._prefill()
+                decoded, decode_ms = len(self.decoding), self._decode()
+                self._reap()  # cancels that came in during the forwards take effect now, not a step later
+            except Exception as exc:
+                log.exception("scheduler step failed: failing the streams that hold slots")
+                self._fail_slot_holders(exc)
+                raise
             self.steps += 1
             self.last_report = StepReport(self.steps, decoded, prefill_tokens, prefill_ms, decode_ms,
                                           (now() - start) * 1000.0)
             return self.last_report
 
+    def reap(self) -> None:
+        """End cancelled streams now, waiting for a running step (`StreamingEngine.close`)."""
+        with self._step_lock:
+            self._reap()
+
     def _admit(self) -> None:
+        dropped = []
         with self._lock:
             while self._queued and self._live() < self.slots:
                 generation, _ = self._queued.popleft()
-                if not generation.cancelled:
+                if generation.cancelled:  # cancelled since _reap: it must still be ended
+                    dropped.append(generation)
+                else:
                     self._active.add(generation)
                     self._joining.append(generation)
             refused = []
@@ -198,6 +227,8 @@ class BatchScheduler:
                 refused.append(self._queued.popleft()[0])
             free = self.owners.count(None)
             joining = [self._joining.popleft() for _ in range(min(free, len(self._joining)))]
+        for generation in dropped:
+            generation.end("cancelled")
         for generation in refused:
             generation.end("at_capacity", AtCapacityError(
                 f"at capacity: no slot of {self.slots} freed within {self.queue_timeout_s:g} s"))
@@ -215,10 +246,13 @@ class BatchScheduler:
         tokens, elapsed = 0, 0.0
         while self.prefilling and not (chunked and tokens):
             generation = self.prefilling[0]
-            chunk = generation.next_prompt_chunk(self.prefill_chunk_tokens if chunked else None)
-            view = self.cache.view(generation.slot, [chunk.start], chunk.length)
+            if generation.cancelled:  # no point running its prompt
+                self._release(generation, "cancelled")
+                continue
             start = now()
-            try:
+            try:  # the view too: a cache that cannot grow fails this stream, not the step
+                chunk = generation.next_prompt_chunk(self.prefill_chunk_tokens if chunked else None)
+                view = self.cache.view(generation.slot, [chunk.start], chunk.length)
                 with torch.inference_mode():
                     out = self.model(**chunk.kwargs, attention_mask=view.attention_mask(),
                                      position_ids=view.position_ids(), past_key_values=view, use_cache=True,
@@ -234,8 +268,15 @@ class BatchScheduler:
             tokens, elapsed = tokens + chunk.length, elapsed + ms
             if chunk.last:
                 self.prefilling.pop(0)
+                drawn = self._draw([generation], logits[None])
+                if isinstance(drawn[0], BaseException):  # it never joins the decoders
+                    self._release(generation, "failed", drawn[0])
+                    continue
+                if generation.cancelled:  # ditto: a decoder needs a last row
+                    self._release(generation, "cancelled")
+                    continue
                 self._join_decoding(generation)
-                self._sample([generation], logits[None])
+                self._deliver([generation], drawn)
         return tokens, elapsed
 
     def _decode(self) -> float:
@@ -243,11 +284,21 @@ class BatchScheduler:
         batch = list(self.decoding)
         if not batch:
             return 0.0
-        view = self.cache.view(0, [self.cache.lengths[i] for i in range(len(batch))], 1)
-        last = torch.stack([g.frames.last_row for g in batch]).to(self.device)[:, None]  # (B, 1, K)
+        try:
+            self.cache.reserve(max(self.cache.lengths[i] for i in range(len(batch))) + 1)
+        except Exception as exc:  # noqa: BLE001 - out of memory growing: fail the streams that need the room
+            log.exception("growing the cache failed")
+            for generation in reversed(batch):
+                if self.cache.lengths[generation.slot] + 1 > self.cache.capacity:
+                    self._release(generation, "failed", exc)
+            batch = list(self.decoding)
+            if not batch:
+                return 0.0
         start = now()
         packed = self.packed.rows(len(batch)) if self.packed is not None else contextlib.nullcontext()
         try:
+            view = self.cache.view(0, [self.cache.lengths[i] for i in range(len(batch))], 1)
+            last = torch.stack([g.frames.last_row for g in batch]).to(self.device)[:, None]  # (B, 1, K)
             with torch.inference_mode(), packed:
                 out = self.model(audio_input_ids=last, attention_mask=view.attention_mask(),
                                  position_ids=view.position_ids(), past_key_values=view, use_cache=True)
@@ -257,22 +308,59 @@ class BatchScheduler:
             for generation in reversed(batch):
                 self._release(generation, "failed", exc)
             return 0.0
+        # Booked now: each stream below either records its row (its cache then holds the K/V of the row it
+        # decoded from) or is released, so no stream is left with a position and no row.
         view.commit()
         ms = (now() - start) * 1000.0
         for generation in batch:
             generation.stats.step_ms.append(ms)
-        self._sample(batch, logits)
+        self._deliver(batch, self._draw(batch, logits))
         return ms
 
-    def _sample(self, batch: list[Generation], logits: torch.Tensor) -> None:
-        with torch.inference_mode():
-            rows = sample_rows(logits, [g.sampler for g in batch], [g.delay for g in batch],
-                               [g.history for g in batch])
-        rows_cpu = rows.cpu()  # one device sync per step; the per-stream bookkeeping runs on the host
+    def _draw(self, batch: list[Generation], logits: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor] | Exception]:
+        """Each stream's next row as (on the CPU, on the device), or the error sampling it raised. One
+        batched draw; if that raises (it changes nothing then), stream by stream, to find who is at fault."""
+        try:
+            with torch.inference_mode():
+                rows = sample_rows(logits, [g.sampler for g in batch], [g.delay for g in batch],
+                                   [g.history for g in batch])
+                rows_cpu = rows.cpu()  # one device sync per step; the per-stream bookkeeping runs on the host
+            return [(rows_cpu[b], rows[b]) for b in range(len(batch))]
+        except Exception as exc:  # noqa: BLE001 - narrowed down below
+            if len(batch) == 1:
+                log.error("%s: sampling failed: %s", batch[0].request_id, exc)
+                return [exc]
+            log.warning("batched sampling failed (%s): sampling stream by stream", exc)
+        drawn: list[tuple[torch.Tensor, torch.Tensor] | Exception] = []
         for b, generation in enumerate(batch):
-            generation.record(rows_cpu[b], rows[b])
+            try:
+                with torch.inference_mode():
+                    row = sample_rows(logits[b:b + 1], [generation.sampler], [generation.delay],
+                                      [generation.history])[0]
+                    drawn.append((row.cpu(), row))
+            except Exception as exc:  # noqa: BLE001 - this stream fails alone
+                log.error("%s: sampling failed: %s", generation.request_id, exc)
+                drawn.append(exc)
+        return drawn
+
+    def _deliver(self, batch: list[Generation], drawn: list[tuple[torch.Tensor, torch.Tensor] | Exception]) -> None:
+        """Record each decoding stream's row; end the streams that finished or failed."""
+        failed: dict[Generation, Exception] = {}
+        for generation, row in zip(batch, drawn):
+            if isinstance(row, Exception):
+                failed[generation] = row
+            # Cancelled during the step: no more output (it is reaped at the step's end), except a first row,
+            # which a decoder needs to decode from (cancelled right after `_prefill` checked).
+            elif not generation.cancelled or generation.rows == 0:
+                try:
+                    generation.record(*row)
+                except Exception as exc:  # noqa: BLE001 - bookkeeping gone wrong for this stream only
+                    log.exception("%s: recording a row failed", generation.request_id)
+                    failed[generation] = exc
         for generation in reversed(batch):  # highest slot first keeps the moves simple
-            if generation.finished:
+            if generation in failed:
+                self._release(generation, "failed", failed[generation])
+            elif generation.finished and not generation.cancelled:
                 self._release(generation, None)
 
     # -- slots ---------------------------------------------------------------------------------------
@@ -295,6 +383,8 @@ class BatchScheduler:
         finished by itself and has already delivered its last output)."""
         slot = generation.slot
         if slot is not None:
+            if error is not None:  # before any move: its K/V may be NaN, which the mask cannot hide
+                self.cache.wipe(slot)
             if slot < self.n_decoding:  # the last decoding stream takes its place
                 last = self.n_decoding - 1
                 self._swap(slot, last)
@@ -323,3 +413,26 @@ class BatchScheduler:
             self._queued = deque((g, t) for g, t in self._queued if not g.cancelled)
         for generation in dropped:
             self._release(generation, "cancelled")
+
+    def _fail_slot_holders(self, error: Exception) -> None:
+        """The safety net: after an error that escaped the per-stream handling, the slots' state is
+        unknown, so every admitted stream fails, the cache is zeroed, and the next step starts clean."""
+        with self._lock:
+            joining = set(self._joining)
+            involved = [g for g in self._active if g not in joining]
+        for generation in involved:
+            generation.slot = None
+            with self._lock:
+                self._active.discard(generation)
+        self.owners = [None] * self.slots
+        self.n_decoding = 0
+        self.prefilling = []
+        for slot in range(self.slots):
+            self.cache.wipe(slot)
+        with self._lock:
+            self._work.notify_all()
+        for generation in involved:
+            try:
+                generation.end("failed", error)
+            except Exception:  # noqa: BLE001 - keep ending the others
+                log.exception("%s: ending failed", generation.request_id)
