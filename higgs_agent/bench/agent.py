@@ -60,7 +60,7 @@ def run_agent_bench(args: argparse.Namespace) -> dict:
     import uvicorn
 
     from higgs_agent.agent.responders.echo import EchoResponder
-    from higgs_agent.bench.common import load_bench_model
+    from higgs_agent.bench.common import describe, load_bench_model
     from higgs_agent.client import talk
     from higgs_agent.model.asr import Transcriber
     from higgs_agent.server import WS_MAX_BYTES
@@ -102,5 +102,5 @@ def run_agent_bench(args: argparse.Namespace) -> dict:
         "engine_ttfa_ms_p50": engine_ttfa,
         "speech_vs_engine": round(speech_part / engine_ttfa, 3) if engine_ttfa else None,
         "transcript": turns[-1]["transcript_text"] if turns else None,
-        "model": model, "device": str(bundle.device), "asr": services.transcriber.name,
+        "asr": services.transcriber.name, **describe(bundle, model),
     }

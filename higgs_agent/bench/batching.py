@@ -9,8 +9,6 @@ time, no other threads), so step times are the engine's own. Streams use the def
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 
 from higgs_agent import FRAME_RATE, HOP_LENGTH
-from higgs_agent.bench.common import load_bench_model, note
+from higgs_agent.bench.common import describe, load_bench_model, note
 from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import (
     ModelInputs,
@@ -300,12 +298,6 @@ def run_batching_bench(args: argparse.Namespace) -> dict:
         "slots": engine.slots,
         "prefill_chunk_tokens": engine.scheduler.prefill_chunk_tokens,
         "packed_cpu_weights": bool(engine.scheduler.packed and engine.scheduler.packed.enabled),
-        "model": model_dir if args.model else "mini (made on the fly)",
-        "model_parameters": sum(p.numel() for p in bundle.model.parameters()),
-        "device": str(bundle.device),
-        "dtype": str(bundle.dtype).removeprefix("torch."),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads"
-                   + (f", {torch.cuda.get_device_name()}" if bundle.device.type == "cuda" else ""),
+        **describe(bundle, model_dir),
         "frames_per_run": args.frames,
     }

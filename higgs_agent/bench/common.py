@@ -26,3 +26,20 @@ def load_bench_model(args: argparse.Namespace) -> tuple[HiggsBundle, str]:
             model_dir = str(make_tiny_model(os.path.join(scratch, "mini"), size="mini", seed=0))
         bundle = load_higgs(model_dir, device=args.device, dtype=args.dtype, threads=args.threads)
     return bundle, args.model or "mini (made on the fly)"
+
+
+def describe(bundle: HiggsBundle, model_name: str) -> dict[str, str | int]:
+    """Where a figure was measured: the model and the machine, for every benchmark's JSON."""
+    import platform
+
+    import torch
+
+    gpu = f", {torch.cuda.get_device_name()}" if bundle.device.type == "cuda" else ""
+    return {
+        "model": model_name,
+        "model_parameters": sum(p.numel() for p in bundle.model.parameters()),
+        "device": str(bundle.device),
+        "dtype": str(bundle.dtype).removeprefix("torch."),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads{gpu}",
+    }

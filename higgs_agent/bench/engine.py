@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import time
 
 import torch
 
-from higgs_agent.bench.common import load_bench_model, note
+from higgs_agent.bench.common import describe, load_bench_model, note
 from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import ModelInputs, SpeechPrompt, build_inputs
 from higgs_agent.model.reference import generate_rows
@@ -108,7 +106,6 @@ def run_engine_bench(args: argparse.Namespace) -> dict:
     codec = measure_stream_quality(bundle.codec, codes, repeats=args.repeats)
     note(f"codec stream: {codec}")
 
-    params = sum(p.numel() for p in bundle.model.parameters())
     return {
         "engine_step_ms": round(engine_ms, 3),
         "forward_step_ms": round(forward_ms, 3),
@@ -117,13 +114,7 @@ def run_engine_bench(args: argparse.Namespace) -> dict:
         "ttfa_ms": round(ttfa_ms, 2),
         "greedy_matches_reference": matches,
         **codec,
-        "model": model_dir if args.model else "mini (made on the fly)",
-        "model_parameters": params,
-        "device": str(bundle.device),
-        "dtype": str(bundle.dtype).removeprefix("torch."),
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads"
-                   + (f", {torch.cuda.get_device_name()}" if bundle.device.type == "cuda" else ""),
+        **describe(bundle, model_dir),
         "frames_per_run": args.frames,
         "repeats": args.repeats,
     }
