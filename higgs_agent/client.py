@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import soxr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConcurrencyError,
@@ -35,6 +34,7 @@ from websockets.exceptions import (
 
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.audio import float_to_pcm16, pcm16_to_float, resample
+from higgs_agent.audio_formats import StreamResampler
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/realtime"
 _MAX_MESSAGE = 16 * 1024 * 1024  # a session.updated with long instructions, or a big audio delta
@@ -313,11 +313,10 @@ async def _chunks(audio: np.ndarray | AsyncIterable[np.ndarray], rate: int, chun
         for start in range(0, len(pcm), step):
             yield pcm[start:start + step]
     else:
-        stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32") if rate != SAMPLE_RATE else None
+        resampler = StreamResampler(rate, SAMPLE_RATE)
         try:
             async for chunk in audio:
-                block = np.asarray(chunk, dtype=np.float32).reshape(-1)
-                yield float_to_pcm16(stream.resample_chunk(block) if stream is not None else block)
+                yield float_to_pcm16(resampler.push(np.asarray(chunk, dtype=np.float32).reshape(-1)))
         finally:
             if hasattr(audio, "aclose"):
                 await audio.aclose()

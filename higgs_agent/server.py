@@ -7,6 +7,10 @@ import asyncio
 import logging
 import os
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the CLI imports this module for its arguments; torch loads only when serving
@@ -104,3 +108,27 @@ def run_server(args: argparse.Namespace, bundle: HiggsBundle, sampling: Sampling
                 log_level="info" if args.verbose else "warning")
     asyncio.run(services.aclose())
     return 0
+
+
+@contextmanager
+def serve_in_background(services: AgentServices, api_key: str | None = None) -> Iterator[str]:
+    """The agent app on 127.0.0.1 (a free port) in a thread of this process, for tests and benchmarks that
+    need a real socket and also the server's own objects; yields its base URL (http://...)."""
+    import uvicorn
+
+    from higgs_agent.transport.app import create_agent_app
+
+    server = uvicorn.Server(uvicorn.Config(create_agent_app(services, api_key=api_key), host="127.0.0.1", port=0,
+                                           log_level="warning", ws_max_size=WS_MAX_BYTES, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (server.started and server.servers):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-process server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -6,40 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
-import uvicorn
 import websockets
 
-from higgs_agent.agent.services import AgentServices
 from higgs_agent.audio import float_to_pcm16, pcm16_to_float
-from higgs_agent.server import WS_MAX_BYTES
-from higgs_agent.transport.app import create_agent_app
+from higgs_agent.server import WS_MAX_BYTES, serve_in_background
 
-
-@contextmanager
-def running_server(services: AgentServices, api_key: str | None = None) -> Iterator[str]:
-    """Serve the agent app on 127.0.0.1 (a free port) in a thread; yield its base URL (http://...)."""
-    config = uvicorn.Config(create_agent_app(services, api_key=api_key), host="127.0.0.1", port=0,
-                            log_level="warning", ws_max_size=WS_MAX_BYTES, lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and server.servers):
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+# The agent app in a thread of the test process (tests look at its engine and metrics).
+running_server = serve_in_background
 
 
 def ws_url(base: str, query: str = "") -> str:

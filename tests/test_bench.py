@@ -1,4 +1,4 @@
-"""The engine benchmark runs on CI-size hardware and prints its contract as the last line."""
+"""The benchmarks run on CI-size hardware and print their contract as the last line."""
 
 import json
 import subprocess
@@ -10,14 +10,16 @@ CONTRACT = {
 }
 
 
-def test_bench_engine_prints_its_json_last(tiny_dir):
-    result = subprocess.run(
-        [sys.executable, "-m", "higgs_agent", "bench", "engine", "--model", str(tiny_dir), "--frames", "30",
-         "--repeats", "1", "--json"],
-        capture_output=True, text=True, timeout=600,
-    )
+def bench_json(*args: str) -> dict:
+    """Run `higgs-agent bench ARGS --json`; the JSON on its last stdout line."""
+    result = subprocess.run([sys.executable, "-m", "higgs_agent", "bench", *args, "--json"],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_bench_engine_prints_its_json_last(tiny_dir):
+    figures = bench_json("engine", "--model", str(tiny_dir), "--frames", "30", "--repeats", "1")
     assert CONTRACT <= figures.keys()
     assert figures["greedy_matches_reference"] is True
     assert figures["codec_stream_snr_db"] >= 40
@@ -29,13 +31,7 @@ BATCHING_CONTRACT = {"streams", "speedup_8_vs_1", "realtime_streams", "max_join_
 
 
 def test_bench_batching_prints_its_json_last(tiny_dir):
-    result = subprocess.run(
-        [sys.executable, "-m", "higgs_agent", "bench", "batching", "--model", str(tiny_dir), "--frames", "6",
-         "--threads", "1", "--json"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = bench_json("batching", "--model", str(tiny_dir), "--frames", "6", "--threads", "1")
     assert BATCHING_CONTRACT <= figures.keys()
     assert [s["n"] for s in figures["streams"]] == [1, 2, 4, 8, 16]
     for row in figures["streams"]:
@@ -49,12 +45,7 @@ def test_bench_batching_prints_its_json_last(tiny_dir):
 
 
 def test_bench_agent_measures_turn_latency_over_a_real_socket(tiny_dir):
-    result = subprocess.run(
-        [sys.executable, "-m", "higgs_agent", "bench", "agent", "--model", str(tiny_dir), "--turns", "1", "--json"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = bench_json("agent", "--model", str(tiny_dir), "--turns", "1")
     assert figures["turns"] == figures["completed"] == 1
     stages = [figures[f"{s}_ms_p50"] for s in ("transcript", "first_text", "first_audio_frame", "first_audio_sent")]
     assert None not in stages and stages == sorted(stages)

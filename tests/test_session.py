@@ -138,12 +138,17 @@ async def test_a_responder_that_crashes_fails_the_response_and_the_session_goes_
     await session.close()
 
 
-async def test_one_response_at_a_time_and_a_queued_one_can_be_cancelled(make_session):
-    held = Held()
-    session, out = await make_session(held=held)
+async def held_reply(make_session) -> tuple[Session, FakeOutput]:
+    """A session whose reply (to a typed "hi") says one phrase, then waits: a response in progress."""
+    session, out = await make_session(held=Held())
     await send(session, type="session.update", session={"responder": "held"})
     await text_turn(session, "hi")
     await send(session, type="response.create")
+    return session, out
+
+
+async def test_one_response_at_a_time_and_a_queued_one_can_be_cancelled(make_session):
+    session, out = await held_reply(make_session)
     await send(session, type="response.create")  # queued behind or running: either way refused
     error = await until(out, "error")
     assert error["error"]["code"] == "conversation_already_has_active_response"
@@ -155,11 +160,7 @@ async def test_one_response_at_a_time_and_a_queued_one_can_be_cancelled(make_ses
 
 
 async def test_the_clients_truncate_wins_over_the_servers_estimate(make_session):
-    held = Held()
-    session, out = await make_session(held=held)
-    await send(session, type="session.update", session={"responder": "held"})
-    await text_turn(session, "hi")
-    await send(session, type="response.create")
+    session, out = await held_reply(make_session)
     added = await until(out, "response.output_item.added")
     await until(out, "response.output_audio_transcript.delta")
     for _ in range(500):  # until the first phrase's audio is out

@@ -162,22 +162,20 @@ class Session:
         item_id = self._speech_item_id or new_id("item")
         self._speech_item_id = None
         await self._emit("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id)
-        detection = self.config.turn_detection
-        await self._add_user_audio(item_id, audio, timing, create_response=bool(detection and detection.create_response))
+        await self._add_user_audio(item_id, audio, timing, create_response=self._turns_create_responses)
 
     async def _commit(self, event: ev.InputAudioBufferCommit) -> None:
         if self.input.buffered_ms < MIN_COMMIT_MS:
             raise ProtocolError("input_audio_buffer_commit_empty", f"buffer too small: {self.input.buffered_ms} ms "
                                 f"of audio, at least {MIN_COMMIT_MS} ms are needed to commit")
         turn = self.input.commit()
-        detection = self.config.turn_detection
         await self._add_user_audio(new_id("item"), turn.audio, TurnTiming(),
-                                   create_response=bool(detection and detection.create_response))
+                                   create_response=self._turns_create_responses)
 
     async def _add_user_audio(self, item_id: str, audio: np.ndarray, timing: TurnTiming,
                               create_response: bool) -> None:
-        previous = self.conversation.items[-1].id if self.conversation.items else None
         item = self.conversation.add(ConversationItem(item_id, "user", "input_audio"))
+        previous = self.conversation.previous_id(item)
         await self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
         await self._emit("conversation.item.added", previous_item_id=previous, item=item.to_dict())
         self._last_audio = (item_id, audio)
@@ -202,9 +200,9 @@ class Session:
         if part.type in ("input_text", "text", "output_text"):
             if part.text is None:
                 raise ProtocolError("invalid_value", "a text part needs 'text'", param="item.content.0.text")
-            previous = self.conversation.items[-1].id if self.conversation.items else None
             kind = "output_text" if item.role == "assistant" else "input_text"
             added = self.conversation.add(ConversationItem(item_id, item.role, kind, text=part.text))
+            previous = self.conversation.previous_id(added)
             await self._emit("conversation.item.added", previous_item_id=previous, item=added.to_dict())
             await self._emit("conversation.item.done", previous_item_id=previous, item=added.to_dict())
         elif part.type == "input_audio" and item.role == "user":
@@ -343,10 +341,17 @@ class Session:
         self.services.metrics.observe_turn(latency_ms)
         log.info("turn latency %s %s", run.id, latency_ms)
         if self.config.latency_events:
-            await self._emit(f"{ev.EXTENSION_PREFIX}turn.latency", response_id=run.id, item_id=run.user_item_id,
-                         latency_ms=latency_ms)
+            await self._emit(f"{ev.EXTENSION_PREFIX}turn.latency", response_id=run.id,
+                             item_id=run.user_item_id, latency_ms=latency_ms)
 
     # --- helpers ---------------------------------------------------------------------------------------
+
+    @property
+    def _turns_create_responses(self) -> bool:
+        """A committed audio turn is answered by itself under turn detection with create_response; in
+        manual mode (turn_detection null) only response.create answers."""
+        detection = self.config.turn_detection
+        return bool(detection and detection.create_response)
 
     def _vad_settings(self):  # noqa: ANN202 - VadSettings | None
         return None if self.config.turn_detection is None else self.config.turn_detection.vad

@@ -15,7 +15,6 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -57,40 +56,28 @@ async def _engine_ttfa_ms(services: AgentServices, text: str) -> float:
 
 
 def run_agent_bench(args: argparse.Namespace) -> dict:
-    import uvicorn
-
     from higgs_agent.agent.responders.echo import EchoResponder
     from higgs_agent.bench.common import describe, load_bench_model
     from higgs_agent.client import talk
     from higgs_agent.model.asr import Transcriber
-    from higgs_agent.server import WS_MAX_BYTES
+    from higgs_agent.server import serve_in_background
     from higgs_agent.streaming.engine import StreamingEngine
-    from higgs_agent.transport.app import create_agent_app
 
     bundle, model = load_bench_model(args)
     services = AgentServices(engine=StreamingEngine(bundle), transcriber=Transcriber.load(args.asr_model),
                              responders={"echo": EchoResponder()}, default_responder="echo",
                              sampling=SamplingSettings(greedy=True, max_frames=args.max_frames))
     services.transcriber.warmup()
-    server = uvicorn.Server(uvicorn.Config(create_agent_app(services), host="127.0.0.1", port=0,
-                                           log_level="warning", ws_max_size=WS_MAX_BYTES, lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not (server.started and server.servers):
-        time.sleep(0.05)
-    url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1/realtime"
     speech = espeak(UTTERANCE)
     turns = []
-    try:
+    with serve_in_background(services) as base:
+        url = base.replace("http://", "ws://") + "/v1/realtime"
         for _ in range(args.turns):
             result = asyncio.run(talk(url, speech, SAMPLE_RATE, realtime_pace=False, timeout_s=300))
             turns.append({**result.latency_ms, "client_first_audio": result.first_audio_after_ms,
                           "transcript_text": result.user_transcript, "status": result.status})
-        said = turns[-1]["transcript_text"] or UTTERANCE
-        baseline = [asyncio.run(_engine_ttfa_ms(services, said)) for _ in range(args.turns)]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    said = turns[-1]["transcript_text"] or UTTERANCE
+    baseline = [asyncio.run(_engine_ttfa_ms(services, said)) for _ in range(args.turns)]
     figures = {stage: _median([t.get(stage) for t in turns]) for stage in
                ("transcript", "first_text", "first_audio_frame", "first_audio_sent", "client_first_audio")}
     engine_ttfa = _median(baseline)
