@@ -1,5 +1,5 @@
-# higgs-agent server. GPU-ready: pip's torch 2.11 wheel is the CUDA build (run with --gpus all);
-# it runs on CPU as well. Models come from the hub at start-up, or mount a folder and pass --model /models/X.
+# higgs-agent server. GPU-ready: PyPI's torch 2.11.0 wheel is the CUDA build (run with --gpus all); it runs
+# on CPU as well. Models come from the hub at start-up, or mount a folder and pass HIGGS_MODEL=/models/X.
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
@@ -7,10 +7,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# The same install as everywhere else: the exact versions in uv.lock, then the load check.
+COPY pyproject.toml uv.lock README.md ./
 COPY scripts ./scripts
 COPY higgs_agent ./higgs_agent
-RUN bash scripts/install.sh --venv /opt/venv
+
+RUN HIGGS_AGENT_TOOLS=/opt/tools bash scripts/install.sh --venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     HIGGS_MODEL=bosonai/higgs-audio-v2-generation-3B-base
 

@@ -1,40 +1,42 @@
 #!/usr/bin/env bash
-# Install higgs-agent on a Debian machine with Python 3.11: system packages (when root), then a venv.
+# Install higgs-agent on a Debian or Ubuntu machine: system packages (when root), then a venv holding
+# exactly the versions in uv.lock (hashes checked), then a check that the model stack really loads.
 #   bash scripts/install.sh                 # the agent, into ./.venv
-#   bash scripts/install.sh --test          # the agent + test dependencies
-#   bash scripts/install.sh --venv DIR      # somewhere else (CI caches it outside the clone)
+#   bash scripts/install.sh --test          # + test dependencies and test tools (espeak-ng, sox, chromium)
+#   bash scripts/install.sh --venv DIR      # somewhere else (CI keeps it outside the clone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras=""
+test_extra=""
 venv=".venv"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --test) extras="[test]" ;;
+    --test) test_extra=1 ;;
     --venv) venv="$2"; shift ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
+    *) echo "unknown option $1 (use --test, --venv DIR)" >&2; exit 2 ;;
   esac
   shift
 done
 
-# espeak-ng and sox make test speech; libsndfile backs soundfile.
-need_apt=""
-for tool in espeak-ng sox; do command -v "$tool" >/dev/null || need_apt=1; done
-if [ -n "$need_apt" ]; then
+# espeak-ng and sox make speech (the README's example, the tests); chromium runs the web page's tests.
+packages=(espeak-ng sox)
+[ -n "$test_extra" ] && packages+=(chromium)
+missing=()
+for tool in "${packages[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends espeak-ng sox libsndfile1 >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" libsndfile1 ca-certificates >/dev/null
   else
-    echo "note: espeak-ng/sox missing; run as root (or apt-get install espeak-ng sox) for the tests" >&2
+    echo "note: ${missing[*]} missing; run this as root (or apt-get install ${missing[*]}) for the tests" >&2
   fi
 fi
 
-python="${PYTHON:-python3}"
-if [ ! -x "$venv/bin/python" ]; then
-  "$python" -m venv "$venv"
-fi
-"$venv/bin/pip" install -q --upgrade pip
-# torch and torchaudio come as the matched pair pinned in pyproject.toml (2.11.*, CUDA build; runs on CPU too).
-"$venv/bin/pip" install -q -e ".$extras"
+source scripts/uv.sh
+extras=()
+[ -n "$test_extra" ] && extras=(--extra test)
+# --frozen: install uv.lock as it is, never re-resolve (a fresh machine gets the same versions as CI).
+UV_PROJECT_ENVIRONMENT="$venv" "$UV" sync --frozen --quiet "${extras[@]}" --python "${PYTHON:-python3}"
+"$venv/bin/python" -m higgs_agent.install_check
 echo "installed into $venv"
