@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
@@ -14,6 +17,9 @@ from higgs_agent.agent.services import AgentServices
 from higgs_agent.transport.auth import ApiKeyMiddleware
 from higgs_agent.transport.http_app import speech_endpoint
 from higgs_agent.transport.realtime_ws import realtime_endpoint
+
+# The browser client (clients/web: plain files, no build step), served at `/`.
+WEB_ROOT = Path(__file__).resolve().parents[2] / "clients" / "web"
 
 
 def create_agent_app(services: AgentServices, api_key: str | None = None) -> ASGIApp:
@@ -35,5 +41,6 @@ def create_agent_app(services: AgentServices, api_key: str | None = None) -> ASG
         Route("/metrics", metrics),
         Route("/v1/audio/speech", speech_endpoint(services.engine), methods=["POST"]),
         WebSocketRoute("/v1/realtime", realtime),
+        *([Mount("/", StaticFiles(directory=WEB_ROOT, html=True), name="web")] if WEB_ROOT.is_dir() else []),
     ])
     return ApiKeyMiddleware(app, api_key) if api_key else app
