@@ -84,3 +84,61 @@ def test_undeclared_speaker_and_empty_text_are_refused():
 def test_voice_is_resampled_from_other_rates(bundle, voice_wave):
     at_16k = encode_voice(bundle.processor, voice_wave[: 16000 * 2], 16000, "x")
     assert at_16k.codes.shape == (8, 50)
+
+
+@pytest.mark.parametrize("samples", [24000 * 2 + 500, 24000 * 3 + 123])  # not whole 960-sample hops
+def test_odd_length_clip_gets_the_processors_own_codes(bundle, samples):
+    wave = (np.random.default_rng(samples).standard_normal(samples) * 0.1).astype(np.float32)
+    ours = encode_voice(bundle.processor, wave, 24000, "").codes
+    prompt = SpeechPrompt("Read this.", voice=encode_voice(bundle.processor, wave, 24000, ""))
+    theirs = bundle.processor(text=prompt_text(bundle.processor, prompt), audio=[wave], sampling_rate=24000,
+                              return_tensors="pt", add_special_tokens=False)["audio_input_ids"][0]
+    assert torch.equal(ours, bundle.processor.revert_delay_pattern(theirs)[1:-1].T)  # BOS/EOS rows dropped
+
+
+@pytest.fixture(scope="module")
+def two_voices(bundle):
+    rng = np.random.default_rng(7)
+    waves = [(rng.standard_normal(24000 + 300) * 0.1).astype(np.float32),
+             (rng.standard_normal(24000 * 2) * 0.2).astype(np.float32)]
+    voices = (encode_voice(bundle.processor, waves[0], 24000, "I am the first voice."),
+              encode_voice(bundle.processor, waves[1], 24000, "And I am the second."))
+    return waves, voices
+
+
+def test_two_speaker_prompt_carries_both_references_in_order(bundle, two_voices):
+    _, (first, second) = two_voices
+    prompt = SpeechPrompt("[SPEAKER0] Shall we start? [SPEAKER1] Yes, let's.", speaker_voices=(first, second))
+    inputs = build_inputs(bundle.processor, prompt)
+    rows = inputs.audio_input_ids[0]
+    first_rows, second_rows = first.frames + 2 + 7, second.frames + 2 + 7
+    assert rows.shape == (first_rows + second_rows, 8)
+    assert torch.equal(bundle.processor.revert_delay_pattern(rows[:first_rows])[1:-1].T, first.codes)
+    assert torch.equal(bundle.processor.revert_delay_pattern(rows[first_rows:])[1:-1].T, second.codes)
+    assert int((inputs.input_ids == 128016).sum()) == first_rows - 7 + second_rows - 7
+    text = bundle.tokenizer.decode(inputs.input_ids[0])
+    user = f"{st.START_HEADER}user{st.END_HEADER}\n\n"
+    assistant_audio = f"{st.START_HEADER}assistant{st.END_HEADER}\n\n{st.AUDIO_OUT_BOS}"
+    first_at = text.index(f"{user}[SPEAKER0] I am the first voice.{st.EOT}{assistant_audio}")
+    second_at = text.index(f"{user}[SPEAKER1] And I am the second.{st.EOT}{assistant_audio}")
+    spoken_at = text.index(f"{user}[SPEAKER0] Shall we start? [SPEAKER1] Yes, let's.{st.EOT}")
+    assert first_at < second_at < spoken_at
+
+
+def test_two_speaker_prompt_gives_what_the_processor_gives(bundle, two_voices):
+    waves, voices = two_voices
+    prompt = SpeechPrompt("[SPEAKER0] Hi. [SPEAKER1] Hello.", scene="A podcast studio.", speaker_voices=voices)
+    ours = build_inputs(bundle.processor, prompt)
+    theirs = bundle.processor(text=prompt_text(bundle.processor, prompt), audio=waves, sampling_rate=24000,
+                              return_tensors="pt", add_special_tokens=False)
+    assert torch.equal(ours.input_ids, theirs["input_ids"])
+    assert torch.equal(ours.audio_input_ids, theirs["audio_input_ids"])
+    assert torch.equal(ours.audio_input_ids_mask, theirs["audio_input_ids_mask"])
+
+
+def test_speaker_voices_must_cover_the_tags_and_exclude_a_single_voice(two_voices):
+    _, (first, second) = two_voices
+    with pytest.raises(ValueError, match=r"SPEAKER2.*2 speaker voices"):
+        SpeechPrompt("[SPEAKER0] a [SPEAKER2] b", speaker_voices=(first, second))
+    with pytest.raises(ValueError, match="not both"):
+        SpeechPrompt("[SPEAKER0] a", voice=first, speaker_voices=(first, second))

@@ -1,9 +1,13 @@
-"""Build Higgs Audio v2 model inputs: system text, scene, optional voice reference, text to speak.
+"""Build Higgs Audio v2 model inputs: system text, scene, voice references, text to speak.
 
 The layout comes from the processor's chat template (rendered as text); voice references go in as codec
 codes on the audio path. References are encoded once (`encode_voice`) and reused as codes, so a voice
 cloned at session start costs no codec work per turn; `build_inputs` gives exactly what
-`HiggsAudioV2Processor(text, audio)` gives for the same audio (a test holds it to that).
+`HiggsAudioV2Processor(text, audio)` gives for the same audio (tests hold it to that, one reference or several).
+
+Multi-speaker cloning follows boson-ai/higgs-audio's `examples/generation.py`: each speaker's reference is a
+user turn "[SPEAKERn] transcript" followed by an assistant turn holding that speaker's audio, in speaker order,
+then the user turn with the tagged text to speak; all in one generation.
 """
 
 from __future__ import annotations
@@ -37,22 +41,34 @@ class VoiceReference:
 
 @dataclass(frozen=True)
 class SpeechPrompt:
-    """What to say and how. `speakers` describes [SPEAKERn] voices for multi-speaker text."""
+    """What to say and how. `voice` clones one voice; `speaker_voices` clones one voice per [SPEAKERn] tag
+    (index n) for multi-speaker text. `speakers` describes [SPEAKERn] voices in words (the scene) instead."""
 
     text: str
     system: str = DEFAULT_SYSTEM
     scene: str | None = None
     voice: VoiceReference | None = None
     speakers: tuple[str, ...] = field(default_factory=tuple)
+    speaker_voices: tuple[VoiceReference, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if not self.text.strip():
             raise ValueError("nothing to say: the text is empty")
+        if self.voice is not None and self.speaker_voices:
+            raise ValueError("give either one voice or one voice per speaker, not both")
         used = {int(n) for n in _SPEAKER_TAG.findall(self.text)}
         if self.speakers and used and max(used) >= len(self.speakers):
             raise ValueError(
                 f"the text uses [SPEAKER{max(used)}] but only {len(self.speakers)} speakers are described"
             )
+        if self.speaker_voices and used and max(used) >= len(self.speaker_voices):
+            raise ValueError(f"the text uses [SPEAKER{max(used)}] but only {len(self.speaker_voices)} speaker "
+                             "voices are given")
+
+    @property
+    def references(self) -> tuple[VoiceReference, ...]:
+        """Every voice reference, in prompt order."""
+        return (self.voice,) if self.voice is not None else self.speaker_voices
 
 
 @dataclass
@@ -85,13 +101,16 @@ def scene_text(prompt: SpeechPrompt) -> str | None:
 
 def conversation(prompt: SpeechPrompt) -> list[dict]:
     """The chat-template messages for a prompt. A voice reference is a user turn with its transcript
-    followed by an assistant turn holding its audio; then the user turn with the text to speak."""
+    followed by an assistant turn holding its audio; with several speakers each transcript is tagged
+    "[SPEAKERn] " (upstream tags only when there is more than one); then the user turn with the text to speak."""
     messages: list[dict] = [{"role": "system", "content": [{"type": "text", "text": prompt.system}]}]
     scene = scene_text(prompt)
     if scene:
         messages.append({"role": "scene", "content": [{"type": "text", "text": scene}]})
-    if prompt.voice is not None:
-        messages.append({"role": "user", "content": [{"type": "text", "text": prompt.voice.transcript}]})
+    references = prompt.references
+    for index, reference in enumerate(references):
+        words = f"[SPEAKER{index}] {reference.transcript}" if len(references) > 1 else reference.transcript
+        messages.append({"role": "user", "content": [{"type": "text", "text": words}]})
         messages.append({"role": "assistant", "content": [{"type": "audio"}]})
     messages.append({"role": "user", "content": [{"type": "text", "text": prompt.text}]})
     return messages
@@ -113,13 +132,16 @@ def delayed_audio_ids(processor: HiggsAudioV2Processor, codes: torch.Tensor) -> 
 
 def build_inputs(processor: HiggsAudioV2Processor, prompt: SpeechPrompt) -> ModelInputs:
     text = prompt_text(processor, prompt)
-    rows = None
-    if prompt.voice is not None:
-        rows = delayed_audio_ids(processor, prompt.voice.codes)
-        text = text.replace(processor.audio_token, processor.get_audio_tokens(rows.shape[0]), 1)
+    blocks = [delayed_audio_ids(processor, reference.codes) for reference in prompt.references]
+    # Placeholders are in reference order, as the processor expands them; split first, since an expansion
+    # itself holds the placeholder token.
+    pieces = text.split(processor.audio_token)
+    expansions = [processor.get_audio_tokens(rows.shape[0]) for rows in blocks]
+    text = pieces[0] + "".join(expansion + piece for expansion, piece in zip(expansions, pieces[1:], strict=True))
     encoded = processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")
     inputs = ModelInputs(encoded["input_ids"], encoded["attention_mask"])
-    if rows is not None:
+    if blocks:
+        rows = torch.cat(blocks, dim=0)
         inputs.audio_input_ids = rows[None]
         inputs.audio_input_ids_mask = torch.ones(1, rows.shape[0], dtype=torch.bool)
     return inputs
@@ -129,9 +151,11 @@ def build_inputs(processor: HiggsAudioV2Processor, prompt: SpeechPrompt) -> Mode
 def encode_voice(
     processor: HiggsAudioV2Processor, audio: np.ndarray, sample_rate: int, transcript: str
 ) -> VoiceReference:
-    """Encode a reference recording (any rate, mono float) into codec codes, the way the processor does."""
-    wave = resample(np.asarray(audio, dtype=np.float32), sample_rate, SAMPLE_RATE)
-    features = processor.feature_extractor(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    """Encode a reference recording (any rate, mono float) into codec codes, exactly as the processor does:
+    unpadded (`padding=False`, the processor's audio default), so a clip whose length is not a multiple of
+    the 960-sample hop gets the processor's codes, not those of a zero-padded clip."""
+    wave = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, SAMPLE_RATE)
+    features = processor.feature_extractor(wave, sampling_rate=SAMPLE_RATE, padding=False, return_tensors="pt")
     codec = processor.audio_tokenizer
     codes = codec.encode(features["input_values"].to(codec.device)).audio_codes
     return VoiceReference(codes=codes[0].cpu(), transcript=transcript)
