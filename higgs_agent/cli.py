@@ -1,70 +1,129 @@
-"""The `higgs-agent` command line: make-tiny-model, speak, serve, talk, bench."""
+"""The `higgs-agent` command line: make-tiny-model, speak, serve, talk, bench.
+
+Only argparse lives here; each command imports its own machinery when it runs, so `--help` and usage errors
+answer at once (torch and transformers take seconds to import).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from higgs_agent.model.loader import DEFAULT_MODEL
-from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.server import add_serve_args
-from higgs_agent.talk import add_talk_parser
+from higgs_agent.defaults import (
+    DEFAULT_ASR_MODEL,
+    DEFAULT_HOST,
+    DEFAULT_MODEL,
+    DEFAULT_PORT,
+    DEFAULT_REALTIME_URL,
+    DEFAULT_SLOTS,
+)
 
-log = logging.getLogger("higgs_agent")
+
+def _env(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name)
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local folder (default: %(default)s)")
-    parser.add_argument("--codec", default=None, help="codec hub id or folder (default: the model folder's own, "
-                        "else bosonai/higgs-audio-v2-tokenizer)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+def _add_model_args(parser: argparse.ArgumentParser, default_model: str | None = DEFAULT_MODEL) -> None:
+    model_help = ("Higgs Audio v2 model: a hub id or a local folder (default: %(default)s)" if default_model
+                  else "model folder (default: a mini random-weight model made on the fly)")
+    parser.add_argument("--model", default=default_model, help=model_help)
+    parser.add_argument("--codec", default=None,
+                        help="codec (audio tokenizer): hub id or folder (default: the model folder's "
+                             "audio_tokenizer/, else bosonai/higgs-audio-v2-tokenizer)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU intra-op threads (default: half the cores; a decode step is memory-bound)")
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     parser.add_argument("--greedy", action="store_true", help="argmax decoding (deterministic)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--max-frames", type=int, default=1500, help="step budget (25 frames = 1 s)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest codes (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: %(default)s)")
+    parser.add_argument("--max-frames", type=int, default=1500,
+                        help="most audio frames per generation; 25 frames = 1 s (default: %(default)s)")
 
 
-def _sampling(args: argparse.Namespace) -> SamplingSettings:
-    return SamplingSettings(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, max_frames=args.max_frames, seed=args.seed)
+def _add_bench_args(parser: argparse.ArgumentParser) -> None:
+    _add_model_args(parser, default_model=None)
+    parser.add_argument("--json", action="store_true", help="print only the JSON line (no notes on stderr)")
 
 
-def _load_bundle(args: argparse.Namespace, use_text_head: bool = False):  # noqa: ANN202 - HiggsBundle, lazily
-    """Load the model named by --model/--codec/--device/--dtype/--threads, or exit 2 with the loader's advice."""
-    from higgs_agent.model import ModelLoadError, load_higgs
+def _add_serve_args(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s; "
+                       "0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)")
+    serve.add_argument("--api-key", default=_env("HIGGS_API_KEY"),
+                       help="require this key on every endpoint but the page and liveness "
+                            "(Authorization: Bearer KEY, ?api_key=KEY, or the openai-insecure-api-key.KEY "
+                            "subprotocol); default: $HIGGS_API_KEY")
+    serve.add_argument("--cors-origins", default=None,
+                       help="comma-separated origins whose pages may call the API from a browser "
+                            "(e.g. https://app.example.com, or * for any); default: same origin only")
+    serve.add_argument("--asr-model", default=None,
+                       help=f"speech recognition: a faster-whisper model name or CTranslate2 folder "
+                            f"(default: {DEFAULT_ASR_MODEL}, installed with the package)")
+    serve.add_argument("--responder", choices=["echo", "llm", "native"], default=None,
+                       help="who writes the replies: echo (says back what it heard), llm (an OpenAI-compatible "
+                            "chat endpoint), native (the Higgs model's own text head; needs a checkpoint with "
+                            "it); default: llm when --llm-url is given, else echo")
+    serve.add_argument("--llm-url", default=None,
+                       help="OpenAI-compatible API base including /v1, e.g. http://127.0.0.1:8080/v1 "
+                            "(llama.cpp, vLLM, Ollama)")
+    serve.add_argument("--llm-model", default=None, help="model name to ask the LLM endpoint for")
+    serve.add_argument("--llm-api-key", default=_env("HIGGS_LLM_API_KEY"),
+                       help="key for the LLM endpoint (default: $HIGGS_LLM_API_KEY, else none)")
+    serve.add_argument("--voice", default=None, help="recording of the voice the agent speaks in (cloned)")
+    serve.add_argument("--voice-text", default=None, help="transcript of --voice")
+    serve.add_argument("--slots", type=int, default=DEFAULT_SLOTS,
+                       help="speech generations the engine runs at once (default: %(default)s)")
+    serve.add_argument("--extension-events", action="store_true",
+                       help="send our higgs.* events (turn latency, caller context) to every session; by "
+                            "default a session opts in with session.update {higgs: {extension_events: true}}")
 
-    try:
-        return load_higgs(args.model, codec=args.codec, device=args.device, dtype=args.dtype, threads=args.threads,
-                          use_text_head=use_text_head)
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+
+def _add_talk_args(talk: argparse.ArgumentParser) -> None:
+    talk.add_argument("--url", default=DEFAULT_REALTIME_URL, help="Realtime WebSocket URL (default: %(default)s)")
+    talk.add_argument("--wav", help="what to say (any audio file soundfile reads); default: the microphone")
+    talk.add_argument("-o", "--output", help="write the spoken reply here (WAV, 24 kHz)")
+    talk.add_argument("--api-key", default=_env("HIGGS_API_KEY"),
+                      help="sent as 'Authorization: Bearer KEY' (default: $HIGGS_API_KEY)")
+    talk.add_argument("--manual", action="store_true",
+                      help="turn detection off: commit the audio and ask for a response by hand")
+    talk.add_argument("--fast", action="store_true", help="send the WAV as fast as possible, not in real time")
+    talk.add_argument("--instructions", help="session instructions (the system prompt) for this session")
+    talk.add_argument("--timeout", type=float, default=60.0,
+                      help="seconds to wait for the whole reply (default: %(default)s)")
+    talk.add_argument("--events", action="store_true", help="print each server event type to stderr")
+    talk.add_argument("--no-extensions", action="store_true",
+                      help="do not ask for higgs.* events (for servers that refuse unknown session fields)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="higgs-agent", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="higgs-agent", description="A streaming real-time voice agent on "
+                                     "Boson AI's Higgs Audio v2.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    tiny = commands.add_parser("make-tiny-model", help="write a random-weight Higgs model for offline tests")
-    tiny.add_argument("dir")
-    tiny.add_argument("--size", choices=["tiny", "mini"], default="tiny")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny = commands.add_parser("make-tiny-model", help="write a random-weight Higgs model for offline use",
+                               description="Write a Higgs Audio v2 model of the real architecture with random "
+                                           "weights (it babbles): for tests and offline trials.")
+    tiny.add_argument("dir", help="folder to write (model, codec in audio_tokenizer/, tokenizer)")
+    tiny.add_argument("--size", choices=["tiny", "mini"], default="tiny",
+                      help="tiny: 9 M parameters, for tests; mini: 131 M, for CPU benchmarks (default: %(default)s)")
+    tiny.add_argument("--seed", type=int, default=0, help="weight seed; same seed, same bytes (default: %(default)s)")
     tiny.add_argument("--text-head", action="store_true", help="include a (random) text head, for --responder native")
 
-    speak = commands.add_parser("speak", help="synthesise speech, streaming it out as it is generated")
-    speak.add_argument("text")
+    speak = commands.add_parser("speak", help="synthesise speech, streaming it out as it is generated",
+                                description="Speak TEXT, writing audio as it is generated; prints the time to "
+                                            "first audio and the real-time factor.")
+    speak.add_argument("text", help="what to say; [SPEAKER0]/[SPEAKER1] tags for several speakers")
     speak.add_argument("-o", "--output", required=True, help="WAV file, or - for raw PCM16 24 kHz on stdout")
     speak.add_argument("--voice", help="reference recording to clone")
     speak.add_argument("--voice-text", help="transcript of --voice")
@@ -74,87 +133,112 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(speak)
     _add_sampling_args(speak)
 
-    serve = commands.add_parser("serve", help="run the voice agent server (realtime WebSocket, speech, health, "
-                                "metrics)")
-    add_serve_args(serve)
-    serve.add_argument("--slots", type=int, default=8, help="streams the engine runs at once (default: %(default)s)")
+    serve = commands.add_parser("serve", help="run the voice agent server",
+                                description="Serve the voice agent: the Realtime WebSocket, the web page, "
+                                            "streamed speech, health and metrics, on one port.")
+    _add_serve_args(serve)
     _add_model_args(serve)
     _add_sampling_args(serve)
 
-    add_talk_parser(commands)
+    talk = commands.add_parser("talk", help="speak one turn to a Realtime server and save the reply",
+                               description="Stream a WAV (at real-time pace, like a microphone) or the "
+                                           "microphone to a Realtime server, print the transcripts and "
+                                           "latencies, and save the spoken reply.")
+    _add_talk_args(talk)
 
-    bench = commands.add_parser("bench", help="benchmarks; each prints its JSON as the last line")
-    bench_kinds = bench.add_subparsers(dest="bench", required=True)
-    engine = bench_kinds.add_parser("engine", help="step loop vs bare forward, TTFA, exactness, codec streaming")
-    engine.add_argument("--model", default=None, help="model folder (default: a mini model made on the fly)")
-    engine.add_argument("--device", default="auto")
-    engine.add_argument("--dtype", default="auto")
-    engine.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the cores)")
-    engine.add_argument("--frames", type=int, default=150, help="steps per measured run")
-    engine.add_argument("--repeats", type=int, default=3)
-    engine.add_argument("--json", action="store_true", help="print only the JSON line")
-    batching = bench_kinds.add_parser("batching", help="many streams per model: throughput vs streams, join "
-                                      "stall, batched == alone, codec batching")
-    batching.add_argument("--model", default=None, help="model folder (default: a mini model made on the fly)")
-    batching.add_argument("--device", default="auto")
-    batching.add_argument("--dtype", default="auto")
-    batching.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the cores)")
-    batching.add_argument("--frames", type=int, default=100, help="measured steps per stream count")
+    bench = commands.add_parser("bench", help="benchmarks; each prints its JSON as the last line",
+                                description="Benchmarks that measure their own baseline in the same run and "
+                                            "print their figures as JSON on the last line.")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    engine = kinds.add_parser("engine", help="step loop vs bare forward, TTFA, exactness, codec streaming")
+    _add_bench_args(engine)
+    engine.add_argument("--frames", type=int, default=150, help="steps per measured run (default: %(default)s)")
+    engine.add_argument("--repeats", type=int, default=3, help="measured runs (default: %(default)s)")
+    batching = kinds.add_parser("batching", help="many streams per model: throughput, join stall, batched == alone")
+    _add_bench_args(batching)
+    batching.add_argument("--frames", type=int, default=100,
+                          help="measured steps per stream count (default: %(default)s)")
     batching.add_argument("--prefill-chunk", type=int, default=None,
                           help="prompt tokens per step while others decode (default: 64 on CPU, 256 on GPU)")
-    batching.add_argument("--json", action="store_true", help="print only the JSON line")
-    agent = bench_kinds.add_parser("agent", help="turn latency of the whole agent over a real socket vs the engine")
-    agent.add_argument("--model", default=None, help="model folder (default: a mini model made on the fly)")
-    agent.add_argument("--asr-model", default=None, help="faster-whisper model (default: tiny.en)")
-    agent.add_argument("--device", default="auto")
-    agent.add_argument("--dtype", default="auto")
-    agent.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the cores)")
-    agent.add_argument("--turns", type=int, default=5)
-    agent.add_argument("--max-frames", type=int, default=200, help="frame budget per phrase")
-    agent.add_argument("--json", action="store_true", help="print only the JSON line")
+    agent = kinds.add_parser("agent", help="turn latency of the whole agent over a real socket vs the engine")
+    _add_bench_args(agent)
+    agent.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
+    agent.add_argument("--turns", type=int, default=5, help="turns per session (default: %(default)s)")
+    agent.add_argument("--max-frames", type=int, default=200, help="frame budget per phrase (default: %(default)s)")
+    agent.add_argument("--sessions", type=int, default=1,
+                       help="N > 1: rounds of 1 and N callers ending their turns at the same moment; reports "
+                            "time to first audio, playback underruns and event-loop lag (default: %(default)s)")
     return parser
 
 
+def _run_tiny(args: argparse.Namespace) -> int:
+    from higgs_agent.model.tiny import make_tiny_model
+
+    print(make_tiny_model(args.dir, size=args.size, seed=args.seed, text_head=args.text_head))
+    return 0
+
+
+def _run_speak(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from higgs_agent.commands import load_bundle, sampling_settings
+    from higgs_agent.speak import run_speak
+
+    return asyncio.run(run_speak(args, load_bundle(args), sampling_settings(args)))
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from higgs_agent.server import serve_command
+
+    return serve_command(args)
+
+
+def _run_talk(args: argparse.Namespace) -> int:
+    from higgs_agent.talk import run_talk
+
+    return run_talk(args)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    if args.bench == "engine":
+        from higgs_agent.bench.engine import run_engine_bench as run
+    elif args.bench == "batching":
+        from higgs_agent.bench.batching import run_batching_bench as run
+    else:
+        from higgs_agent.bench.agent import run_agent_bench as run
+    print(json.dumps(run(args)))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "make-tiny-model": _run_tiny, "speak": _run_speak, "serve": _run_serve, "talk": _run_talk, "bench": _run_bench,
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Like `parse_args`, but an unknown option is reported with the usage of the command it was given to
+    (argparse would print the top-level usage, which does not show the command's options)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = parser
+        for name in (getattr(args, "command", None), getattr(args, "bench", None)):
+            subparsers = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
+            if name is None or subparsers is None:
+                break
+            command = subparsers.choices[name]
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "make-tiny-model":
-        from higgs_agent.model.tiny import make_tiny_model
+    args = parse_args(argv)
+    from higgs_agent.logs import configure_logging
 
-        print(make_tiny_model(args.dir, size=args.size, seed=args.seed, text_head=args.text_head))
-        return 0
-    if args.command == "speak":
-        from higgs_agent.speak import run_speak
-
-        settings = _sampling(args)
-        return asyncio.run(run_speak(args, _load_bundle(args), settings))
-    if args.command == "serve":
-        from higgs_agent.server import check_serve_args, default_responder, run_server
-
-        problem = check_serve_args(args)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
-        bundle = _load_bundle(args, use_text_head=default_responder(args) == "native")
-        return run_server(args, bundle, _sampling(args))
-    if args.command == "talk":
-        from higgs_agent.talk import run_talk
-
-        return run_talk(args)
-    if args.command == "bench" and args.bench == "engine":
-        from higgs_agent.bench.engine import run_engine_bench
-
-        print(json.dumps(run_engine_bench(args)))
-        return 0
-    if args.command == "bench" and args.bench == "batching":
-        from higgs_agent.bench.batching import run_batching_bench
-
-        print(json.dumps(run_batching_bench(args)))
-        return 0
-    if args.command == "bench" and args.bench == "agent":
-        from higgs_agent.bench.agent import run_agent_bench
-
-        print(json.dumps(run_agent_bench(args)))
-        return 0
-    raise AssertionError(args.command)
+    # Benchmarks asked for --json and speech piped to stdout keep stderr to warnings.
+    configure_logging(args.verbose, quiet=getattr(args, "json", False))
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

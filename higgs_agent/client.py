@@ -21,6 +21,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -35,8 +36,9 @@ from websockets.exceptions import (
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.audio import float_to_pcm16, pcm16_to_float, resample
 from higgs_agent.audio_formats import StreamResampler
+from higgs_agent.defaults import DEFAULT_REALTIME_URL
 
-DEFAULT_URL = "ws://127.0.0.1:8000/v1/realtime"
+DEFAULT_URL = DEFAULT_REALTIME_URL
 _MAX_MESSAGE = 16 * 1024 * 1024  # a session.updated with long instructions, or a big audio delta
 _BYTES_PER_MS = SAMPLE_RATE * 2 // 1000  # PCM16 mono at 24 kHz
 
@@ -74,6 +76,9 @@ class RealtimeClient:
                       open_timeout: float = 10.0) -> RealtimeClient:
         """Open the WebSocket (sending `Authorization: Bearer KEY` when a key is given)."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        if url.startswith(("ws://", "wss://")) and urlsplit(url).path in ("", "/"):
+            raise RealtimeConnectionError(f"{url}: the URL has no path; the Realtime endpoint is "
+                                          f"{url.rstrip('/')}/v1/realtime")
         try:
             ws = await connect(url, additional_headers=headers, open_timeout=open_timeout, max_size=_MAX_MESSAGE)
         except InvalidStatus as exc:
@@ -267,7 +272,7 @@ async def talk(url: str, audio: np.ndarray | AsyncIterable[np.ndarray], rate: in
                realtime_pace: bool = True, chunk_ms: int = 20, tail_silence_ms: int = 1500,
                manual_commit: bool = False, session: dict[str, Any] | None = None,
                on_event: Callable[[dict[str, Any]], None] | None = None, timeout_s: float = 60.0,
-               open_timeout: float = 10.0) -> TalkResult:
+               open_timeout: float = 10.0, extension_events: bool = True) -> TalkResult:
     """Speak one turn to the server at `url` and return its reply.
 
     `audio` is float32 mono at `rate` Hz: a whole recording (sent in `chunk_ms` chunks, at real-time pace
@@ -276,6 +281,8 @@ async def talk(url: str, audio: np.ndarray | AsyncIterable[np.ndarray], rate: in
     turn end; sending stops as soon as the server reports `speech_stopped`. With `manual_commit` turn
     detection is switched off (`turn_detection: null`) and the turn ends with commit + response.create.
     `session` adds fields to the session.update (e.g. instructions). `on_event` sees every server event.
+    `extension_events` asks a higgs-agent server for its `higgs.*` events (the turn's latency stages); turn it
+    off for servers that refuse unknown session fields.
     Raises RealtimeConnectionError, RealtimeError (an `error` event) or TimeoutError.
     """
     turn = _Turn(live=not isinstance(audio, np.ndarray))
@@ -283,6 +290,8 @@ async def talk(url: str, audio: np.ndarray | AsyncIterable[np.ndarray], rate: in
         async with asyncio.timeout(timeout_s):
             async with await RealtimeClient.connect(url, api_key, open_timeout=open_timeout) as client:
                 fields = dict(session or {})
+                if extension_events:
+                    fields["higgs"] = {"extension_events": True, **(fields.get("higgs") or {})}
                 if manual_commit:
                     audio_cfg = dict(fields.get("audio") or {})
                     audio_cfg["input"] = {**(audio_cfg.get("input") or {}), "turn_detection": None}

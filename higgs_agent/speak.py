@@ -17,7 +17,6 @@ from higgs_agent.model.prompts import SpeechPrompt, build_inputs, encode_voice
 from higgs_agent.model.reference import synthesize_reference
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import StreamingEngine
-from higgs_agent.streaming.speech import stream_pcm
 
 _CHARS_PER_SECOND = 15  # rough speaking rate, only to size the progress bar
 
@@ -50,25 +49,27 @@ def _prompt(args: argparse.Namespace, bundle: HiggsBundle) -> SpeechPrompt:
 
 
 async def run_speak(args: argparse.Namespace, bundle: HiggsBundle, settings: SamplingSettings) -> int:
-    inputs = build_inputs(bundle.processor, _prompt(args, bundle))
     with ExitStack() as stack:
         sink = PcmSink(args.output, stack)
         if args.reference:
-            result = synthesize_reference(bundle, inputs, settings)
+            result = synthesize_reference(bundle, build_inputs(bundle.processor, _prompt(args, bundle)), settings)
             sink.write(result.audio)
             print(f"reference generate(): {result.frames} frames, {sink.samples / SAMPLE_RATE:.2f} s",
                   file=sys.stderr)
             return 0
-        engine = StreamingEngine(bundle)
-        generation = engine.start(inputs, settings)
-        expected_s = min(settings.max_frames / FRAME_RATE, max(1.0, len(args.text) / _CHARS_PER_SECOND))
-        bar = tqdm(total=round(expected_s, 1), unit="s audio", file=sys.stderr, leave=False,
-                   disable=args.output == "-" or expected_s < 10)
-        async for chunk in stream_pcm(engine, generation):
-            sink.write(chunk)
-            bar.update(round(len(chunk) / SAMPLE_RATE, 2))
-        bar.close()
-    stats = generation.stats
+        engine = StreamingEngine(bundle, slots=1)
+        try:
+            expected_s = min(settings.max_frames / FRAME_RATE, max(1.0, len(args.text) / _CHARS_PER_SECOND))
+            bar = tqdm(total=round(expected_s, 1), unit="s audio", file=sys.stderr, leave=False,
+                       disable=args.output == "-" or expected_s < 10)
+            async with engine.stream(_prompt(args, bundle), settings) as speech:
+                async for chunk in speech.pcm():
+                    sink.write(chunk)
+                    bar.update(round(len(chunk) / SAMPLE_RATE, 2))
+            bar.close()
+        finally:
+            engine.close()
+    stats = speech.stats
     print(f"{sink.samples / SAMPLE_RATE:.2f} s of audio ({stats.frames} frames, {stats.stop_reason}); "
           f"TTFA {stats.ttfa_ms:.0f} ms; real-time factor {stats.real_time_factor:.3f}", file=sys.stderr)
     return 0

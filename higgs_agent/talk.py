@@ -15,7 +15,6 @@ import numpy as np
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.audio import read_wav, write_wav
 from higgs_agent.client import (
-    DEFAULT_URL,
     RealtimeConnectionError,
     RealtimeError,
     TalkResult,
@@ -29,28 +28,12 @@ class MicrophoneUnavailable(RuntimeError):
     pass
 
 
-def add_talk_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    talk_parser = subcommands.add_parser(
-        "talk", help="speak one turn to a Realtime server (WAV or microphone); print transcripts and latencies",
-        description="Stream a WAV (at real-time pace, like a microphone) or the microphone to a Realtime "
-                    "server, print the transcripts and latencies, and save the spoken reply.")
-    talk_parser.add_argument("--url", default=DEFAULT_URL, help="Realtime WebSocket URL (default: %(default)s)")
-    talk_parser.add_argument("--wav", help="what to say (any soundfile-readable file); default: the microphone")
-    talk_parser.add_argument("-o", "--output", help="write the reply here (WAV, 24 kHz)")
-    talk_parser.add_argument("--api-key", default=os.environ.get("HIGGS_API_KEY"),
-                             help="sent as 'Authorization: Bearer KEY' (default: $HIGGS_API_KEY)")
-    talk_parser.add_argument("--manual", action="store_true",
-                             help="turn detection off: commit the audio and ask for a response by hand")
-    talk_parser.add_argument("--fast", action="store_true", help="send the WAV as fast as possible, not in real time")
-    talk_parser.add_argument("--instructions", help="session instructions (system prompt) for this session")
-    talk_parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the whole reply")
-    talk_parser.add_argument("--events", action="store_true", help="print each server event type to stderr")
-    return talk_parser
-
-
 def run_talk(args: argparse.Namespace) -> int:
     """0: a completed reply; 1: a server error, a failed/cancelled reply or no reply in time;
     2: usage or connection error."""
+    if args.wav and not os.path.isfile(args.wav):
+        print(f"error: {args.wav} does not exist (or is not a file); pass --wav with an audio file", file=sys.stderr)
+        return 2
     try:
         if args.wav:
             audio: Any = read_wav(args.wav)
@@ -71,7 +54,8 @@ def run_talk(args: argparse.Namespace) -> int:
         result = asyncio.run(talk(args.url, audio, SAMPLE_RATE, api_key=args.api_key, realtime_pace=not args.fast,
                                   manual_commit=args.manual, timeout_s=args.timeout,
                                   session={"instructions": args.instructions} if args.instructions else None,
-                                  on_event=show if args.events else None))
+                                  on_event=show if args.events else None,
+                                  extension_events=not args.no_extensions))
     except RealtimeConnectionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -30,10 +30,14 @@ class Client:
         self.events: list[dict] = []
 
     @classmethod
-    async def connect(cls, base: str, **kwargs) -> Client:  # noqa: ANN003
+    async def connect(cls, base: str, extensions: bool = True, **kwargs) -> Client:  # noqa: ANN003
+        """Connected, and (`extensions`) opted into our higgs.* events, as our own clients do."""
         client = cls(await websockets.connect(ws_url(base), max_size=WS_MAX_BYTES, **kwargs))
         created = await client.next()
         assert created["type"] == "session.created", created
+        if extensions:
+            await client.send({"type": "session.update", "session": {"higgs": {"extension_events": True}}})
+            await client.until("session.updated")
         return client
 
     async def send(self, event: dict) -> None:

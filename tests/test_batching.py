@@ -11,6 +11,7 @@ from higgs_agent.model.prompts import SpeechPrompt, build_inputs, encode_voice
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import AtCapacityError, StreamingEngine
 from higgs_agent.streaming.kv_slots import SlotKVCache
+from higgs_agent.streaming.scheduler import BatchScheduler, run_to_end
 
 GREEDY = SamplingSettings(greedy=True, max_frames=60)
 
@@ -30,18 +31,16 @@ def prompts(bundle):
 
 
 @pytest.fixture
-def engine(bundle):
-    engine = StreamingEngine(bundle, slots=6, prefill_chunk_tokens=16)
-    yield engine
-    engine.close()
+def scheduler(bundle):
+    return BatchScheduler(bundle, slots=6, prefill_chunk_tokens=16)
 
 
-def alone(engine, inputs, settings):
-    rows, generations, _ = run_scripted(engine, [ScriptedStream(inputs, settings)])
+def alone(scheduler, inputs, settings):
+    rows, generations, _ = run_scripted(scheduler, [ScriptedStream(inputs, settings)])
     return rows[0], generations[0]
 
 
-def test_greedy_codes_equal_alone_with_joins_early_finish_and_cancel(engine, prompts):
+def test_greedy_codes_equal_alone_with_joins_early_finish_and_cancel(scheduler, prompts):
     script = [
         ScriptedStream(prompts["long"], GREEDY, join_step=0),
         ScriptedStream(prompts["hello"], GREEDY, join_step=0),  # finishes early, by itself
@@ -50,69 +49,74 @@ def test_greedy_codes_equal_alone_with_joins_early_finish_and_cancel(engine, pro
         ScriptedStream(prompts["speakers"], SamplingSettings(greedy=True, max_frames=20), join_step=12),
         ScriptedStream(prompts["long"], GREEDY, join_step=40),  # takes a slot freed by the others
     ]
-    together, generations, reports = run_scripted(engine, script)
+    together, generations, reports = run_scripted(scheduler, script)
     reasons = [g.stats.stop_reason for g in generations]
     assert reasons == ["max_frames", "end_of_audio", "max_frames", "cancelled", "max_frames", "max_frames"]
     assert max(r.decoded for r in reports) >= 4  # they really shared forwards
     for stream, rows in zip(script, together):
-        reference, _ = alone(engine, stream.inputs, stream.settings)
+        reference, _ = alone(scheduler, stream.inputs, stream.settings)
         assert rows.shape[0] > 0 and torch.equal(rows, reference[:rows.shape[0]])
     assert together[1].shape[0] == 25 and together[3].shape[0] < 60
-    assert engine.scheduler.busy_slots == 0 and engine.scheduler.owners == [None] * 6
+    assert scheduler.busy_slots == 0 and scheduler.owners == [None] * 6
 
 
-def test_seeded_sampling_equals_alone_in_a_batch(engine, prompts):
+def test_seeded_sampling_equals_alone_in_a_batch(scheduler, prompts):
     settings = [SamplingSettings(seed=s, max_frames=50, temperature=1.0) for s in range(4)]
     names = ["scene", "voice", "long", "speakers"]
     script = [ScriptedStream(prompts[n], s, join_step=2 * i) for i, (n, s) in enumerate(zip(names, settings))]
-    together, _, _ = run_scripted(engine, script)
+    together, _, _ = run_scripted(scheduler, script)
     for stream, rows in zip(script, together):
-        assert torch.equal(rows, alone(engine, stream.inputs, stream.settings)[0][:rows.shape[0]])
+        assert torch.equal(rows, alone(scheduler, stream.inputs, stream.settings)[0][:rows.shape[0]])
 
 
-def test_cancelling_one_stream_frees_its_slot_at_the_next_step_and_leaves_the_others_alone(engine, prompts):
-    a = engine.start(prompts["long"], GREEDY)
-    b = engine.start(prompts["scene"], GREEDY)
+def test_cancelling_one_stream_frees_its_slot_at_the_next_step_and_leaves_the_others_alone(scheduler, prompts):
+    a = scheduler.start(prompts["long"], GREEDY)
+    b = scheduler.start(prompts["scene"], GREEDY)
+    rows_b = []
     for _ in range(10):
-        engine.step()
-    assert engine.scheduler.n_decoding == 2
-    a.cancel()  # no step running: freed at once
-    assert a.slot is None and a.stats.stop_reason == "cancelled" and engine.scheduler.n_decoding == 1
-    rows_b = torch.stack([o.row for o in engine.run_to_end(b)])  # every row since it started
-    assert torch.equal(rows_b, alone(engine, prompts["scene"], GREEDY)[0])
+        rows_b += [out.row for g, out in scheduler.step().outputs if g is b]
+    assert scheduler.n_decoding == 2
+    scheduler.cancel(a)  # only a flag: the scheduler's own thread lets go of it at its next step
+    assert a.slot is not None
+    report = scheduler.step()
+    rows_b += [out.row for g, out in report.outputs if g is b]
+    assert a.slot is None and a.stats.stop_reason == "cancelled" and scheduler.n_decoding == 1
+    assert a in report.ended and all(g is not a for g, _ in report.outputs)
+    rows_b += [o.row for o in run_to_end(scheduler, b)]
+    assert torch.equal(torch.stack(rows_b), alone(scheduler, prompts["scene"], GREEDY)[0])  # every row, untouched
 
 
 def test_capacity_is_refused_at_once_with_a_clear_error(bundle, prompts):
-    engine = StreamingEngine(bundle, slots=2)
-    first = engine.start(prompts["hello"], GREEDY)
-    engine.start(prompts["long"], GREEDY)
+    scheduler = BatchScheduler(bundle, slots=2)
+    first = scheduler.start(prompts["hello"], GREEDY)
+    scheduler.start(prompts["long"], GREEDY)
     with pytest.raises(AtCapacityError, match="at capacity: all 2 slots busy"):
-        engine.start(prompts["scene"], GREEDY)
+        scheduler.start(prompts["scene"], GREEDY)
     assert isinstance(AtCapacityError("x"), RuntimeError)
-    engine.run_to_end(first)  # finishes by itself at 25 rows: its slot frees
-    third = engine.start(prompts["scene"], GREEDY)
-    third.cancel()  # cancelled before it ever ran: the slot is free again at once
-    fourth = engine.start(prompts["speakers"], SamplingSettings(greedy=True, max_frames=5))
-    assert len(engine.run_to_end(fourth)) == 5 and third.stats.stop_reason == "cancelled"
+    run_to_end(scheduler, first)  # finishes by itself at 25 rows: its slot frees
+    third = scheduler.start(prompts["scene"], GREEDY)
+    third.cancel()  # cancelled before it ever ran: its capacity is free again at once
+    fourth = scheduler.start(prompts["speakers"], SamplingSettings(greedy=True, max_frames=5))
+    assert len(run_to_end(scheduler, fourth)) == 5 and third.stats.stop_reason == "cancelled"
 
 
 def test_bounded_queue_admits_when_a_slot_frees_and_refuses_when_full(bundle, prompts):
-    engine = StreamingEngine(bundle, slots=1, max_queue=1, queue_timeout_s=60)
-    first = engine.start(prompts["speakers"], SamplingSettings(greedy=True, max_frames=5))
-    queued = engine.start(prompts["hello"], GREEDY)  # waits for the slot
+    scheduler = BatchScheduler(bundle, slots=1, max_queue=1, queue_timeout_s=60)
+    first = scheduler.start(prompts["speakers"], SamplingSettings(greedy=True, max_frames=5))
+    queued = scheduler.start(prompts["hello"], GREEDY)  # waits for the slot
     with pytest.raises(AtCapacityError, match="1 queued"):
-        engine.start(prompts["scene"], GREEDY)
-    assert len(engine.run_to_end(first)) == 5
-    assert len(engine.run_to_end(queued)) == 25  # got the slot when the first finished
+        scheduler.start(prompts["scene"], GREEDY)
+    assert len(run_to_end(scheduler, first)) == 5
+    assert len(run_to_end(scheduler, queued)) == 25  # got the slot when the first finished
 
 
 def test_queued_request_times_out_with_at_capacity(bundle, prompts):
-    engine = StreamingEngine(bundle, slots=1, max_queue=2, queue_timeout_s=0)
-    engine.start(prompts["long"], GREEDY)
-    late = engine.start(prompts["hello"], GREEDY)
-    engine.step()
+    scheduler = BatchScheduler(bundle, slots=1, max_queue=2, queue_timeout_s=0)
+    scheduler.start(prompts["long"], GREEDY)
+    late = scheduler.start(prompts["hello"], GREEDY)
+    scheduler.step()
     with pytest.raises(AtCapacityError, match="no slot of 1 freed"):
-        engine.run_to_end(late)
+        run_to_end(scheduler, late)
     assert late.stats.stop_reason == "at_capacity"
 
 
@@ -123,28 +127,28 @@ def test_chunked_prefill_equals_one_shot_prefill_with_audio_rows_across_chunk_bo
     ids = inputs.input_ids
     placeholders = int(((ids == config.audio_token_id) | (ids == config.audio_delay_token_id)).sum())
     assert placeholders == inputs.prompt_frames > 14
-    engine = StreamingEngine(bundle, slots=2, prefill_chunk_tokens=7)
+    scheduler = BatchScheduler(bundle, slots=2, prefill_chunk_tokens=7)
     script = [ScriptedStream(prompts["long"], GREEDY), ScriptedStream(inputs, GREEDY, join_step=2)]
-    together, generations, reports = run_scripted(engine, script)
+    together, generations, reports = run_scripted(scheduler, script)
     prompt_steps = [r for r in reports[2:] if r.prefill_tokens]
     assert len(prompt_steps) == -(-inputs.input_ids.shape[1] // 7)  # one chunk per step
     assert all(r.prefill_tokens <= 7 and r.decoded >= 1 for r in prompt_steps)  # the other kept decoding
-    one_shot, _ = alone(StreamingEngine(bundle, slots=1), inputs, GREEDY)  # nothing decoding: one forward
+    one_shot, _ = alone(BatchScheduler(bundle, slots=1), inputs, GREEDY)  # nothing decoding: one forward
     assert torch.equal(together[1], one_shot)
 
 
 def test_a_newcomer_stalls_running_streams_by_at_most_one_chunk(bundle, prompts):
     """Measured, not timed: every step while the long prompt goes in runs <= one chunk and still gives
     each running stream its row; the worst such step is reported by the benchmark."""
-    engine = StreamingEngine(bundle, slots=5, prefill_chunk_tokens=16)
-    running = [engine.start(prompts["long"], GREEDY) for _ in range(4)]
+    scheduler = BatchScheduler(bundle, slots=5, prefill_chunk_tokens=16)
+    running = [scheduler.start(prompts["long"], GREEDY) for _ in range(4)]
     for _ in range(3):
-        engine.step()
-    newcomer = engine.start(prompts["scene"], GREEDY)
+        scheduler.step()
+    newcomer = scheduler.start(prompts["scene"], GREEDY)
     reports = []
     while newcomer.rows == 0:
         before = [g.rows for g in running]
-        reports.append(engine.step())
+        reports.append(scheduler.step())
         assert [g.rows for g in running] == [n + 1 for n in before]  # nobody skipped a step
     assert all(r.prefill_tokens <= 16 for r in reports)
     assert len(reports) == -(-newcomer.prompt_tokens // 16)
@@ -152,16 +156,24 @@ def test_a_newcomer_stalls_running_streams_by_at_most_one_chunk(bundle, prompts)
     assert stall > 0  # reported by `bench batching` as max_join_stall_ms against the normal step
 
 
-async def test_concurrent_async_streams_through_the_driver_thread(engine, prompts):
+async def test_concurrent_async_streams_through_the_model_worker(bundle, prompts):
+    engine = StreamingEngine(bundle, slots=6, prefill_chunk_tokens=16)
+
     async def collect(name, settings):
-        generation = engine.start(prompts[name], settings)
-        return [f async for f in engine.frames(generation)]
+        async with engine.stream(prompts[name], settings, frames=True, pcm=False) as speech:
+            async for _ in speech.items():
+                pass
+        return speech.frames
 
     names = ["long", "hello", "voice"]
-    got = await asyncio.gather(*(collect(n, GREEDY) for n in names))
+    try:
+        got = await asyncio.gather(*(collect(n, GREEDY) for n in names))
+    finally:
+        engine.close()
+    scheduler = BatchScheduler(bundle, slots=1)
     for name, frames in zip(names, got):
-        rows, generation = alone(engine, prompts[name], GREEDY)
-        expected = [o for o in generation_frames(rows)]
+        rows, _ = alone(scheduler, prompts[name], GREEDY)
+        expected = generation_frames(rows)
         assert len(frames) == len(expected) and all(torch.equal(a, b) for a, b in zip(frames, expected))
 
 
@@ -202,21 +214,39 @@ def test_slot_cache_grows_and_swaps_without_losing_tokens(bundle):
 
 
 def test_a_full_context_ends_the_stream_like_its_frame_budget(bundle, prompts):
-    engine = StreamingEngine(bundle, slots=2)
+    scheduler = BatchScheduler(bundle, slots=2)
     inputs = prompts["long"]
-    engine.scheduler.cache.max_capacity = inputs.input_ids.shape[1] + 5  # pretend a short context
-    generation = engine.start(inputs, GREEDY)
-    assert len(engine.run_to_end(generation)) == 5 and generation.stats.stop_reason == "max_frames"
-    engine.scheduler.cache.max_capacity = inputs.input_ids.shape[1]
+    scheduler.cache.max_capacity = inputs.input_ids.shape[1] + 5  # pretend a short context
+    generation = scheduler.start(inputs, GREEDY)
+    assert len(run_to_end(scheduler, generation)) == 5 and generation.stats.stop_reason == "max_frames"
+    scheduler.cache.max_capacity = inputs.input_ids.shape[1]
     with pytest.raises(ValueError, match="fills the model's context"):
-        engine.start(inputs, GREEDY)
+        scheduler.start(inputs, GREEDY)
 
 
 # -- failures stay with the stream at fault (review findings) ----------------------------------------------
 
 
-def _rows(engine, generation):
-    return torch.stack([o.row for o in engine.run_to_end(generation)])
+class Recorded:
+    """A scheduler whose every step's rows are kept per stream, so a stream's rows can be read whole after
+    other streams' runs stepped it too."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.rows = {}
+
+    def step(self):
+        report = self.scheduler.step()
+        for generation, out in report.outputs:
+            self.rows.setdefault(generation, []).append(out.row)
+        return report
+
+    def run_to_end(self, generation):
+        while not generation.ended:
+            self.step()
+        if generation.error is not None:
+            raise generation.error
+        return torch.stack(self.rows[generation])
 
 
 def _failing_draws(monkeypatch, victim):
@@ -234,55 +264,58 @@ def _failing_draws(monkeypatch, victim):
 
 
 def test_a_failing_draw_fails_only_its_stream_and_its_nan_slot_is_wiped(bundle, prompts, monkeypatch):
-    engine = StreamingEngine(bundle, slots=2)
-    bad = engine.start(prompts["long"], SamplingSettings(seed=1, max_frames=60))
-    good = engine.start(prompts["scene"], GREEDY)
+    scheduler = BatchScheduler(bundle, slots=2)
+    rec = Recorded(scheduler)
+    bad = scheduler.start(prompts["long"], SamplingSettings(seed=1, max_frames=60))
+    good = scheduler.start(prompts["scene"], GREEDY)
     for _ in range(5):
-        engine.step()
+        rec.step()
     slot, good_rows = bad.slot, good.rows
-    for buffers in (engine.scheduler.cache.keys, engine.scheduler.cache.values):
+    for buffers in (scheduler.cache.keys, scheduler.cache.values):
         for buf in buffers:  # what a forward gone NaN leaves behind
-            buf[slot, :, :engine.scheduler.cache.lengths[slot]] = float("nan")
+            buf[slot, :, :scheduler.cache.lengths[slot]] = float("nan")
     _failing_draws(monkeypatch, lambda: bad)
-    engine.step()  # must not raise: the batched draw fails, then only `bad`'s own draw does
+    rec.step()  # must not raise: the batched draw fails, then only `bad`'s own draw does
     monkeypatch.undo()
     assert bad.stats.stop_reason == "failed" and "nan" in str(bad.error) and bad.slot is None
     with pytest.raises(RuntimeError, match="nan"):
-        engine.run_to_end(bad)
-    assert engine.scheduler.n_decoding == 1 and good.rows == good_rows + 1
+        rec.run_to_end(bad)
+    assert scheduler.n_decoding == 1 and good.rows == good_rows + 1
     # a newcomer takes the wiped slot and decodes beside `good` at other positions (padding it must not see)
-    newcomer = engine.start(prompts["hello"], GREEDY)
-    assert torch.equal(_rows(engine, newcomer), alone(engine, prompts["hello"], GREEDY)[0])
-    assert torch.equal(_rows(engine, good), alone(engine, prompts["scene"], GREEDY)[0])  # every row, untouched
+    newcomer = scheduler.start(prompts["hello"], GREEDY)
+    assert torch.equal(rec.run_to_end(newcomer), alone(BatchScheduler(bundle, slots=1), prompts["hello"], GREEDY)[0])
+    assert torch.equal(rec.run_to_end(good), alone(BatchScheduler(bundle, slots=1), prompts["scene"], GREEDY)[0])  # every row, untouched
 
 
 def test_a_newcomer_whose_first_draw_fails_never_joins_the_decoders(bundle, prompts, monkeypatch):
-    engine = StreamingEngine(bundle, slots=2)
-    running = engine.start(prompts["scene"], GREEDY)
+    scheduler = BatchScheduler(bundle, slots=2)
+    rec = Recorded(scheduler)
+    running = scheduler.start(prompts["scene"], GREEDY)
     for _ in range(3):
-        engine.step()
-    newcomer = engine.start(prompts["hello"], SamplingSettings(seed=0, max_frames=40))
+        rec.step()
+    newcomer = scheduler.start(prompts["hello"], SamplingSettings(seed=0, max_frames=40))
     _failing_draws(monkeypatch, lambda: newcomer)
     while not newcomer.finished:
-        engine.step()  # its prompt goes in, chunk by chunk; the last chunk's draw fails
+        rec.step()  # its prompt goes in, chunk by chunk; the last chunk's draw fails
     monkeypatch.undo()
     assert newcomer.stats.stop_reason == "failed" and newcomer.rows == 0 and newcomer.slot is None
-    assert engine.scheduler.n_decoding == 1 and engine.scheduler.owners[1] is None
-    assert torch.equal(_rows(engine, running), alone(engine, prompts["scene"], GREEDY)[0])
+    assert scheduler.n_decoding == 1 and scheduler.owners[1] is None
+    assert torch.equal(rec.run_to_end(running), alone(BatchScheduler(bundle, slots=1), prompts["scene"], GREEDY)[0])
 
 
 def test_a_step_that_raises_outside_any_stream_fails_the_slot_holders_once(bundle, prompts, monkeypatch):
-    engine = StreamingEngine(bundle, slots=2)
-    stuck = engine.start(prompts["long"], GREEDY)
-    engine.step()
-    monkeypatch.setattr(engine.scheduler, "_admit", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    scheduler = BatchScheduler(bundle, slots=2)
+    rec = Recorded(scheduler)
+    stuck = scheduler.start(prompts["long"], GREEDY)
+    rec.step()
+    monkeypatch.setattr(scheduler, "_admit", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
-        engine.step()
+        rec.step()
     monkeypatch.undo()
-    assert stuck.stats.stop_reason == "failed" and engine.scheduler.busy_slots == 0
-    assert engine.scheduler.owners == [None, None] and engine.scheduler.n_decoding == 0
-    fresh = engine.start(prompts["hello"], GREEDY)  # the next steps start clean
-    assert torch.equal(_rows(engine, fresh), alone(engine, prompts["hello"], GREEDY)[0])
+    assert stuck.stats.stop_reason == "failed" and scheduler.busy_slots == 0
+    assert scheduler.owners == [None, None] and scheduler.n_decoding == 0
+    fresh = scheduler.start(prompts["hello"], GREEDY)  # the next steps start clean
+    assert torch.equal(rec.run_to_end(fresh), alone(BatchScheduler(bundle, slots=1), prompts["hello"], GREEDY)[0])
 
 
 def test_cache_growth_that_runs_out_of_memory_leaves_the_cache_whole(bundle, monkeypatch):
@@ -305,11 +338,12 @@ def test_cache_growth_that_runs_out_of_memory_leaves_the_cache_whole(bundle, mon
 
 
 def test_a_cache_that_cannot_grow_fails_only_the_streams_that_need_the_room(bundle, prompts, monkeypatch):
-    engine = StreamingEngine(bundle, slots=2, context_tokens=256)
-    long_prompt = engine.start(prompts["scene"], GREEDY)
-    short = engine.start(prompts["hello"], GREEDY)
-    engine.step()
-    cache = engine.scheduler.cache
+    scheduler = BatchScheduler(bundle, slots=2, context_tokens=256)
+    rec = Recorded(scheduler)
+    long_prompt = scheduler.start(prompts["scene"], GREEDY)
+    short = scheduler.start(prompts["hello"], GREEDY)
+    rec.step()
+    cache = scheduler.cache
     assert cache.lengths[long_prompt.slot] > cache.lengths[short.slot]
     cache.capacity = cache.lengths[long_prompt.slot]  # pretend it is full: the next decode must grow it
 
@@ -318,11 +352,11 @@ def test_a_cache_that_cannot_grow_fails_only_the_streams_that_need_the_room(bund
             raise RuntimeError("out of memory (simulated)")
 
     monkeypatch.setattr(cache, "reserve", no_memory)
-    engine.step()
+    rec.step()
     monkeypatch.undo()
     cache.capacity = cache.keys[0].shape[2]
     assert long_prompt.stats.stop_reason == "failed" and short.slot is not None
-    assert torch.equal(_rows(engine, short), alone(engine, prompts["hello"], GREEDY)[0])
+    assert torch.equal(rec.run_to_end(short), alone(BatchScheduler(bundle, slots=1), prompts["hello"], GREEDY)[0])
 
 
 def test_eager_attention_batched_equals_alone(bundle, prompts):
@@ -331,12 +365,13 @@ def test_eager_attention_batched_equals_alone(bundle, prompts):
     before = bundle.model.config._attn_implementation
     bundle.model.set_attn_implementation("eager")
     try:
-        engine = StreamingEngine(bundle, slots=2)
+        scheduler = BatchScheduler(bundle, slots=2)
+        rec = Recorded(scheduler)
         settings = SamplingSettings(greedy=True, max_frames=40)
-        a, b = engine.start(prompts["long"], settings), engine.start(prompts["scene"], settings)  # ragged rows
-        rows_a, rows_b = _rows(engine, a), _rows(engine, b)
-        assert torch.equal(rows_a, alone(engine, prompts["long"], settings)[0])
-        assert torch.equal(rows_b, alone(engine, prompts["scene"], settings)[0])
+        a, b = scheduler.start(prompts["long"], settings), scheduler.start(prompts["scene"], settings)  # ragged rows
+        rows_a, rows_b = rec.run_to_end(a), rec.run_to_end(b)
+        assert torch.equal(rows_a, alone(BatchScheduler(bundle, slots=1), prompts["long"], settings)[0])
+        assert torch.equal(rows_b, alone(BatchScheduler(bundle, slots=1), prompts["scene"], settings)[0])
     finally:
         bundle.model.set_attn_implementation(before)  # the bundle is shared by the whole session
     assert bundle.model.config._attn_implementation == before
@@ -353,15 +388,15 @@ def test_an_attention_kernel_the_mask_does_not_suit_is_refused(bundle):
 
 
 def test_a_new_request_does_not_jump_the_queue(bundle, prompts):
-    engine = StreamingEngine(bundle, slots=1, max_queue=2, queue_timeout_s=60)
-    first = engine.start(prompts["hello"], SamplingSettings(greedy=True, max_frames=3))
-    queued = engine.start(prompts["long"], GREEDY)
+    scheduler = BatchScheduler(bundle, slots=1, max_queue=2, queue_timeout_s=60)
+    first = scheduler.start(prompts["hello"], SamplingSettings(greedy=True, max_frames=3))
+    queued = scheduler.start(prompts["long"], GREEDY)
     while not first.finished:
-        engine.step()  # the step where `first` finishes frees the slot; `queued` gets it at the next step
-    late = engine.start(prompts["hello"], GREEDY)
-    engine.step()
-    assert engine.scheduler.owners == [queued]
-    assert [g for g, _ in engine.scheduler._queued] == [late]
+        scheduler.step()  # the step where `first` finishes frees the slot; `queued` gets it at the next step
+    late = scheduler.start(prompts["hello"], GREEDY)
+    scheduler.step()
+    assert scheduler.owners == [queued]
+    assert [g for g, _ in scheduler._queued] == [late]
 
 
 def test_packed_weights_follow_in_place_weight_changes_and_survive_a_deep_copy(bundle):
@@ -397,79 +432,51 @@ def test_packed_weights_follow_in_place_weight_changes_and_survive_a_deep_copy(b
 
 
 def test_a_queued_request_cancelled_just_before_admission_is_still_ended(bundle, prompts):
-    engine = StreamingEngine(bundle, slots=1, max_queue=1, queue_timeout_s=60)
-    first = engine.start(prompts["hello"], SamplingSettings(greedy=True, max_frames=3))
-    queued = engine.start(prompts["long"], GREEDY)
-    engine.run_to_end(first)
+    scheduler = BatchScheduler(bundle, slots=1, max_queue=1, queue_timeout_s=60)
+    first = scheduler.start(prompts["hello"], SamplingSettings(greedy=True, max_frames=3))
+    queued = scheduler.start(prompts["long"], GREEDY)
+    run_to_end(scheduler, first)
     queued.cancelled = True  # as if cancel() landed after the step's _reap, before its _admit
-    engine.scheduler._admit()
-    assert queued.stats.stop_reason == "cancelled" and queued.take() == (None, True)
-    assert engine.active_streams == 0
+    scheduler._admit()
+    assert queued.stats.stop_reason == "cancelled" and queued.ended
+    assert not scheduler.streams()
 
 
 def test_no_row_is_delivered_to_a_stream_cancelled_during_a_step(bundle, prompts):
-    engine = StreamingEngine(bundle, slots=2)
-    generation = engine.start(prompts["long"], GREEDY)
-    engine.step()
+    scheduler = BatchScheduler(bundle, slots=2)
+    generation = scheduler.start(prompts["long"], GREEDY)
+    scheduler.step()
     rows = generation.rows
-    while generation.take()[0] is not None:
-        pass
-    # cancel() landing while the step runs its forward (the flag only: the step lock is held then)
+    # cancel() landing while the step runs its forward (the flag only)
     hook = bundle.model.register_forward_hook(lambda *_: setattr(generation, "cancelled", True))
     try:
-        engine.step()
+        report = scheduler.step()
     finally:
         hook.remove()
-    assert generation.take() == (None, True) and generation.stats.stop_reason == "cancelled"
-    assert generation.rows == rows and generation.slot is None
+    assert generation in report.ended and all(g is not generation for g, _ in report.outputs)
+    assert generation.stats.stop_reason == "cancelled" and generation.rows == rows and generation.slot is None
 
 
-async def test_cancelling_a_codec_wait_leaves_the_worker_alive():
-    """A barge-in cancels a stream awaiting its decode; the worker must not die setting that result."""
-    import threading
-    from types import SimpleNamespace
+async def test_a_codec_failure_fails_only_the_streams_it_decoded_and_the_worker_goes_on(bundle, prompts,
+                                                                                         monkeypatch):
+    import higgs_agent.streaming.worker as worker_module
 
-    from higgs_agent.streaming.codec_batch import CodecBatcher
-    from higgs_agent.streaming.codec_stream import CodecWindow
+    real, calls = worker_module.decode_windows, [0]
 
-    class GatedCodec(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-            self.entered, self.gate, self.decoded = threading.Event(), threading.Event(), []
+    def fails_once(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("codec exploded (simulated)")
+        return real(*args, **kwargs)
 
-        def decode(self, codes):
-            self.entered.set()
-            self.gate.wait(30)
-            self.decoded.append(codes.shape[0])
-            return SimpleNamespace(audio_values=torch.zeros(codes.shape[0], 1, codes.shape[2] * 4))
-
-    codec = GatedCodec()
-    batcher = CodecBatcher(codec)
-    window = CodecWindow(torch.zeros(5, 8, dtype=torch.long), 0, 20)
-    running = asyncio.create_task(batcher.decode_async([window]))
-    await asyncio.get_running_loop().run_in_executor(None, codec.entered.wait, 30)  # being decoded now
-    waiting = asyncio.create_task(batcher.decode_async([window]))  # queued behind it
-    await asyncio.sleep(0)
-    running.cancel()
-    waiting.cancel()
-    for task in (running, waiting):
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    codec.gate.set()
-    out = await asyncio.wait_for(batcher.decode_async([window]), 10)
-    assert len(out) == 1 and out[0].shape == (20,)
-    assert codec.decoded == [1, 1]  # the cancelled waiting window was never decoded
-    batcher.close()
-
-
-def test_closing_ends_every_stream_and_a_closed_engine_refuses_new_requests(bundle, prompts):
-    engine = StreamingEngine(bundle, slots=1)
-    generation = engine.start(prompts["hello"], GREEDY)
-    with engine.scheduler._step_lock:  # as if a step were running: cancel() can only flag the stream
-        generation.cancel()
-    assert generation.take() == (None, False)
-    engine.close()
-    assert generation.take() == (None, True) and generation.stats.stop_reason == "cancelled"
-    with pytest.raises(RuntimeError, match="closed"):
-        engine.start(prompts["hello"], GREEDY)
+    monkeypatch.setattr(worker_module, "decode_windows", fails_once)
+    engine = StreamingEngine(bundle, slots=2)
+    try:
+        with pytest.raises(RuntimeError, match="codec exploded"):
+            async with engine.stream(prompts["long"], GREEDY) as speech:
+                _ = [c async for c in speech.pcm()]
+        async with engine.stream(prompts["hello"], GREEDY) as speech:  # the worker lives on
+            assert sum(len(c) for c in [c async for c in speech.pcm()]) > 0
+        assert engine.active_streams == 0
+    finally:
+        engine.close()

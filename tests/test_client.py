@@ -20,7 +20,8 @@ from higgs_agent.client import (
     RealtimeError,
     talk,
 )
-from higgs_agent.talk import add_talk_parser, run_talk
+from higgs_agent.cli import parse_args
+from higgs_agent.talk import run_talk
 
 LATENCY = {"transcript": 120.5, "first_text": 310.0, "first_audio_frame": 450.25, "first_audio_sent": None}
 
@@ -37,9 +38,7 @@ def free_port() -> int:
 
 
 def talk_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="higgs-agent")
-    add_talk_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["talk", *argv])
+    return parse_args(["talk", *argv])
 
 
 def sent_types(fake: FakeRealtimeServer) -> list[str]:
@@ -66,7 +65,8 @@ async def test_talk_server_vad_collects_the_reply_exactly():
     pcm = float_to_pcm16(resample(audio, 16_000, 24_000))
     assert bytes(fake.audio[:len(pcm)]) == pcm
     assert not any(fake.audio[len(pcm):])
-    assert set(sent_types(fake)) == {"input_audio_buffer.append"}
+    assert fake.received[0]["session"] == {"type": "realtime", "higgs": {"extension_events": True}}  # our events
+    assert set(sent_types(fake)[1:]) == {"input_audio_buffer.append"}
     ids = [event["event_id"] for event in fake.received]
     assert len(set(ids)) == len(ids)
 
@@ -79,7 +79,7 @@ async def test_talk_manual_commit_turns_vad_off_and_commits():
     update = fake.received[0]
     assert update["type"] == "session.update"
     assert update["session"] == {"type": "realtime", "instructions": "Be brief.",
-                                 "audio": {"input": {"turn_detection": None}}}
+                                 "higgs": {"extension_events": True}, "audio": {"input": {"turn_detection": None}}}
     assert sent_types(fake)[-2:] == ["input_audio_buffer.commit", "response.create"]
     assert bytes(fake.audio) == float_to_pcm16(audio)  # no tail silence in manual mode
     assert np.frombuffer(result.pcm16, dtype="<i2").tolist() == fake.reply.tolist()
@@ -188,6 +188,9 @@ async def test_connection_refused_and_wrong_path_name_the_url():
     async with FakeRealtimeServer() as fake:
         with pytest.raises(RealtimeConnectionError, match="404"):
             await RealtimeClient.connect(fake.url.replace("/v1/realtime", "/v1/other"))
+        bare = fake.url.replace("/v1/realtime", "")  # `talk --url ws://host:port`: not an API key problem
+        with pytest.raises(RealtimeConnectionError, match="has no path.*/v1/realtime"):
+            await RealtimeClient.connect(bare)
 
 
 async def test_client_helpers_send_ga_events():
@@ -275,7 +278,7 @@ def test_run_talk_exit_codes(tmp_path, capsys, monkeypatch):
         assert out.exists()
 
     assert run_talk(talk_args("--wav", str(tmp_path / "missing.wav"))) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert "missing.wav does not exist" in capsys.readouterr().err
 
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails, as where it is not installed
     assert run_talk(talk_args("--url", refused)) == 2

@@ -25,6 +25,7 @@ from higgs_agent.model.prompts import SpeechPrompt, build_inputs
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.codec_stream import snr_db, whole_decode
 from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.streaming.scheduler import BatchScheduler, run_to_end
 
 pytestmark = pytest.mark.timeout(300)
 SENTENCE = "hello, can you tell me the weather forecast for tomorrow"
@@ -57,10 +58,10 @@ def spoken(text: str, rate: int, lead_ms: int = 300, tail_ms: int = 1200) -> np.
 
 def expected_reply(bundle, text: str, voice=None) -> np.ndarray:
     """What the server must stream for `text`: the greedy generation, decoded whole."""
-    engine = StreamingEngine(bundle)
+    scheduler = BatchScheduler(bundle, slots=1)
     inputs = build_inputs(bundle.processor, SpeechPrompt(text, voice=voice))
     settings = SamplingSettings(greedy=True, max_frames=frame_budget(text, GREEDY.max_frames))
-    frames = [out.frame for out in engine.run_to_end(engine.start(inputs, settings)) if out.frame is not None]
+    frames = [out.frame for out in run_to_end(scheduler, scheduler.start(inputs, settings)) if out.frame is not None]
     return whole_decode(bundle.codec, np.stack([f.numpy() for f in frames], axis=1))
 
 
@@ -78,7 +79,7 @@ async def test_spoken_turn_gets_transcribed_and_echoed_in_streamed_audio(server,
     assert [types.index(kind) for kind in order] == sorted(types.index(kind) for kind in order)
     transcript = next(e for e in client.events if e["type"].endswith("transcription.completed"))
     assert word_error_rate(SENTENCE, transcript["transcript"]) <= 0.25, transcript["transcript"]
-    assert transcript["language"] == "en"
+    assert transcript["languages"] == [{"code": "en"}]
 
     said = "".join(e["delta"] for e in client.events if e["type"] == "response.output_audio_transcript.delta")
     assert normalize_text(said) == normalize_text(transcript["transcript"])  # echo says what it heard
@@ -217,9 +218,9 @@ async def test_bad_input_gets_error_events_and_the_session_goes_on(server, servi
         "input_audio_buffer_commit_empty"
     assert (await error_for(json.dumps({"type": "response.cancel"})))["code"] == "response_cancel_not_active"
     assert (await error_for(json.dumps({"type": "conversation.item.truncate", "item_id": "nope",
-                                        "audio_end_ms": 5})))["code"] == "item_not_found"
-    responder = await error_for(json.dumps({"type": "session.update", "session": {"responder": "magic"}}))
-    assert responder["param"] == "session.responder"
+                                        "content_index": 0, "audio_end_ms": 5})))["code"] == "item_not_found"
+    responder = await error_for(json.dumps({"type": "session.update", "session": {"higgs": {"responder": "magic"}}}))
+    assert responder["param"] == "session.higgs.responder"
 
     await client.send({"type": "session.update", "session": {"instructions": "still here"}})
     assert (await client.until("session.updated"))["session"]["instructions"] == "still here"
@@ -257,9 +258,11 @@ async def test_metrics_and_health(server):
 
 async def test_api_key_is_required_everywhere(services):
     with running_server(services, api_key="sesame") as base:
-        assert httpx.get(f"{base}/health").status_code == 401
+        assert httpx.get(f"{base}/health").json() == {"status": "ok"}  # liveness for anyone, nothing more
         assert httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert httpx.get(f"{base}/health", headers={"Authorization": "Bearer sesame"}).status_code == 200
+        assert httpx.post(f"{base}/v1/audio/speech", json={"input": "hi"}).status_code == 401
+        details = httpx.get(f"{base}/health", headers={"Authorization": "Bearer sesame"}).json()
+        assert details["status"] == "ok" and "echo" in details["responders"]
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             with pytest.raises(websockets.InvalidStatus):
                 await websockets.connect(ws_url(base), additional_headers=headers)
@@ -271,6 +274,10 @@ async def test_api_key_is_required_everywhere(services):
         sdk = await websockets.connect(ws_url(base), subprotocols=["realtime", "openai-insecure-api-key.sesame"])
         assert sdk.subprotocol == "realtime"
         await sdk.close()
+        # A browser offering only its key must get one of its subprotocols back, or it drops the socket.
+        key_only = await websockets.connect(ws_url(base), subprotocols=["openai-insecure-api-key.sesame"])
+        assert key_only.subprotocol == "openai-insecure-api-key.sesame"
+        await key_only.close()
 
 
 
@@ -306,8 +313,9 @@ async def test_native_responder_hears_the_turn_and_speaks_its_own_text(text_bund
     then the same model speaks it. Random weights write gibberish; the mechanics are what is tested."""
     from higgs_agent.agent.responders.native import NativeResponder
 
-    native = NativeResponder(text_bundle, max_new_tokens=24, greedy=True, min_chars=4, max_chars=40)
-    services = AgentServices(engine=StreamingEngine(text_bundle), transcriber=transcriber,
+    engine = StreamingEngine(text_bundle)
+    native = NativeResponder(text_bundle, max_new_tokens=24, greedy=True, min_chars=4, max_chars=40, run=engine.run)
+    services = AgentServices(engine=engine, transcriber=transcriber,
                              responders={"echo": EchoResponder(), "native": native}, default_responder="native",
                              sampling=GREEDY)
     with running_server(services) as base:

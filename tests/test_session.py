@@ -20,6 +20,7 @@ from higgs_agent.agent.session import Session
 from higgs_agent.audio import float_to_pcm16
 from higgs_agent.model.asr import Transcript
 from higgs_agent.model.sampling import SamplingSettings
+from higgs_agent.protocol import server_events as se
 from higgs_agent.streaming.engine import StreamingEngine
 
 
@@ -28,8 +29,8 @@ class FakeOutput:
         self.events: list[dict] = []
         self.samples = 0
 
-    async def send_event(self, event: dict) -> None:
-        self.events.append(event)
+    async def send_event(self, event: se.ServerEvent) -> None:
+        self.events.append(json.loads(se.to_wire(event)))  # what a client would read
 
     async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
         self.samples += len(samples)
@@ -53,12 +54,20 @@ class ScriptedTranscriber:
     text: str = "hello there"
     delay_s: float = 0.0
     name: str = "scripted"
+    english_only: bool = True
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
+    def transcribe(self, audio: np.ndarray, language: str | None = None, prompt: str | None = None) -> Transcript:
         import time
 
         time.sleep(self.delay_s)
         return Transcript(self.text, "en", 1.0, len(audio) / 16000, self.delay_s * 1000)
+
+    async def transcribe_async(self, audio: np.ndarray, language: str | None = None,
+                               prompt: str | None = None) -> Transcript:
+        return await asyncio.to_thread(self.transcribe, audio, language, prompt)
+
+    def close(self) -> None:
+        pass
 
 
 class Held:
@@ -127,7 +136,7 @@ async def text_turn(session: Session, text: str) -> None:
 
 async def test_a_responder_that_crashes_fails_the_response_and_the_session_goes_on(make_session):
     session, out = await make_session(broken=Broken())
-    await send(session, type="session.update", session={"responder": "broken"})
+    await send(session, type="session.update", session={"higgs": {"responder": "broken"}})
     await text_turn(session, "hi")
     await send(session, type="response.create")
     done = await until(out, "response.done")

@@ -1,4 +1,5 @@
-"""The WebSocket output's outbox: bounded for a client that stops reading, and barge-in drops queued audio."""
+"""The WebSocket output's outbox, unit by unit: bounded, control before audio, barge-in drops queued audio.
+(tests/test_hardening.py drives the same output over real sockets whose peers really stop reading.)"""
 
 import asyncio
 import json
@@ -6,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from higgs_agent.agent.reply import OutputClosed
 from higgs_agent.audio_formats import PCM16_24K
+from higgs_agent.protocol import server_events as se
 from higgs_agent.transport.realtime_ws import ClientTooSlow, WebSocketOutput
 
 
@@ -17,6 +20,7 @@ class StuckSocket:
         self.sent: list[str] = []
         self.closed_with: tuple[int, str] | None = None
         self.block = asyncio.Event()
+        self.scope: dict = {}
 
     async def send_text(self, text: str) -> None:
         await self.block.wait()
@@ -33,10 +37,11 @@ async def test_a_client_that_stops_reading_costs_bounded_memory_then_is_closed()
     with pytest.raises(ClientTooSlow):
         for _ in range(1000):
             await output.send_audio("resp", "item", np.zeros(960, dtype=np.float32))
-            assert len(output._queue) <= 8
+            assert output.queued <= 8
     await asyncio.sleep(0.05)
     assert socket.closed_with is not None and socket.closed_with[0] == 1008
-    await output.send_event({"type": "late"})  # after the close: dropped quietly, no error
+    with pytest.raises(OutputClosed):  # after the close: producers learn it at once
+        await output.send_event(se.InputAudioCleared())
     await output.close()
 
 
@@ -46,17 +51,38 @@ async def test_barge_in_drops_queued_audio_of_that_item_only():
     output.start()
     for _ in range(5):
         await output.send_audio("r1", "old", np.zeros(960, dtype=np.float32))
-    await output.send_event({"type": "keep"})
+    await output.send_event(se.InputAudioCleared())
     await output.send_audio("r2", "new", np.zeros(480, dtype=np.float32))
-    await asyncio.sleep(0.01)  # the sender holds the first message, blocked in send_text
+    await asyncio.sleep(0.01)  # the sender holds the control event (it went first), blocked in send_text
     dropped = output.discard_audio("old")
-    assert dropped == 4 * 960
+    assert dropped == 5 * 960
     socket.block.set()
     await asyncio.sleep(0.05)
     kinds = [json.loads(t)["type"] for t in socket.sent]
     items = [json.loads(t).get("item_id") for t in socket.sent]
-    assert kinds == ["response.output_audio.delta", "keep", "response.output_audio.delta"]
-    assert items == ["old", None, "new"]
+    assert kinds == ["input_audio_buffer.cleared", "response.output_audio.delta"]
+    assert items == [None, "new"]
+    await output.close()
+
+
+async def test_control_events_overtake_queued_audio_but_a_responses_own_events_stay_behind_it():
+    socket = StuckSocket()
+    output = WebSocketOutput(socket, lambda: PCM16_24K, max_messages=64)
+    output.start()
+    for _ in range(4):
+        await output.send_audio("r1", "item1", np.zeros(960, dtype=np.float32))
+        await asyncio.sleep(0.01)  # the first is in the sender's hands, blocked in send_text
+    await output.send_event(se.OutputAudioDone(response_id="r1", item_id="item1", output_index=0, content_index=0))
+    await output.send_event(se.SpeechStarted(audio_start_ms=100, item_id="item2"))  # the user speaks
+    await output.send_event(se.ResponseCreated(response=se.Response(id="r2", status="in_progress")))
+    await asyncio.sleep(0.01)
+    socket.block.set()
+    await asyncio.sleep(0.05)
+    kinds = [json.loads(t)["type"] for t in socket.sent]
+    assert kinds == ["response.output_audio.delta",  # already in the sender's hands
+                     "input_audio_buffer.speech_started", "response.created",  # control: ahead of queued audio
+                     "response.output_audio.delta", "response.output_audio.delta", "response.output_audio.delta",
+                     "response.output_audio.done"]  # r1's own event: behind r1's audio
     await output.close()
 
 

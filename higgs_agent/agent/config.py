@@ -1,24 +1,45 @@
 """A session's settings, as `session.update` sets them and `session.updated` reports them.
 
-Only the fields a voice agent acts on are kept; the rest of a `session.update` is accepted and ignored.
-Extensions of ours: `responder` (echo | llm | native) and `audio.output.voice` = "caller" (reply in the
-caller's own voice, cloned from their last turn: the translation use case). A bad value raises
-`ProtocolError` naming the field, and the settings stay as they were.
+`SessionConfig.updated` applies one `session` object: a value of the wrong type or out of range is an error
+naming its field and nothing changes; a field this server does not support (or does not know) is reported
+with its own error while every other field is applied, and `session.updated` then shows what is in force.
+Nothing is dropped silently.
+
+Ours, under `session.higgs`: `extension_events` (send higgs.* events to this session), `responder`
+(echo | llm | native). `audio.output.voice = "caller"` replies in the caller's own voice.
 """
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from higgs_agent.agent.events import ProtocolError, new_id
-from higgs_agent.agent.vad import VadSettings
+from pydantic import ValidationError
+
+from higgs_agent.agent.vad import VadSettings, threshold_to_aggressiveness
 from higgs_agent.audio_formats import AudioFormat, AudioFormatError
+from higgs_agent.protocol.client_events import validation_error
+from higgs_agent.protocol.errors import ProtocolError, new_id
+from higgs_agent.protocol.session_fields import (
+    FormatField,
+    InputField,
+    OutputField,
+    SemanticVadField,
+    ServerVadField,
+    SessionField,
+    given,
+    unknown_fields,
+)
 
 RESPONDERS = ("echo", "llm", "native")
 SEMANTIC_PAUSE_MS = {"low": 1200, "medium": 600, "auto": 600, "high": 300}  # eagerness -> pause that ends a turn
 CALLER_VOICE = "caller"
+# OpenAI's built-in voice names, which SDKs send by default: accepted as this server's default voice (unless a
+# voice of the same name is configured), so a client written for OpenAI works unchanged.
+OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
+                           "verse", "marin", "cedar"})
+DEFAULT_INSTRUCTIONS = "You are a helpful, concise voice assistant. Answer in one or two short sentences."
 
 
 @dataclass(frozen=True)
@@ -31,127 +52,206 @@ class TurnDetection:
     eagerness: str | None = None  # set when the client asked for semantic_vad (served by the same VAD)
 
     def to_dict(self) -> dict[str, Any]:
+        """OpenAI's fields only (our VAD knobs are shown under session.higgs.turn_detection)."""
         flags = {"create_response": self.create_response, "interrupt_response": self.interrupt_response}
         if self.eagerness is not None:
             return {"type": "semantic_vad", "eagerness": self.eagerness, **flags}
-        return {**self.vad.to_turn_detection(), **flags}
+        vad = self.vad
+        return {"type": "server_vad", "threshold": (vad.aggressiveness + 0.5) / 4,
+                "prefix_padding_ms": vad.prefix_padding_ms, "silence_duration_ms": vad.silence_duration_ms,
+                **flags, "idle_timeout_ms": None}
+
+
+@dataclass(frozen=True)
+class Transcription:
+    model: str  # the model that actually transcribes (shown whatever the client asked for)
+    language: str | None = None
+    prompt: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "language": self.language, "prompt": self.prompt}
+
+
+@dataclass(frozen=True)
+class ServerOffer:
+    """What this server can do, for checking a session's settings against it."""
+
+    responders: tuple[str, ...] = ("echo",)
+    is_voice: Callable[[str], bool] = lambda name: name == "default"
+    voice_names: Callable[[], list[str]] = lambda: ["default"]
+    asr_model: str = "whisper"
+    asr_multilingual: bool = False
 
 
 @dataclass(frozen=True)
 class SessionConfig:
     model: str
     responder: str = "echo"
-    instructions: str = "You are a helpful, concise voice assistant. Answer in one or two short sentences."
+    instructions: str = DEFAULT_INSTRUCTIONS
     input_format: AudioFormat = field(default_factory=AudioFormat)
     output_format: AudioFormat = field(default_factory=AudioFormat)
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
-    transcription_model: str = "whisper"
+    transcription: Transcription = field(default_factory=lambda: Transcription("whisper"))
     voice: str = "default"
-    latency_events: bool = True  # extension: send higgs.turn.latency (clients that reject unknown events: false)
+    extension_events: bool = False
+    latency_events: bool | None = None  # the older per-event switch: None follows extension_events
+    max_output_tokens: int | str = "inf"
     id: str = field(default_factory=lambda: new_id("sess"))
+
+    def sends_extension(self, event_type: str) -> bool:
+        """Whether an extension event goes to this session (standard clients reject types they do not know)."""
+        if event_type == "higgs.turn.latency" and self.latency_events is not None:
+            return self.latency_events
+        return self.extension_events
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": "realtime", "object": "realtime.session", "id": self.id, "model": self.model,
-            "output_modalities": ["audio"], "instructions": self.instructions, "responder": self.responder,
-            "latency_events": self.latency_events,
+            "output_modalities": ["audio"], "instructions": self.instructions,
+            "tools": [], "tool_choice": "auto", "max_output_tokens": self.max_output_tokens,
+            "tracing": None, "truncation": "auto", "prompt": None, "include": [],
             "audio": {
                 "input": {"format": self.input_format.to_session(),
                           "turn_detection": None if self.turn_detection is None else self.turn_detection.to_dict(),
-                          "transcription": {"model": self.transcription_model}},
-                "output": {"format": self.output_format.to_session(), "voice": self.voice},
+                          "transcription": self.transcription.to_dict(), "noise_reduction": None},
+                "output": {"format": self.output_format.to_session(), "voice": self.voice, "speed": 1.0},
             },
+            "higgs": {"responder": self.responder, "extension_events": self.extension_events,
+                      "turn_detection": None if self.turn_detection is None else {
+                          "aggressiveness": self.turn_detection.vad.aggressiveness,
+                          "min_speech_ms": self.turn_detection.vad.min_speech_ms,
+                          "silence_duration_ms": self.turn_detection.vad.silence_duration_ms}},
         }
 
-    def updated(self, session: dict[str, Any], available_responders: tuple[str, ...]) -> SessionConfig:
-        """A copy with `session.update`'s fields applied; ProtocolError for the first bad one."""
+    def updated(self, raw: dict[str, Any], offer: ServerOffer) -> tuple[SessionConfig, list[ProtocolError]]:
+        """A copy with `session.update`'s fields applied, and the errors for fields left unapplied.
+        Raises ProtocolError (and applies nothing) for a value of the wrong type or shape. (`tracing` is
+        accepted and has no effect: it concerns OpenAI's own dashboard.)"""
+        try:
+            session = SessionField.model_validate(raw)
+        except ValidationError as exc:
+            raise validation_error(exc, raw, prefix="session") from None
+        notes = [ProtocolError("unknown_parameter", f"unknown parameter {path}: ignored", param=path)
+                 for path in unknown_fields(session)]
         changes: dict[str, Any] = {}
-        if "instructions" in session:
-            changes["instructions"] = _string(session["instructions"], "session.instructions")
-        if "responder" in session:
-            name = session["responder"]
-            if name not in available_responders:
-                raise ProtocolError("invalid_value", f"responder must be one of {', '.join(available_responders)}"
-                                    f" on this server, got {name!r}", param="session.responder")
-            changes["responder"] = name
-        if "latency_events" in session:
-            if not isinstance(session["latency_events"], bool):
-                raise ProtocolError("invalid_value", "session.latency_events must be true or false",
-                                    param="session.latency_events")
-            changes["latency_events"] = session["latency_events"]
-        modalities = session.get("output_modalities")
-        if modalities is not None and "audio" not in modalities:
-            raise ProtocolError("invalid_value", "this server always answers with audio; output_modalities must "
-                                "include 'audio'", param="session.output_modalities")
-        audio = _object(session.get("audio"), "session.audio")
-        inp = _object(audio.get("input"), "session.audio.input")
-        out = _object(audio.get("output"), "session.audio.output")
-        if "format" in inp:
-            changes["input_format"] = _format(inp["format"], "session.audio.input.format")
-        if "turn_detection" in inp:
-            changes["turn_detection"] = self._turn_detection(inp["turn_detection"])
-        if "format" in out:
-            fmt = _format(out["format"], "session.audio.output.format")
-            changes["output_format"] = fmt
-        if "voice" in out:
-            changes["voice"] = _string(out["voice"], "session.audio.output.voice")
-        return replace(self, **changes)
+        if session.instructions is not None:
+            changes["instructions"] = session.instructions
+        responder = session.higgs.responder if session.higgs and session.higgs.responder else session.responder
+        if responder is not None:
+            if responder not in offer.responders:
+                raise ProtocolError("invalid_value", f"responder must be one of {', '.join(offer.responders)} on "
+                                    f"this server, got {responder!r}", param="session.higgs.responder")
+            changes["responder"] = responder
+        if session.higgs is not None and session.higgs.extension_events is not None:
+            changes["extension_events"] = session.higgs.extension_events
+        if session.latency_events is not None:
+            changes["latency_events"] = session.latency_events
+        if session.max_output_tokens is not None:
+            if isinstance(session.max_output_tokens, int) and not 1 <= session.max_output_tokens <= 4096:
+                raise ProtocolError("invalid_value", "max_output_tokens must be from 1 to 4096, or \"inf\"",
+                                    param="session.max_output_tokens")
+            changes["max_output_tokens"] = session.max_output_tokens
+        if session.output_modalities is not None and "audio" not in session.output_modalities:
+            notes.append(_unsupported("session.output_modalities", "this server always answers with audio"))
+        notes += _unsupported_top_level(session)
+        audio = session.audio
+        if audio is not None and audio.input is not None:
+            changes.update(self._input_changes(audio.input, offer, notes))
+        if audio is not None and audio.output is not None:
+            changes.update(_output_changes(audio.output, offer, notes))
+        return replace(self, **changes), notes
 
-    def _turn_detection(self, value: Any) -> TurnDetection | None:
-        param = "session.audio.input.turn_detection"
+    def _input_changes(self, inp: InputField, offer: ServerOffer, notes: list[ProtocolError]) -> dict[str, Any]:
+        param = "session.audio.input"
+        changes: dict[str, Any] = {}
+        if inp.format is not None:
+            changes["input_format"] = _format(inp.format, f"{param}.format")
+        if given(inp, "turn_detection"):
+            changes["turn_detection"] = self._turn_detection(inp.turn_detection, notes)
+        # noise_reduction is a hint we cannot act on: session.updated shows it null. (An error would end the
+        # session in clients that treat every error as fatal, such as Pipecat's, for a setting they default.)
+        if inp.transcription is not None:
+            wanted = inp.transcription
+            language = wanted.language
+            if language is not None and language != "en" and not offer.asr_multilingual:
+                notes.append(_unsupported(f"{param}.transcription.language", f"the server's ASR model "
+                                          f"({offer.asr_model}) is English-only; start it with a multilingual "
+                                          f"--asr-model for {language!r}"))
+                language = self.transcription.language
+            # delay, keywords, languages: hints Whisper has no use for; session.updated shows them absent.
+            changes["transcription"] = Transcription(offer.asr_model, language, wanted.prompt)
+        return changes
+
+    def _turn_detection(self, value: ServerVadField | SemanticVadField | None,
+                        notes: list[ProtocolError]) -> TurnDetection | None:
         if value is None:
             return None
-        value = _object(value, param)
-        kind = value.get("type", "server_vad")
-        if kind == "semantic_vad":
-            return self._semantic_vad(value, param)
-        if kind != "server_vad":
-            raise ProtocolError("invalid_value", f"turn_detection.type must be 'server_vad', 'semantic_vad' or the "
-                                f"whole field null, got {kind!r}", param=f"{param}.type")
         base = self.turn_detection or TurnDetection()
-        if base.eagerness is not None:
-            base = TurnDetection()
-        merged = {k: v for k, v in {**base.to_dict(), **value}.items() if v is not None}
-        if "threshold" in value and "aggressiveness" not in value:
-            merged.pop("aggressiveness", None)  # a new threshold sets the aggressiveness
-        elif "threshold" not in value:
-            merged.pop("threshold", None)  # keep the current aggressiveness
-        try:
-            vad = VadSettings.from_turn_detection(copy.deepcopy(merged))
-        except ValueError as exc:
-            raise ProtocolError("invalid_value", str(exc), param=param) from None
-        return TurnDetection(vad=vad, create_response=bool(merged.get("create_response", True)),
-                             interrupt_response=bool(merged.get("interrupt_response", True)))
+        create = base.create_response if value.create_response is None else value.create_response
+        interrupt = base.interrupt_response if value.interrupt_response is None else value.interrupt_response
+        if isinstance(value, SemanticVadField):
+            # No semantic turn model here: the same VAD serves it, its eagerness setting how long a pause
+            # ends a turn. Accepted (not refused) because SDKs ask for it by default.
+            eagerness = value.eagerness or "auto"
+            return TurnDetection(VadSettings(silence_duration_ms=SEMANTIC_PAUSE_MS[eagerness]), create, interrupt,
+                                 eagerness=eagerness)
+        if value.idle_timeout_ms is not None:
+            notes.append(_unsupported("session.audio.input.turn_detection.idle_timeout_ms",
+                                      "idle timeouts are not available yet"))
+        vad = base.vad if base.eagerness is None else VadSettings()
+        aggressiveness = vad.aggressiveness
+        if value.threshold is not None:
+            aggressiveness = threshold_to_aggressiveness(value.threshold)
+        if value.aggressiveness is not None:
+            aggressiveness = value.aggressiveness
+        vad = VadSettings(
+            aggressiveness=aggressiveness,
+            prefix_padding_ms=_pick(value.prefix_padding_ms, vad.prefix_padding_ms),
+            silence_duration_ms=_pick(value.silence_duration_ms, vad.silence_duration_ms),
+            min_speech_ms=_pick(value.min_speech_ms, vad.min_speech_ms))
+        return TurnDetection(vad, create, interrupt)
 
 
-    def _semantic_vad(self, value: dict[str, Any], param: str) -> TurnDetection:
-        """No semantic turn model here: semantic_vad is served by the VAD, its eagerness setting how long a
-        pause ends a turn. Accepted (not refused) because SDKs ask for it by default."""
-        eagerness = value.get("eagerness", "auto")
-        if eagerness not in SEMANTIC_PAUSE_MS:
-            raise ProtocolError("invalid_value", f"turn_detection.eagerness must be one of "
-                                f"{', '.join(SEMANTIC_PAUSE_MS)}, got {eagerness!r}", param=f"{param}.eagerness")
-        vad = VadSettings(silence_duration_ms=SEMANTIC_PAUSE_MS[eagerness])
-        return TurnDetection(vad=vad, create_response=bool(value.get("create_response", True)),
-                             interrupt_response=bool(value.get("interrupt_response", True)), eagerness=eagerness)
+def _output_changes(out: OutputField, offer: ServerOffer, notes: list[ProtocolError]) -> dict[str, Any]:
+    param = "session.audio.output"
+    changes: dict[str, Any] = {}
+    if out.format is not None:
+        changes["output_format"] = _format(out.format, f"{param}.format")
+    if out.speed is not None and out.speed != 1.0:
+        notes.append(_unsupported(f"{param}.speed", "this server speaks at speed 1.0 only"))
+    if out.voice is not None:
+        name = out.voice if isinstance(out.voice, str) else out.voice.id
+        if name == CALLER_VOICE or offer.is_voice(name) or name in OPENAI_VOICES:
+            changes["voice"] = name
+        else:
+            notes.append(ProtocolError("invalid_value", f"unknown voice {name!r}; this server has: "
+                                       f"{', '.join([*offer.voice_names(), CALLER_VOICE])}",
+                                       param=f"{param}.voice"))
+    return changes
 
 
-def _object(value: Any, param: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ProtocolError("invalid_value", f"{param} must be an object", param=param)
-    return value
+def _unsupported_top_level(session: SessionField) -> list[ProtocolError]:
+    """Values whose absence would change what the client gets. Hints with no effect here (include,
+    truncation, reasoning, tracing) are not errors: session.updated shows what is in force instead."""
+    notes = []
+    if session.tools:
+        notes.append(_unsupported("session.tools", "tool calling is not available on this server yet"))
+    if session.prompt is not None:
+        notes.append(_unsupported("session.prompt", "stored prompts are OpenAI's; send instructions instead"))
+    return notes
 
 
-def _string(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise ProtocolError("invalid_value", f"{param} must be a string", param=param)
-    return value
+def _unsupported(param: str, why: str) -> ProtocolError:
+    return ProtocolError("unsupported_value", f"{param} is not supported: {why}; the rest of the update was "
+                         f"applied", param=param)
 
 
-def _format(value: Any, param: str) -> AudioFormat:
+def _pick(value: int | None, current: int) -> int:
+    return current if value is None else value
+
+
+def _format(value: FormatField, param: str) -> AudioFormat:
     try:
-        return AudioFormat.from_session(value, param=param)
+        return AudioFormat.from_session(value.model_dump(exclude_none=True), param=param)
     except AudioFormatError as exc:
         raise ProtocolError("invalid_value", str(exc), param=exc.param or param) from None

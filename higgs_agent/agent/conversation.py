@@ -4,13 +4,15 @@ assistant said — as heard by the listener, not as generated, once a turn is tr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
-from higgs_agent.agent.events import ProtocolError
+from higgs_agent.protocol import server_events as se
+from higgs_agent.protocol.errors import ProtocolError
 
 Role = Literal["user", "assistant", "system"]
+ROOT = "root"  # previous_item_id that puts an item first
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class ConversationItem:
     codes: torch.Tensor | None = None  # (num_codebooks, frames): the user's audio, for the model to hear
     phrases: list[SpokenPhrase] = field(default_factory=list)
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
+    audio_seconds: float = 0.0  # the user's audio in this item
 
     @property
     def audio_ms(self) -> float:
@@ -57,14 +60,13 @@ class ConversationItem:
     def spoken_text(self) -> str:
         return " ".join(p.text for p in self.phrases)
 
-    def to_dict(self) -> dict[str, Any]:
-        part: dict[str, Any] = {"type": self.content_type}
+    def to_item(self) -> se.MessageItem:
+        part: se.TextPart | se.AudioPart
         if self.content_type in ("input_text", "output_text"):
-            part["text"] = self.text or ""
+            part = se.TextPart(type=self.content_type, text=self.text or "")
         else:
-            part["transcript"] = self.text
-        return {"id": self.id, "type": "message", "object": "realtime.item", "status": self.status,
-                "role": self.role, "content": [part]}
+            part = se.AudioPart(type=self.content_type, transcript=self.text)
+        return se.MessageItem(id=self.id, status=self.status, role=self.role, content=[part])
 
 
 class Conversation:
@@ -74,8 +76,21 @@ class Conversation:
         self.items: list[ConversationItem] = []
         self.max_items = max_items  # old turns drop out so a long call cannot grow without bound
 
-    def add(self, item: ConversationItem) -> ConversationItem:
-        self.items.append(item)
+    def add(self, item: ConversationItem, after: str | None = None) -> ConversationItem:
+        """Append, or insert right after the item `after` (`"root"`: first), as `previous_item_id` asks."""
+        if any(existing.id == item.id for existing in self.items):
+            raise ProtocolError("invalid_value", f"an item with id '{item.id}' already exists", param="item.id")
+        if after is None:
+            self.items.append(item)
+        elif after == ROOT:
+            self.items.insert(0, item)
+        else:
+            try:
+                index = next(i for i, existing in enumerate(self.items) if existing.id == after)
+            except StopIteration:
+                raise ProtocolError("item_not_found", f"previous_item_id '{after}' is not in the conversation",
+                                    param="previous_item_id") from None
+            self.items.insert(index + 1, item)
         del self.items[: -self.max_items]
         return item
 
@@ -95,11 +110,14 @@ class Conversation:
     def last_user_item(self) -> ConversationItem | None:
         return next((item for item in reversed(self.items) if item.role == "user"), None)
 
-    def truncate(self, item_id: str, audio_end_ms: float) -> ConversationItem:
+    def truncate(self, item_id: str, content_index: int, audio_end_ms: float) -> ConversationItem:
         """Cut an assistant turn to what was heard by `audio_end_ms` of its audio."""
         item = self.get(item_id)
         if item.role != "assistant" or item.content_type != "output_audio":
             raise ProtocolError("invalid_value", "only assistant audio items can be truncated", param="item_id")
+        if content_index != 0:
+            raise ProtocolError("invalid_value", f"content_index {content_index} does not exist: the item has one "
+                                "content part (index 0)", param="content_index")
         if audio_end_ms > item.audio_ms + 1:
             raise ProtocolError("invalid_value", f"audio_end_ms {audio_end_ms:.0f} is past the end of the item's "
                                 f"audio ({item.audio_ms:.0f} ms)", param="audio_end_ms")

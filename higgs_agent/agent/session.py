@@ -1,10 +1,10 @@
 """One conversation, independent of the transport that carries it.
 
-A transport (WebSocket today; WebRTC and phone next) hands the session client messages (`handle_message`)
-and, if it decodes audio itself, raw audio (`push_audio`); the session answers through a `SessionOutput`.
-Data flows one way: input audio -> turns (VAD or commits) -> understanding (transcript, codec codes) ->
-a reply (responder text -> engine -> codec) -> output. Turns are understood one at a time, in order; a
-barge-in cancels the reply from the audio path at once, without waiting for that queue.
+A transport (WebSocket, WebRTC, a phone call) hands the session client messages (`handle_message`) and, if
+it decodes audio itself, raw audio (`push_audio`); the session answers through a `SessionOutput`. Data flows
+one way: input audio -> turns (VAD or commits) -> understanding (transcript, codec codes) -> a reply
+(responder text -> engine -> codec) -> output. Turns are understood one at a time, in order; a barge-in
+cancels the reply from the audio path at once, without waiting for that queue.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from higgs_agent.agent import events as ev
 from higgs_agent.agent.config import CALLER_VOICE
 from higgs_agent.agent.conversation import Conversation, ConversationItem
-from higgs_agent.agent.events import ProtocolError, new_id, server_event
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
-from higgs_agent.agent.reply import ReplyRun, SessionOutput
+from higgs_agent.agent.reply import OutputClosed, Preparation, ReplyRun, SessionOutput
 from higgs_agent.agent.responders.base import ReplyRequest
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.speaker import PhraseSpeaker
@@ -31,10 +29,14 @@ from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.agent.vad import SpeechStarted
 from higgs_agent.audio import resample
 from higgs_agent.audio_formats import AudioFormatError, decode_audio
-from higgs_agent.model.prompts import VoiceReference, encode_voice
+from higgs_agent.model.prompts import VoiceReference
+from higgs_agent.protocol import client_events as ce
+from higgs_agent.protocol import server_events as se
+from higgs_agent.protocol.errors import ProtocolError, new_id
 
 log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # as the reference server: shorter buffers are refused
+MAX_PENDING_TURNS = 4  # turns waiting to be understood; past this a commit is refused, not queued
 
 
 @dataclass
@@ -44,7 +46,7 @@ class UserTurn:
     timing: TurnTiming
     create_response: bool
     epoch: int = 0  # speech starts seen when it was queued: a later one means the user spoke on
-    instructions: str | None = None  # response.create's per-response override
+    response: ce.ResponseParams | None = None  # response.create's per-response settings
 
 
 class Session:
@@ -52,6 +54,7 @@ class Session:
         self.services = services
         self.output = output
         self.config = services.session_config()
+        self.offer = services.offer()
         self.conversation = Conversation()
         self.input = InputAudio(self.config.input_format, self._vad_settings())
         self.speaker = PhraseSpeaker(services.engine, services.sampling)
@@ -70,7 +73,7 @@ class Session:
         self.services.metrics.sessions_total.inc()
         self.services.metrics.sessions_active.inc()
         self._worker = asyncio.create_task(self._understand_turns(), name=f"{self.config.id}-turns")
-        await self._emit("session.created", session=self.config.to_dict())
+        await self.send(se.SessionCreated(session=self.config.to_dict()))
 
     async def close(self) -> None:
         """The client is gone: stop the reply (its engine slot frees at once) and all pending work."""
@@ -82,32 +85,40 @@ class Session:
             self._worker.cancel()
             await asyncio.wait({self._worker})
         if self.reply is not None:
-            await self.reply.cancel("client_disconnected")
+            await self.reply.cancel("client_cancelled")  # nobody hears it: the client is gone
 
     # --- input -----------------------------------------------------------------------------------------
 
     async def handle_message(self, raw: str | bytes) -> None:
-        """One client message off the wire; anything wrong with it becomes an `error` event."""
+        """One client message off the wire; anything wrong with it becomes an `error` event. OutputClosed
+        (the client cannot be reached any more) is for the transport to act on."""
         try:
-            await self.handle(ev.parse_client_event(raw, self.services.max_event_bytes))
+            await self.handle(ce.parse_client_event(raw, self.services.max_event_bytes))
         except ProtocolError as exc:
             await self.report(exc)
-        except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a rate of 1e400, JSON nested 100k deep
-            await self.report(ProtocolError("invalid_value", f"unusable value: {exc}"))
+        except OutputClosed:
+            raise
         except Exception as exc:  # noqa: BLE001 - a bug must not end the session
             log.exception("handling a client message failed")
             await self.report(ProtocolError("server_error", f"internal error: {exc!r}", type="server_error"))
 
     async def report(self, error: ProtocolError) -> None:
         self.services.metrics.errors.labels(code=error.code).inc()
-        await self.output.send_event(error.to_event())
+        await self.send(se.Error.of(error))
 
-    async def handle(self, event: Any) -> None:  # noqa: ANN401 - one of events.ClientEvent
+    async def send(self, event: se.ServerEvent) -> None:
+        """To the client; extension events only to a session that opted in."""
+        if event.is_extension and not self.config.sends_extension(event.type):  # type: ignore[attr-defined]
+            return
+        await self.output.send_event(event)
+
+    async def handle(self, event: Any) -> None:  # noqa: ANN401 - one of client_events.ClientEvent
         handler = {
             "session.update": self._session_update,
             "input_audio_buffer.append": self._append,
             "input_audio_buffer.commit": self._commit,
             "input_audio_buffer.clear": self._clear,
+            "output_audio_buffer.clear": self._clear_output,
             "conversation.item.create": self._item_create,
             "conversation.item.truncate": self._truncate,
             "conversation.item.delete": self._delete,
@@ -125,12 +136,15 @@ class Session:
         """Decoded caller audio from a transport that does its own decoding (WebRTC, phone)."""
         await self._on_vad_events(self.input.push(samples, rate))
 
-    async def _session_update(self, event: ev.SessionUpdate) -> None:
-        self.config = self.config.updated(event.session, tuple(self.services.responders))
+    async def _session_update(self, event: ce.SessionUpdate) -> None:
+        self.config, notes = self.config.updated(event.session, self.offer)
         self.input.reconfigure(self.config.input_format, self._vad_settings())
-        await self._emit("session.updated", session=self.config.to_dict())
+        for note in notes:
+            note.event_id = event.event_id
+            await self.report(note)
+        await self.send(se.SessionUpdated(session=self.config.to_dict()))
 
-    async def _append(self, event: ev.InputAudioBufferAppend) -> None:
+    async def _append(self, event: ce.InputAudioBufferAppend) -> None:
         try:
             data = base64.b64decode(event.audio, validate=True)
         except (binascii.Error, ValueError):
@@ -151,33 +165,44 @@ class Session:
     async def _speech_started(self, audio_start_ms: int) -> None:
         self._speech_item_id = new_id("item")
         self._epoch += 1
-        await self._emit("input_audio_buffer.speech_started", audio_start_ms=audio_start_ms,
-                         item_id=self._speech_item_id)
         detection = self.config.turn_detection
         if self.reply is not None and detection is not None and detection.interrupt_response:
-            await self.reply.cancel("turn_detected")  # barge-in
+            self.reply.stop("turn_detected")  # barge-in: its queued audio is dropped before this event is sent
+        await self.send(se.SpeechStarted(audio_start_ms=audio_start_ms, item_id=self._speech_item_id))
 
     async def _speech_stopped(self, audio_end_ms: int, audio: np.ndarray) -> None:
         timing = TurnTiming()
         item_id = self._speech_item_id or new_id("item")
         self._speech_item_id = None
-        await self._emit("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id)
+        await self.send(se.SpeechStopped(audio_end_ms=audio_end_ms, item_id=item_id))
         await self._add_user_audio(item_id, audio, timing, create_response=self._turns_create_responses)
 
-    async def _commit(self, event: ev.InputAudioBufferCommit) -> None:
+    async def _commit(self, event: ce.InputAudioBufferCommit) -> None:
         if self.input.buffered_ms < MIN_COMMIT_MS:
             raise ProtocolError("input_audio_buffer_commit_empty", f"buffer too small: {self.input.buffered_ms} ms "
                                 f"of audio, at least {MIN_COMMIT_MS} ms are needed to commit")
+        self._check_queue()
         turn = self.input.commit()
         await self._add_user_audio(new_id("item"), turn.audio, TurnTiming(),
                                    create_response=self._turns_create_responses)
 
-    async def _add_user_audio(self, item_id: str, audio: np.ndarray, timing: TurnTiming,
-                              create_response: bool) -> None:
-        item = self.conversation.add(ConversationItem(item_id, "user", "input_audio"))
+    def _check_queue(self) -> None:
+        if self._turns.qsize() >= MAX_PENDING_TURNS:
+            raise ProtocolError("turn_queue_full", f"{MAX_PENDING_TURNS} turns are still waiting to be "
+                                "transcribed; commit again once they are (conversation.item.input_audio_"
+                                "transcription.completed)")
+
+    async def _add_user_audio(self, item_id: str, audio: np.ndarray, timing: TurnTiming, create_response: bool,
+                              after: str | None = None) -> None:
+        if self._turns.qsize() >= MAX_PENDING_TURNS:  # VAD turns too: a flood of them is dropped, and said so
+            await self.report(ProtocolError("turn_queue_full", f"{MAX_PENDING_TURNS} turns are still waiting to "
+                                            "be transcribed; this one was dropped"))
+            return
+        item = self.conversation.add(ConversationItem(item_id, "user", "input_audio",
+                                                      audio_seconds=len(audio) / ASR_RATE), after=after)
         previous = self.conversation.previous_id(item)
-        await self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
-        await self._emit("conversation.item.added", previous_item_id=previous, item=item.to_dict())
+        await self.send(se.InputAudioCommitted(previous_item_id=previous, item_id=item_id))
+        await self.send(se.ItemAdded(previous_item_id=previous, item=item.to_item()))
         self._last_audio = (item_id, audio)
         self._queue(UserTurn(item, audio, timing, create_response, epoch=self._epoch))
 
@@ -186,63 +211,85 @@ class Session:
             self._pending.append(turn)
         self._turns.put_nowait(turn)
 
-    async def _clear(self, event: ev.InputAudioBufferClear) -> None:
+    async def _clear(self, event: ce.InputAudioBufferClear) -> None:
         self.input.discard()
         self._speech_item_id = None
-        await self._emit("input_audio_buffer.cleared")
+        await self.send(se.InputAudioCleared())
 
-    async def _item_create(self, event: ev.ConversationItemCreate) -> None:
+    async def _clear_output(self, event: ce.OutputAudioBufferClear) -> None:
+        """The client stopped playback: cancel the reply, keep what was heard."""
+        if self.reply is not None:
+            await self.reply.cancel("client_cancelled")
+
+    async def _item_create(self, event: ce.ConversationItemCreate) -> None:
         item = event.item
+        if item.type != "message":
+            raise ProtocolError("unsupported_value", f"items of type '{item.type}' are not supported yet",
+                                param="item.type")
+        if item.role is None:
+            raise ProtocolError("invalid_value", "a message item needs a role", param="item.role")
         part = item.content[0] if item.content else None
         if part is None or len(item.content) != 1:
             raise ProtocolError("invalid_value", "an item needs exactly one content part", param="item.content")
         item_id = item.id or new_id("item")
+        after = event.previous_item_id
         if part.type in ("input_text", "text", "output_text"):
             if part.text is None:
                 raise ProtocolError("invalid_value", "a text part needs 'text'", param="item.content.0.text")
             kind = "output_text" if item.role == "assistant" else "input_text"
-            added = self.conversation.add(ConversationItem(item_id, item.role, kind, text=part.text))
+            added = self.conversation.add(ConversationItem(item_id, item.role, kind, text=part.text), after=after)
             previous = self.conversation.previous_id(added)
-            await self._emit("conversation.item.added", previous_item_id=previous, item=added.to_dict())
-            await self._emit("conversation.item.done", previous_item_id=previous, item=added.to_dict())
+            await self.send(se.ItemAdded(previous_item_id=previous, item=added.to_item()))
+            await self.send(se.ItemDone(previous_item_id=previous, item=added.to_item()))
         elif part.type == "input_audio" and item.role == "user":
             try:
                 audio = decode_audio(base64.b64decode(part.audio or "", validate=True), self.config.input_format)
             except (binascii.Error, ValueError) as exc:
                 raise ProtocolError("invalid_audio", f"input_audio: {exc}", param="item.content.0.audio") from None
+            self._check_queue()
             await self._add_user_audio(item_id, resample(audio, self.config.input_format.rate, ASR_RATE),
-                                       TurnTiming(), create_response=False)
+                                       TurnTiming(), create_response=False, after=after)
         else:
             raise ProtocolError("invalid_value", f"unsupported content part type '{part.type}' for role "
                                 f"'{item.role}'", param="item.content.0.type")
 
-    async def _truncate(self, event: ev.ConversationItemTruncate) -> None:
-        item = self.conversation.truncate(event.item_id, event.audio_end_ms)
+    async def _truncate(self, event: ce.ConversationItemTruncate) -> None:
+        item = self.conversation.truncate(event.item_id, event.content_index, event.audio_end_ms)
         if self.reply is not None and self.reply.item is item:
             self.reply.client_heard_ms = event.audio_end_ms  # the client knows best what it played
-        await self._emit("conversation.item.truncated", item_id=item.id, content_index=event.content_index,
-                         audio_end_ms=event.audio_end_ms)
+        await self.send(se.ItemTruncated(item_id=item.id, content_index=event.content_index,
+                                         audio_end_ms=event.audio_end_ms))
 
-    async def _delete(self, event: ev.ConversationItemDelete) -> None:
+    async def _delete(self, event: ce.ConversationItemDelete) -> None:
         self.conversation.delete(event.item_id)
-        await self._emit("conversation.item.deleted", item_id=event.item_id)
+        await self.send(se.ItemDeleted(item_id=event.item_id))
 
-    async def _retrieve(self, event: ev.ConversationItemRetrieve) -> None:
-        await self._emit("conversation.item.retrieved", item=self.conversation.get(event.item_id).to_dict())
+    async def _retrieve(self, event: ce.ConversationItemRetrieve) -> None:
+        await self.send(se.ItemRetrieved(item=self.conversation.get(event.item_id).to_item()))
 
-    async def _response_create(self, event: ev.ResponseCreate) -> None:
+    async def _response_create(self, event: ce.ResponseCreate) -> None:
         busy = self.reply.id if self.reply is not None else ("a queued response" if self._pending else None)
         if busy:  # one response at a time writes to the conversation, as the reference server enforces
             raise ProtocolError("conversation_already_has_active_response",
                                 f"{busy} is still in progress; cancel it or wait for response.done")
-        instructions = (event.response or {}).get("instructions")
-        if instructions is not None and not isinstance(instructions, str):
-            raise ProtocolError("invalid_value", "response.instructions must be a string",
-                                param="response.instructions")
+        params = event.response
+        if params is not None:
+            if params.output_modalities is not None and "audio" not in params.output_modalities:
+                raise ProtocolError("unsupported_value", "this server always answers with audio",
+                                    param="response.output_modalities")
+            if params.tools:
+                raise ProtocolError("unsupported_value", "tool calling is not available on this server yet",
+                                    param="response.tools")
+            if params.conversation not in (None, "auto"):
+                raise ProtocolError("unsupported_value", "out-of-band responses (conversation 'none') are not "
+                                    "supported", param="response.conversation")
+            if params.input is not None:
+                raise ProtocolError("unsupported_value", "custom response input is not supported",
+                                    param="response.input")
         # Behind the queue: a commit just before this must be transcribed before the reply is written.
-        self._queue(UserTurn(None, None, TurnTiming(), create_response=True, instructions=instructions))
+        self._queue(UserTurn(None, None, TurnTiming(), create_response=True, response=params))
 
-    async def _response_cancel(self, event: ev.ResponseCancel) -> None:
+    async def _response_cancel(self, event: ce.ResponseCancel) -> None:
         if self.reply is None and self._pending and not event.response_id:
             for turn in self._pending:  # not started yet: it never will
                 turn.create_response = False
@@ -260,6 +307,8 @@ class Session:
             turn = await self._turns.get()
             try:
                 await self._take_turn(turn)
+            except OutputClosed:
+                return  # the transport is closing the session
             except Exception as exc:  # noqa: BLE001 - one failed turn must not stop the session listening
                 log.exception("a turn failed")
                 await self.report(ProtocolError("server_error", f"the turn failed: {exc!r}", type="server_error"))
@@ -271,63 +320,84 @@ class Session:
             self._pending.remove(turn)
         if not turn.create_response or self.closed:
             return
-        detection = self.config.turn_detection
-        if turn.item is not None and turn.epoch != self._epoch and detection and detection.interrupt_response:
+        if self._spoke_on(turn):
             return  # the user spoke on after this turn: the next turn answers both
         if self.reply is not None:  # a reply the user did not interrupt: let it finish first
             await self.reply.wait()
-        if not self.closed:
-            await self._respond(turn.timing, turn.instructions)
+        if not self.closed and not self._spoke_on(turn):
+            self._respond(turn)
+
+    def _spoke_on(self, turn: UserTurn) -> bool:
+        detection = self.config.turn_detection
+        return bool(turn.item is not None and turn.epoch != self._epoch and detection and detection.interrupt_response)
 
     async def _transcribe(self, turn: UserTurn) -> None:
         item = turn.item
+        settings = self.config.transcription
         try:
-            transcript = await asyncio.to_thread(self.services.transcriber.transcribe, turn.audio)
+            transcript = await self.services.transcriber.transcribe_async(turn.audio, settings.language,
+                                                                          settings.prompt)
         except Exception as exc:  # noqa: BLE001 - reported against the item, the session goes on
             log.exception("transcription failed")
             item.text = ""
-            await self._emit("conversation.item.input_audio_transcription.failed", item_id=item.id, content_index=0,
-                             error={"type": "transcription_error", "code": "transcription_failed",
-                                    "message": f"transcription failed: {exc}", "param": None})
+            await self.send(se.TranscriptionFailed(item_id=item.id, error=se.ErrorDetail(
+                type="transcription_error", code="transcription_failed", message=f"transcription failed: {exc}")))
         else:
             item.text, item.language = transcript.text.strip(), transcript.language
             turn.timing.mark("transcript")
-            await self._emit("conversation.item.input_audio_transcription.completed", item_id=item.id,
-                             content_index=0, transcript=item.text, language=item.language,
-                             usage={"type": "duration", "seconds": round(transcript.duration_s, 3)})
-        await self._emit("conversation.item.done", item=item.to_dict())
+            log.info("user %s: %r (%s)", item.id, item.text, item.language)
+            await self.send(se.TranscriptionCompleted(
+                item_id=item.id, transcript=item.text, usage=se.DurationUsage(seconds=round(transcript.duration_s, 3)),
+                languages=[se.TranscriptLanguage(code=transcript.language)]))
+        await self.send(se.ItemDone(item=item.to_item()))
 
-    def _encode(self, audio: np.ndarray) -> Any:  # noqa: ANN401 - codes tensor or None
-        """The user's audio as codec codes, so the model can hear the turn (native replies, caller voice)."""
-        if len(audio) < ASR_RATE // 10:
-            return None
-        return encode_voice(self.services.bundle.processor, audio, ASR_RATE, "").codes
-
-    async def _user_codes(self, item: ConversationItem | None) -> Any:  # noqa: ANN401
+    async def _user_codes(self, item: ConversationItem | None) -> Any:  # noqa: ANN401 - codes tensor or None
         """The codec codes of the latest user turn, encoded on first use (only some replies need them)."""
         if item is None or item.codes is not None or self._last_audio is None or self._last_audio[0] != item.id:
             return None if item is None else item.codes
-        try:
-            item.codes = await asyncio.to_thread(self._encode, self._last_audio[1])
-        except Exception:  # noqa: BLE001 - the reply goes on without hearing the audio
-            log.exception("encoding the user's audio failed")
+        audio = self._last_audio[1]
         self._last_audio = None  # encoded (or not): the audio is not needed any more
+        if len(audio) >= ASR_RATE // 10:
+            try:
+                item.codes = await self.services.engine.encode(audio, ASR_RATE)
+            except Exception:  # noqa: BLE001 - the reply goes on without hearing the audio
+                log.exception("encoding the user's audio failed")
         return item.codes
 
-    async def _respond(self, timing: TurnTiming, instructions: str | None = None) -> None:
+    def _respond(self, turn: UserTurn) -> None:
+        params = turn.response
         responder = self.services.responder(self.config.responder)
         user = self.conversation.last_user_item()
+        instructions = params.instructions if params is not None and params.instructions else self.config.instructions
+        timing = turn.timing
         wants_codes = self.config.voice == CALLER_VOICE or self.config.responder == "native"
-        codes = await self._user_codes(user) if wants_codes else None
-        request = ReplyRequest(messages=self.conversation.chat_messages(instructions or self.config.instructions),
-                               user_audio_codes=codes, on_first_text=lambda: timing.mark("first_text"))
-        voice = self.services.voice
-        if self.config.voice == CALLER_VOICE and codes is not None and user is not None:
-            voice = VoiceReference(codes=codes, transcript=user.text or "")
+        voice = self.services.resolve_voice(None if self.config.voice == CALLER_VOICE else self.config.voice)
+
+        async def prepare() -> Preparation:
+            codes = await self._user_codes(user) if wants_codes else None
+            request = ReplyRequest(messages=self.conversation.chat_messages(instructions), user_audio_codes=codes,
+                                   on_first_text=lambda: timing.mark("first_text"))
+            reference = voice
+            if self.config.voice == CALLER_VOICE and codes is not None and user is not None:
+                reference = VoiceReference(codes=codes, transcript=user.text or "")
+            return Preparation(request, reference)
+
         item = self.conversation.add(ConversationItem(new_id("item"), "assistant", "output_audio", text="",
                                                       status="in_progress"))
-        self.reply = ReplyRun(self.output, responder, request, self.speaker, timing, item, voice=voice,
-                              user_item_id=user.id if user is not None else None, on_latency=self._latency)
+        tokenizer = self.services.bundle.tokenizer
+        engine = self.services.engine
+
+        async def count_tokens(text: str) -> int:
+            return await engine.run(lambda: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+
+        self.reply = ReplyRun(self.output, engine, responder, self.speaker, timing, item, prepare,
+                              user_item_id=user.id if user is not None else None,
+                              user_audio_s=user.audio_seconds if user is not None else 0.0,
+                              metadata=params.metadata if params is not None else None,
+                              max_output_tokens=(params.max_output_tokens if params is not None
+                                                 and params.max_output_tokens is not None
+                                                 else self.config.max_output_tokens),
+                              on_latency=self._latency, count_tokens=count_tokens)
         self.reply.start(on_done=self._reply_done)
 
     def _reply_done(self, run: ReplyRun) -> None:
@@ -339,10 +409,10 @@ class Session:
 
     async def _latency(self, run: ReplyRun, latency_ms: dict[str, float | None]) -> None:
         self.services.metrics.observe_turn(latency_ms)
-        log.info("turn latency %s %s", run.id, latency_ms)
-        if self.config.latency_events:
-            await self._emit(f"{ev.EXTENSION_PREFIX}turn.latency", response_id=run.id,
-                             item_id=run.user_item_id, latency_ms=latency_ms)
+        stages = ", ".join(f"{stage.replace('_', ' ')} {'-' if ms is None else f'{ms:.0f} ms'}"
+                           for stage, ms in latency_ms.items())
+        log.info("turn latency %s: %s (from the end of the user's speech)", run.id, stages)
+        await self.send(se.TurnLatency(response_id=run.id, item_id=run.user_item_id, latency_ms=latency_ms))
 
     # --- helpers ---------------------------------------------------------------------------------------
 
@@ -355,6 +425,3 @@ class Session:
 
     def _vad_settings(self):  # noqa: ANN202 - VadSettings | None
         return None if self.config.turn_detection is None else self.config.turn_detection.vad
-
-    async def _emit(self, kind: str, **fields: Any) -> None:
-        await self.output.send_event(server_event(kind, **fields))

@@ -1,14 +1,14 @@
-"""Phrases in, 24 kHz PCM out: one engine generation per phrase, decoded incrementally, in one steady voice.
+"""Phrases in, 24 kHz PCM out: one engine stream per phrase, decoded incrementally, in one steady voice.
 
 A reply is spoken phrase by phrase so speech starts on the first complete phrase. Each phrase is its own
-generation, so the voice must be pinned or it would drift between phrases: the session's voice reference
-(a server voice, or the caller's own voice), else the session's first spoken phrase becomes the reference
-for everything it says after (zero-shot cloning of itself).
+stream, all under the response's lease (capacity decided once, when the response starts), and the voice is
+pinned or it would drift between phrases: the session's voice reference (a server voice, or the caller's own
+voice), else the session's first spoken phrase becomes the reference for everything it says after
+(zero-shot cloning of itself).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from higgs_agent import FRAME_RATE
-from higgs_agent.model.prompts import SpeechPrompt, VoiceReference, build_inputs
+from higgs_agent.model.prompts import SpeechPrompt, VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.streaming.engine import StreamingEngine
-from higgs_agent.streaming.speech import stream_pcm
+from higgs_agent.streaming.engine import Lease, StreamingEngine
 
 MAX_REFERENCE_FRAMES = 10 * FRAME_RATE  # longer references add prompt cost without a better voice
 
@@ -37,31 +36,33 @@ def clip_reference(voice: VoiceReference) -> VoiceReference:
 
 
 class PhraseSpeaker:
-    def __init__(self, engine: StreamingEngine, sampling: SamplingSettings, system: str | None = None) -> None:
+    def __init__(self, engine: StreamingEngine, sampling: SamplingSettings) -> None:
         self.engine = engine
         self.sampling = sampling
-        self.system = system
         self.own_voice: VoiceReference | None = None  # set by the first phrase spoken without a reference
 
-    async def speak(self, text: str, voice: VoiceReference | None = None,
+    def prompt(self, text: str, voice: VoiceReference | None = None, scene: str | None = None) -> SpeechPrompt:
+        """What the engine is asked to say for `text` (the voice pinned, the delivery in the scene)."""
+        reference = voice or self.own_voice
+        return SpeechPrompt(text=text, voice=None if reference is None else clip_reference(reference), scene=scene)
+
+    async def speak(self, text: str, lease: Lease | None = None, voice: VoiceReference | None = None,
+                    scene: str | None = None, max_frames: int | None = None,
                     on_first_frame: Callable[[], None] | None = None) -> AsyncIterator[np.ndarray]:
         """Yield float32 PCM chunks of `text` spoken in `voice` (or the session's own voice)."""
-        reference = voice or self.own_voice
-        prompt = SpeechPrompt(text=text, voice=None if reference is None else clip_reference(reference))
-        if self.system:
-            prompt = replace(prompt, system=self.system)
-        inputs = build_inputs(self.engine.bundle.processor, prompt)
-        settings = replace(self.sampling, max_frames=frame_budget(text, self.sampling.max_frames))
-        generation = self.engine.start(inputs, settings)  # AtCapacityError when every slot is busy
-        frames: list[torch.Tensor] = []
+        pinned = voice is not None or self.own_voice is not None
+        budget = frame_budget(text, self.sampling.max_frames if max_frames is None else max_frames)
+        settings = replace(self.sampling, max_frames=budget)
 
-        def on_frame(frame: torch.Tensor) -> None:
-            if not frames and on_first_frame is not None:
-                on_first_frame()
-            frames.append(frame)
+        def on_frame(_: torch.Tensor) -> None:
+            nonlocal on_first_frame
+            if on_first_frame is not None:
+                on_first_frame, first = None, on_first_frame
+                first()
 
-        async with contextlib.aclosing(stream_pcm(self.engine, generation, on_frame=on_frame)) as pcm:
-            async for chunk in pcm:
+        async with self.engine.stream(self.prompt(text, voice, scene), settings, lease=lease,
+                                      frames=True) as speech:
+            async for chunk in speech.pcm(on_frame=on_frame):
                 yield chunk
-        if reference is None and frames and generation.stats.stop_reason == "end_of_audio":
-            self.own_voice = VoiceReference(codes=torch.stack(frames, dim=1), transcript=text)
+        if not pinned and speech.frames and speech.stats.stop_reason == "end_of_audio":
+            self.own_voice = VoiceReference(codes=torch.stack(speech.frames, dim=1), transcript=text)

@@ -55,7 +55,29 @@ async def _engine_ttfa_ms(services: AgentServices, text: str) -> float:
     return first or float("nan")
 
 
+def run_concurrent_agent_bench(args: argparse.Namespace) -> dict:
+    """`--sessions N`: rounds of 1 and N callers ending their turns together (see bench/concurrency.py)."""
+    from higgs_agent.bench.common import note
+    from higgs_agent.bench.concurrency import run_concurrency
+    from higgs_agent.model.tiny import make_tiny_model
+
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = args.model
+        if model_dir is None:
+            note("making a mini model (random weights) ...")
+            model_dir = str(make_tiny_model(Path(scratch) / "mini", size="mini", seed=0))
+        rounds = run_concurrency(model_dir, espeak(UTTERANCE), args.sessions, args.threads, args.max_frames,
+                                 slots=max(8, args.sessions), repeats=args.turns)
+    one, many = rounds["n1"], rounds[f"n{args.sessions}"]
+    return {**rounds, "sessions": args.sessions, "turns_per_round": args.turns,
+            "ttfa_increase_ms": (round(many["ttfa_ms_p50"] - one["ttfa_ms_p50"], 1)
+                                 if many["ttfa_ms_p50"] is not None and one["ttfa_ms_p50"] is not None else None),
+            "model": args.model or "mini (made on the fly)"}
+
+
 def run_agent_bench(args: argparse.Namespace) -> dict:
+    if getattr(args, "sessions", 1) > 1:
+        return run_concurrent_agent_bench(args)
     from higgs_agent.agent.responders.echo import EchoResponder
     from higgs_agent.bench.common import describe, load_bench_model
     from higgs_agent.client import talk

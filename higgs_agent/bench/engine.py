@@ -20,23 +20,21 @@ from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.codec_stream import measure_stream_quality
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.streaming.kv_slots import SlotKVCache
-from higgs_agent.streaming.speech import stream_pcm
+from higgs_agent.streaming.scheduler import BatchScheduler, run_to_end
 
 BENCH_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs all the way back home again."
 BENCH_SCENE = "Audio is recorded from a quiet room."
 
 
-def engine_step_times(engine: StreamingEngine, inputs: ModelInputs, frames: int, seed: int) -> list[float]:
+def engine_step_times(scheduler: BatchScheduler, inputs: ModelInputs, frames: int, seed: int) -> list[float]:
     """Wall time of each step of a lone stream (forward + sampling + bookkeeping), the prefill step excluded."""
-    generation = engine.start(inputs, SamplingSettings(seed=seed, max_frames=frames))
-    engine.step()  # prefill (and the first decode)
+    generation = scheduler.start(inputs, SamplingSettings(seed=seed, max_frames=frames))
+    scheduler.step()  # prefill (and the first decode)
     times = []
-    while not generation.finished:
+    while not generation.ended:
         start = time.perf_counter()
-        engine.step()
+        scheduler.step()
         times.append((time.perf_counter() - start) * 1000.0)
-    while generation.take()[0] is not None:  # nobody reads the outputs here
-        pass
     return times
 
 
@@ -50,13 +48,13 @@ def bare_forward_times(bundle: HiggsBundle, inputs: ModelInputs, steps: int) -> 
     times = []
     with torch.inference_mode():
         view = cache.view(0, [0], length)
-        model(**inputs.as_kwargs(bundle.device), position_ids=view.position_ids(), past_key_values=view,
+        model(**inputs.as_kwargs(bundle.device), position_ids=view.position_ids(), cache=view,
               use_cache=True, logits_to_keep=1)
         view.commit()
         for _ in range(steps):
             start = time.perf_counter()
             view = cache.view(0, [cache.lengths[0]], 1)
-            out = model(audio_input_ids=row, position_ids=view.position_ids(), past_key_values=view, use_cache=True)
+            out = model(audio_input_ids=row, position_ids=view.position_ids(), cache=view, use_cache=True)
             view.commit()
             out.logits[0, -1].float().cpu()  # the engine also brings logits to float32 on the host side
             times.append((time.perf_counter() - start) * 1000.0)
@@ -64,42 +62,45 @@ def bare_forward_times(bundle: HiggsBundle, inputs: ModelInputs, steps: int) -> 
 
 
 async def measure_ttfa(engine: StreamingEngine, inputs: ModelInputs) -> tuple[float, int]:
-    """Time to first PCM chunk, and how many model steps had run by then."""
-    generation = engine.start(inputs, SamplingSettings(seed=0, max_frames=200))
-    stream = stream_pcm(engine, generation)
-    await anext(stream)
-    steps = generation.rows
-    await stream.aclose()
-    return generation.stats.ttfa_ms, steps
+    """Time to first PCM chunk through the whole engine (its model worker included), and how many model steps
+    had run by then."""
+    async with engine.stream(inputs, SamplingSettings(seed=0, max_frames=200)) as speech:
+        async for _ in speech.pcm():
+            break
+        assert speech.generation is not None
+        return speech.stats.ttfa_ms, speech.generation.rows
 
 
-def greedy_matches_reference(bundle: HiggsBundle, engine: StreamingEngine, inputs: ModelInputs) -> bool:
+def greedy_matches_reference(bundle: HiggsBundle, scheduler: BatchScheduler, inputs: ModelInputs) -> bool:
     settings = SamplingSettings(greedy=True, max_frames=40)
-    generation = engine.start(inputs, settings)
-    rows = torch.stack([out.row for out in engine.run_to_end(generation)])
+    rows = torch.stack([out.row for out in run_to_end(scheduler, scheduler.start(inputs, settings))])
     return bool(torch.equal(rows, generate_rows(bundle, inputs, settings)))
 
 
 def run_engine_bench(args: argparse.Namespace) -> dict:
     bundle, model_dir = load_bench_model(args)
-    engine = StreamingEngine(bundle)
+    scheduler = BatchScheduler(bundle)
     inputs = build_inputs(bundle.processor, SpeechPrompt(BENCH_TEXT, scene=BENCH_SCENE))
 
     note("warming up ...")
-    engine_step_times(engine, inputs, 20, seed=0)
+    engine_step_times(scheduler, inputs, 20, seed=0)
     bare_forward_times(bundle, inputs, 20)
 
     engine_runs, forward_runs = [], []
     for repeat in range(args.repeats):  # interleaved so drifts in machine load hit both alike
-        engine_runs.append(engine_step_times(engine, inputs, args.frames, seed=repeat))
+        engine_runs.append(engine_step_times(scheduler, inputs, args.frames, seed=repeat))
         forward_runs.append(bare_forward_times(bundle, inputs, len(engine_runs[-1])))
     engine_ms = statistics.median(t for run in engine_runs for t in run)
     forward_ms = statistics.median(t for run in forward_runs for t in run)
     note(f"engine step {engine_ms:.2f} ms, bare forward {forward_ms:.2f} ms")
 
-    ttfa = [asyncio.run(measure_ttfa(engine, inputs)) for _ in range(args.repeats)]
+    engine = StreamingEngine(bundle)
+    try:
+        ttfa = [asyncio.run(measure_ttfa(engine, inputs)) for _ in range(args.repeats)]
+    finally:
+        engine.close()
     ttfa_ms = statistics.median(t for t, _ in ttfa)
-    matches = greedy_matches_reference(bundle, engine, inputs)
+    matches = greedy_matches_reference(bundle, scheduler, inputs)
     note(f"TTFA {ttfa_ms:.1f} ms after {ttfa[0][1]} steps; greedy matches generate(): {matches}")
 
     codes = torch.randint(0, 1024, (1, bundle.num_codebooks, 250), generator=torch.Generator().manual_seed(0))

@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,14 +106,26 @@ class Transcript:
 
 
 class Transcriber:
-    """One loaded Whisper model. `transcribe` may be called from several threads (e.g. `asyncio.to_thread`);
-    calls take turns on a lock, so one model never runs two decodes at once."""
+    """One loaded Whisper model with a thread of its own: `await transcribe_async(...)` queues the turn on
+    it, so transcriptions wait in a queue of their own, never in a shared pool where waiting threads would
+    hold places that codec or analyzer work needs. `transcribe` (blocking) takes turns on a lock with it."""
 
     def __init__(self, model, source: str, name: str) -> None:  # noqa: ANN001 - a faster_whisper.WhisperModel
         self.model = model
         self.source = source  # the folder the weights came from
         self.name = name  # what the user asked for
         self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="higgs-asr")
+
+    async def transcribe_async(self, audio16k: np.ndarray, language: str | None = None,
+                               prompt: str | None = None) -> Transcript:
+        """`transcribe` on the ASR thread (the session context, hence its log id, goes along)."""
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: context.run(self.transcribe, audio16k, language, prompt))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     @classmethod
     def load(cls, name_or_path: str | None = None, device: str = "cpu", compute_type: str = "int8",

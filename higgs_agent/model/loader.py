@@ -10,10 +10,14 @@ import json
 import logging
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from safetensors import safe_open
 from transformers import (
     AutoTokenizer,
     DacFeatureExtractor,
@@ -21,7 +25,6 @@ from transformers import (
     HiggsAudioV2Processor,
     HiggsAudioV2TokenizerModel,
 )
-from transformers.utils import logging as hf_logging
 
 from higgs_agent.model.errors import (
     ModelLoadError,
@@ -31,8 +34,6 @@ from higgs_agent.model.errors import (
 )
 
 log = logging.getLogger(__name__)
-# Weight-loading progress bars would interleave with our own output (and PCM on stdout's neighbour).
-hf_logging.disable_progress_bar()
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
@@ -40,8 +41,13 @@ MODEL_TYPE = "higgs_audio_v2"
 CODEC_TYPE = "higgs_audio_v2_tokenizer"
 CODEC_SUBFOLDER = "audio_tokenizer"  # where a tiny model folder keeps its codec
 CHAT_TEMPLATE_FILE = Path(__file__).with_name("chat_template.jinja")
+TEXT_HEAD_WEIGHT = "text_lm_head.weight"
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
+
+
+class TextHeadMissingFromCheckpoint(ModelLoadError):
+    """`--responder native` needs the text head, and the checkpoint has none."""
 
 
 @dataclass
@@ -100,19 +106,22 @@ def set_cpu_threads(threads: int | None = None) -> int:
     return count
 
 
-def _is_local(source: str) -> bool:
-    return os.path.isdir(source) or not _HUB_ID.match(source)
+def is_hub_id(source: str) -> bool:
+    """Only `org/name` goes to the hub, and only when no local folder could be meant: not an existing path,
+    and not `a/b` whose `a` is a local folder (`models/tinyy`, a typo of `models/tiny`, is a missing folder,
+    not a hub repository)."""
+    if os.path.exists(source) or not _HUB_ID.match(source):
+        return False
+    return not os.path.isdir(source.split("/")[0])
 
 
-def _check_source(source: str, expected_type: str, what: str) -> None:
-    """Fail early, with advice, on a missing folder or a folder holding some other model."""
-    if not _is_local(source):
-        return
+def _check_folder(source: str, expected_type: str, what: str) -> Path:
+    """The folder, or a clear error: missing, no config.json, or a folder holding some other model."""
     folder = Path(source).expanduser()
     if not folder.is_dir():
         raise ModelNotFoundError(
-            f"{what} folder {str(folder)!r} does not exist. Pass a folder holding a saved Higgs Audio v2 "
-            f"{what} (config.json + weights), or make a tiny offline one with "
+            f"the {what} folder {str(folder)!r} does not exist. Pass a folder holding a saved one "
+            f"(config.json + weights), a hub id such as {DEFAULT_MODEL!r}, or make a tiny offline one with "
             f"`higgs-agent make-tiny-model DIR`."
         )
     config_file = folder / "config.json"
@@ -123,35 +132,63 @@ def _check_source(source: str, expected_type: str, what: str) -> None:
         raise WrongModelTypeError(
             f"{str(folder)!r} holds a model of type {found!r}, not the {what} ({expected_type!r}) expected here."
         )
+    return folder
 
 
-def _hub_error(source: str, what: str, flag: str, exc: Exception) -> ModelNotFoundError:
-    return ModelNotFoundError(
-        f"Could not fetch the {what} {source!r} from the Hugging Face hub ({type(exc).__name__}: "
-        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Without network access, download it on a "
-        f"connected machine (`hf download {source} --local-dir DIR`) and pass the folder with {flag} DIR; "
-        f"for an offline test model run `higgs-agent make-tiny-model DIR`."
-    )
-
-
-def _from_pretrained(cls, source: str, what: str, flag: str, **kwargs):  # noqa: ANN001, ANN202
+def _download(repo_id: str, what: str, flag: str, progress: Callable[[str], None]) -> str:
+    """A hub repository -> its local snapshot (downloaded once, with progress bars; cached after). One
+    download instead of one hub round trip per component: offline, that is one fast, clear error."""
+    started = time.perf_counter()
+    progress(f"{what}: fetching {repo_id} from the Hugging Face hub (cached after the first time) ...")
     try:
-        return cls.from_pretrained(source, **kwargs)
-    except OSError as exc:  # hub unreachable, repo missing, HF_HUB_OFFLINE with an empty cache
-        if _is_local(source):
-            raise ModelLoadError(f"Could not load the {what} from {source!r}: {exc}") from exc
-        raise _hub_error(source, what, flag, exc) from exc
+        folder = snapshot_download(repo_id)
+    except Exception as exc:  # noqa: BLE001 - hub, network and offline-mode errors come in many classes
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelNotFoundError(
+            f"could not fetch the {what} {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {reason}). "
+            f"Without network access, download it on a connected machine (`hf download {repo_id} --local-dir "
+            f"DIR`, about 12 GB for the model) and pass the folder with {flag} DIR; for an offline test model "
+            f"run `higgs-agent make-tiny-model DIR`."
+        ) from exc
+    progress(f"{what}: {_folder_size(folder)} in {folder} ({time.perf_counter() - started:.1f} s)")
+    return folder
 
 
-def resolve_codec_source(model_source: str, codec_source: str | None) -> str:
+def resolve_source(source: str, expected_type: str, what: str, flag: str,
+                   progress: Callable[[str], None] = log.info) -> str:
+    """A hub id or a local folder -> a checked local folder."""
+    folder = _download(source, what, flag, progress) if is_hub_id(source) else source
+    return str(_check_folder(folder, expected_type, what))
+
+
+def _folder_size(folder: str | Path) -> str:
+    size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+def _from_pretrained(cls, folder: str, what: str, **kwargs):  # noqa: ANN001, ANN202
+    try:
+        return cls.from_pretrained(folder, **kwargs)
+    except OSError as exc:  # a folder with missing or unreadable files
+        raise ModelLoadError(f"could not load the {what} from {folder!r}: {exc}") from exc
+
+
+def codec_source_for(model_folder: str, codec_source: str | None) -> str:
     """An explicit codec wins; a model folder with an `audio_tokenizer/` subfolder brings its own."""
     if codec_source:
         return codec_source
-    if _is_local(model_source):
-        bundled = Path(model_source).expanduser() / CODEC_SUBFOLDER
-        if (bundled / "config.json").is_file():
-            return str(bundled)
-    return DEFAULT_CODEC
+    bundled = Path(model_folder) / CODEC_SUBFOLDER
+    return str(bundled) if (bundled / "config.json").is_file() else DEFAULT_CODEC
+
+
+def _has_text_head(folder: str) -> bool:
+    """Whether the checkpoint's weights include the text head (read from the safetensors headers; nothing
+    is loaded). Without it, `use_text_head=True` would serve from a randomly initialised head."""
+    names: set[str] = set()
+    for weights in Path(folder).glob("*.safetensors"):
+        with safe_open(str(weights), framework="pt") as handle:
+            names.update(handle.keys())
+    return TEXT_HEAD_WEIGHT in names
 
 
 def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, what: str) -> torch.nn.Module:
@@ -174,26 +211,39 @@ def load_higgs(
     dtype: str | torch.dtype | None = None,
     use_text_head: bool = False,
     threads: int | None = None,
+    progress: Callable[[str], None] = log.info,
 ) -> HiggsBundle:
-    """Load the generation model, its codec and processor from hub ids or local folders."""
-    codec_source = resolve_codec_source(model, codec)
-    _check_source(model, MODEL_TYPE, "Higgs Audio v2 model")
-    _check_source(codec_source, CODEC_TYPE, "Higgs Audio v2 codec (audio tokenizer)")
+    """Load the generation model, its codec and processor from hub ids or local folders. `progress` gets one
+    line per stage (what, where, size, seconds): a multi-GB load is never silent."""
+    model_folder = resolve_source(model, MODEL_TYPE, "Higgs Audio v2 model", "--model", progress)
+    codec_folder = resolve_source(codec_source_for(model_folder, codec), CODEC_TYPE,
+                                  "Higgs Audio v2 codec (audio tokenizer)", "--codec", progress)
+    if use_text_head and not _has_text_head(model_folder):
+        raise TextHeadMissingFromCheckpoint(
+            f"the checkpoint in {model_folder!r} has no text head ({TEXT_HEAD_WEIGHT}), so --responder native "
+            f"would speak text from random weights. Use a checkpoint that includes the head (for an offline "
+            f"test: `higgs-agent make-tiny-model DIR --text-head`), or another responder (echo, llm)."
+        )
     target = pick_device(device)
     target_dtype = pick_dtype(target, dtype)
     if target.type == "cpu":
         set_cpu_threads(threads)
 
-    tokenizer = _from_pretrained(AutoTokenizer, model, "text tokenizer", "--model")
-    feature_extractor = _from_pretrained(DacFeatureExtractor, model, "feature extractor", "--model")
+    started = time.perf_counter()
+    tokenizer = _from_pretrained(AutoTokenizer, model_folder, "text tokenizer")
+    feature_extractor = _from_pretrained(DacFeatureExtractor, model_folder, "feature extractor")
     extra = {"use_text_head": True} if use_text_head else {}
-    lm = _from_pretrained(HiggsAudioV2ForConditionalGeneration, model, "Higgs Audio v2 model", "--model",
+    lm = _from_pretrained(HiggsAudioV2ForConditionalGeneration, model_folder, "Higgs Audio v2 model",
                           dtype=target_dtype, **extra)
-    audio_tokenizer = _from_pretrained(HiggsAudioV2TokenizerModel, codec_source,
-                                       "Higgs Audio v2 codec (audio tokenizer)", "--codec")
     lm = _move(lm, target, target_dtype, "Higgs Audio v2 model").eval()
+    progress(f"model: {_parameters(lm)} on {target} as {str(target_dtype).removeprefix('torch.')} "
+             f"({time.perf_counter() - started:.1f} s)")
+    started = time.perf_counter()
+    audio_tokenizer = _from_pretrained(HiggsAudioV2TokenizerModel, codec_folder, "Higgs Audio v2 codec")
     # The codec stays float32: its convolutional decoder is small and loses quality in bf16.
     audio_tokenizer = _move(audio_tokenizer, target, torch.float32, "codec").eval()
+    progress(f"codec: {_parameters(audio_tokenizer)} on {target} as float32 "
+             f"({time.perf_counter() - started:.1f} s)")
 
     chat_template = getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE_FILE.read_text()
     processor = HiggsAudioV2Processor(
@@ -204,5 +254,11 @@ def load_higgs(
         audio_stream_bos_id=lm.config.audio_stream_bos_id,
         audio_stream_eos_id=lm.config.audio_stream_eos_id,
     )
-    log.info("loaded %s (+ codec %s) on %s as %s", model, codec_source, target, target_dtype)
-    return HiggsBundle(lm, audio_tokenizer, processor, target, target_dtype, model, codec_source)
+    return HiggsBundle(lm, audio_tokenizer, processor, target, target_dtype, model, codec_folder)
+
+
+def _parameters(module: torch.nn.Module) -> str:
+    params = sum(p.numel() for p in module.parameters())
+    size = sum(p.numel() * p.element_size() for p in module.parameters())
+    count = f"{params / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.0f} M"
+    return f"{count} parameters ({size / 1e9:.1f} GB)" if size >= 1e8 else f"{count} parameters ({size / 1e6:.0f} MB)"

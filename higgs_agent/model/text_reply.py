@@ -240,7 +240,7 @@ class TextGeneration:
                 self._attention = torch.cat([self._attention, self._attention.new_ones(1, 1)], dim=1)
                 last = torch.tensor([[self.tokens[-1]]], dtype=torch.long, device=self.device)
                 kwargs = {"input_ids": last, "attention_mask": self._attention}
-            out = self.model.model(**kwargs, past_key_values=self._cache, use_cache=True)
+            out = self.model.model(**kwargs, cache=self._cache, use_cache=True)
             return self.head(out.last_hidden_state[:, -1])[0].float()
 
     def _pick(self, logits: torch.Tensor) -> int:

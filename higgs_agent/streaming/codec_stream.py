@@ -58,22 +58,17 @@ SNR misses, raise the contexts (10/10 is exact for any weights).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from higgs_agent import HOP_LENGTH
-
-if TYPE_CHECKING:
-    from higgs_agent.streaming.codec_batch import CodecBatcher
 
 NUM_CODEBOOKS = 8
 
@@ -205,14 +200,15 @@ class CodecWindow:
         return int(self.codes.shape[0])
 
 
-def decode_windows(codec: nn.Module, windows: Sequence[CodecWindow]) -> list[np.ndarray]:
-    """Decode windows, one `codec.decode` call per group of equal-length windows (a batch), and return each
-    window's kept samples as float32 in the input order. Pure: no stream state is touched, so windows from
-    several streams can share a call."""
+def decode_windows(codec: nn.Module, windows: Sequence[CodecWindow], batch: bool = True) -> list[np.ndarray]:
+    """Decode windows and return each window's kept samples as float32 in the input order: one
+    `codec.decode` call per group of equal-length windows (`batch`, for GPUs), or one per window (CPUs,
+    where batching measured slower). Pure: no stream state is touched, so windows from several streams can
+    share a call."""
     out: list[np.ndarray | None] = [None] * len(windows)
-    by_length: dict[int, list[int]] = {}
+    by_length: dict[tuple[int, int], list[int]] = {}
     for i, window in enumerate(windows):
-        by_length.setdefault(window.num_frames, []).append(i)
+        by_length.setdefault((window.num_frames, 0 if batch else i), []).append(i)
     device = next(codec.parameters()).device
     for indices in by_length.values():
         batch = torch.stack([windows[i].codes for i in indices]).transpose(1, 2).to(device)  # (B, 8, n)
@@ -268,7 +264,7 @@ def plan_windows(state: StreamState, params: StreamParams, final: bool = False) 
     return windows
 
 
-def _commit(state: StreamState, params: StreamParams, windows: Sequence[CodecWindow]) -> None:
+def commit_windows(state: StreamState, params: StreamParams, windows: Sequence[CodecWindow]) -> None:
     """Advance `state` past emitted windows and drop codes no later window needs."""
     state.samples_emitted += sum(w.num_samples for w in windows)
     state.chunks_emitted += len(windows)
@@ -276,6 +272,15 @@ def _commit(state: StreamState, params: StreamParams, windows: Sequence[CodecWin
     if keep_from > state.codes_start:
         state.codes = state.codes[keep_from - state.codes_start:]
         state.codes_start = keep_from
+
+
+def add_frames(state: StreamState, frames: torch.Tensor | np.ndarray) -> None:
+    """Append frames (n, 8) of codes to a stream that is still open."""
+    if state.finished:
+        raise RuntimeError("stream already flushed; start a new one")
+    frames = _as_frames(frames)
+    state.codes = torch.cat([state.codes, frames])
+    state.frames_received += frames.shape[0]
 
 
 def _as_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -288,15 +293,13 @@ def _as_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 class StreamingCodecDecoder:
-    """Turns codec frames into final float32 24 kHz PCM chunks while frames keep arriving.
+    """Turns codec frames into final float32 24 kHz PCM chunks while frames keep arriving (one stream, on
+    the caller's thread; the engine's model worker runs the same planning for all its streams at once).
 
     `push(frames)` returns the chunks that became final (possibly none); `flush()` ends the stream and returns
     the rest. Concatenated, they have exactly `frames * 960` samples, like `codec.decode` of all frames.
     The first chunk (`first_chunk_frames`) is emitted once `first_chunk_frames + lookahead_frames` frames
-    have arrived; later chunks grow by at most `max_chunk_growth` x up to `chunk_frames` frames each.
-
-    With a `batcher` (`codec_batch.CodecBatcher`), windows are decoded by the shared codec worker together
-    with other streams' windows; `push_async`/`flush_async` await it without holding a thread."""
+    have arrived; later chunks grow by at most `max_chunk_growth` x up to `chunk_frames` frames each."""
 
     def __init__(
         self,
@@ -307,13 +310,11 @@ class StreamingCodecDecoder:
         left_context_frames: int = DEFAULT_LEFT_CONTEXT_FRAMES,
         lookahead_frames: int = DEFAULT_LOOKAHEAD_FRAMES,
         max_chunk_growth: float = DEFAULT_MAX_CHUNK_GROWTH,
-        batcher: CodecBatcher | None = None,
     ) -> None:
         self.codec = codec
         self.params = StreamParams(first_chunk_frames, chunk_frames, left_context_frames, lookahead_frames,
                                    max_chunk_growth)
         self.state = StreamState()
-        self.batcher = batcher
 
     @classmethod
     def exact(cls, codec: nn.Module, **params: float) -> StreamingCodecDecoder:
@@ -324,7 +325,7 @@ class StreamingCodecDecoder:
 
     def push(self, frames: torch.Tensor | np.ndarray) -> list[np.ndarray]:
         """Add frames (n, 8) of codes; return the PCM chunks that became final."""
-        self._add(frames)
+        add_frames(self.state, frames)
         return self._emit(final=False)
 
     def flush(self) -> np.ndarray:
@@ -335,46 +336,15 @@ class StreamingCodecDecoder:
         self.state.finished = True
         return _joined(chunks)
 
-    async def push_async(self, frames: torch.Tensor | np.ndarray) -> list[np.ndarray]:
-        """`push` for event loops: awaits the batcher (or a worker thread) for the decode."""
-        if self.batcher is None:
-            return await asyncio.to_thread(self.push, frames)
-        self._add(frames)
-        return await self._emit_async(final=False)
-
-    async def flush_async(self) -> np.ndarray:
-        if self.batcher is None:
-            return await asyncio.to_thread(self.flush)
-        if self.state.finished:
-            return np.zeros(0, dtype=np.float32)
-        chunks = await self._emit_async(final=True)
-        self.state.finished = True
-        return _joined(chunks)
-
     def reset(self) -> None:
         self.state = StreamState()
-
-    def _add(self, frames: torch.Tensor | np.ndarray) -> None:
-        if self.state.finished:
-            raise RuntimeError("stream already flushed; call reset() to start a new one")
-        frames = _as_frames(frames)
-        self.state.codes = torch.cat([self.state.codes, frames])
-        self.state.frames_received += frames.shape[0]
 
     def _emit(self, final: bool) -> list[np.ndarray]:
         windows = plan_windows(self.state, self.params, final)
         if not windows:
             return []
-        chunks = self.batcher.decode(windows) if self.batcher else decode_windows(self.codec, windows)
-        _commit(self.state, self.params, windows)
-        return chunks
-
-    async def _emit_async(self, final: bool) -> list[np.ndarray]:
-        windows = plan_windows(self.state, self.params, final)
-        if not windows:
-            return []
-        chunks = await self.batcher.decode_async(windows)
-        _commit(self.state, self.params, windows)
+        chunks = decode_windows(self.codec, windows)
+        commit_windows(self.state, self.params, windows)
         return chunks
 
 

@@ -1,77 +1,139 @@
-"""The streaming engine: prompts in, codec frames out as they complete, many streams per model.
+"""The streaming engine: prompts in, 24 kHz PCM (and codec frames) out while the model is still generating.
 
 transformers' `generate` cannot stream audio (its streamer only sees text placeholders), so the engine
 runs the same computation step by step over `HiggsAudioV2ForConditionalGeneration`: the network is
-transformers' own. Every stream shares one `BatchScheduler` (slots, batched forwards; `scheduler.py`):
-a single stream is a batch of one. With greedy decoding a stream's rows equal `generate`'s; with sampling
-they do too under the same seed (see `sampler.py`).
+transformers' own. Every stream shares one `BatchScheduler` (slots, batched forwards): a single stream is a
+batch of one. With greedy decoding a stream's rows equal `generate`'s; with sampling they do too under the
+same seed (see `sampler.py`).
 
-Threads: one thread at a time runs `scheduler.step()`. Async consumers (`frames`) are fed by a background
-driver thread that steps while any stream needs it and sleeps otherwise; outputs reach the event loop
-through `loop.call_soon_threadsafe`. Synchronous callers (`run_to_end`, tests, benchmarks) may step
-themselves; steps never overlap.
+One owner: all model, cache, codec and tokenizer work runs on the engine's `ModelWorker` thread
+(`worker.py`). The event loop only holds handles:
+
+    async with engine.lease() as lease:                       # capacity for a whole response
+        async with engine.stream(prompt, settings, lease=lease) as speech:
+            async for chunk in speech.pcm():                  # float32 24 kHz, as it is decoded
+                ...
+    codes = await engine.encode(audio, rate)                  # a reference or a user turn -> codec codes
+
+Leaving a `stream` block cancels the stream if it is still running and waits until the worker has let go
+of it, so no exit path (an exception, a cancelled task, a client gone) can leak a slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from higgs_agent.model.loader import HiggsBundle
-from higgs_agent.model.prompts import ModelInputs
+from higgs_agent.model.prompts import ModelInputs, SpeechPrompt, build_inputs, encode_voice
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.streaming.codec_batch import CodecBatcher
-from higgs_agent.streaming.delay import AudioTokenIds
-from higgs_agent.streaming.generation import (
-    AtCapacityError,
-    Generation,
-    GenerationCancelled,
-    StepOutput,
-)
+from higgs_agent.streaming.codec_stream import StreamParams
+from higgs_agent.streaming.generation import AtCapacityError, Generation, GenerationCancelled, StepOutput
+from higgs_agent.streaming.latency import GenerationStats
 from higgs_agent.streaming.scheduler import (
     DEFAULT_CONTEXT_TOKENS,
     DEFAULT_QUEUE_TIMEOUT_S,
     DEFAULT_SLOTS,
     BatchScheduler,
-    StepReport,
+    Lease,
+)
+from higgs_agent.streaming.worker import (
+    AsyncSink,
+    ConsumerStalled,
+    End,
+    EngineClosed,
+    Frame,
+    ModelWorker,
+    Pcm,
+    Row,
+    SyncSink,
 )
 
-__all__ = ["AtCapacityError", "Generation", "GenerationCancelled", "StepOutput", "StepReport", "StreamingEngine"]
+__all__ = ["AtCapacityError", "ConsumerStalled", "EngineClosed", "Generation", "GenerationCancelled", "Lease",
+           "Speech", "StepOutput", "StreamingEngine"]
 
 log = logging.getLogger(__name__)
-_IDLE_WAIT_S = 0.5  # how often an idle driver re-checks (queued requests time out even with no wake-up)
-_FAILED_STEP_BACKOFF_S = 0.05  # after a step raised: a fault outside any stream must not spin a core
+T = TypeVar("T")
+_RELEASE_WAIT_S = 10.0  # how long leaving a stream waits for the worker to let go of it
+
+
+class Speech:
+    """One stream as the event loop sees it: its items, in order, then the end."""
+
+    def __init__(self, engine: StreamingEngine, sink: AsyncSink) -> None:
+        self.engine = engine
+        self.sink = sink
+        self.generation: Generation | None = None
+        self.frames: list[torch.Tensor] = []  # every frame so far, when asked for with frames=True
+        self.ended = False
+
+    @property
+    def stats(self) -> GenerationStats:
+        assert self.generation is not None
+        return self.generation.stats
+
+    async def items(self) -> AsyncIterator[Pcm | Frame | Row]:
+        """Every item until the stream ends; raises the stream's error (not for a cancel by its consumer)."""
+        while not self.ended:
+            item = await self.sink.get()
+            if isinstance(item, End):
+                self.ended = True
+                if item.error is not None:
+                    raise item.error
+                return
+            if isinstance(item, Frame):
+                self.frames.append(item.codes)
+            yield item
+
+    async def pcm(self, on_frame: Callable[[torch.Tensor], None] | None = None) -> AsyncIterator[np.ndarray]:
+        """float32 24 kHz chunks in order; their concatenation is the whole decode of the frames (to >= 40 dB,
+        see codec_stream). `on_frame` sees each frame as it completes (with frames=True)."""
+        async for item in self.items():
+            if isinstance(item, Pcm):
+                yield item.samples
+            elif isinstance(item, Frame) and on_frame is not None:
+                on_frame(item.codes)
+
+    def cancel(self) -> None:
+        if self.generation is not None and not self.ended:
+            self.engine.worker.cancel(self.generation)
+
+    async def _wait_released(self) -> None:
+        while not self.ended:
+            if isinstance(await self.sink.get(), End):
+                self.ended = True
 
 
 class StreamingEngine:
-    """Turns prompts into streams of codec frames; up to `slots` streams run together.
+    """Turns prompts into streams of audio; up to `slots` streams run together on one model worker.
 
-    `max_queue=0` refuses a request at once when every slot is busy (`AtCapacityError` from `start`);
-    `max_queue>0` queues up to that many, each refused (the error comes out of `frames`) when no slot
-    frees within `queue_timeout_s`. `prefill_chunk_tokens` bounds the prompt work one step may add while
-    others decode (default 64 on a CPU, 256 on a GPU); `context_tokens` is the cache allocated per slot
-    up front (it grows as needed). `batch_codec` shares one codec worker among the PCM streams
-    (`codec_batch.py`): on by default on a GPU; off on a CPU, where batched decoding measured slower."""
+    `max_queue=0` refuses a request at once when every slot is busy (`AtCapacityError`); `max_queue>0` queues
+    up to that many, each refused when no slot frees within `queue_timeout_s`. `prefill_chunk_tokens` bounds
+    the prompt work one step may add while others decode (64 on a CPU, 256 on a GPU by default);
+    `context_tokens` is the cache allocated per slot up front (it grows as needed). `batch_codec` decodes the
+    windows of all streams in one call (on by default on a GPU; on a CPU batching measured slower).
+    A stream whose consumer stops reading for `stall_timeout_s` with more than `max_unread_s` of audio
+    unread is cancelled (a client that never reads an HTTP body cannot hold a slot)."""
 
     def __init__(self, bundle: HiggsBundle, slots: int = DEFAULT_SLOTS,
                  prefill_chunk_tokens: int | None = None, max_queue: int = 0,
                  queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S, context_tokens: int = DEFAULT_CONTEXT_TOKENS,
-                 batch_codec: bool | None = None) -> None:
+                 batch_codec: bool | None = None, codec_params: StreamParams | None = None,
+                 stall_timeout_s: float = 10.0, max_unread_s: float = 5.0) -> None:
         self.bundle = bundle
-        self.ids = AudioTokenIds.from_config(bundle.config)
         self.scheduler = BatchScheduler(bundle, slots=slots, prefill_chunk_tokens=prefill_chunk_tokens,
                                         max_queue=max_queue, queue_timeout_s=queue_timeout_s,
                                         context_tokens=context_tokens)
+        self.ids = self.scheduler.ids
         self.batch_codec = bundle.device.type == "cuda" if batch_codec is None else batch_codec
-        self._driver: threading.Thread | None = None
-        self._codec_batcher: CodecBatcher | None = None
-        self._driver_lock = threading.Lock()
-        self._closed = False
+        self.worker = ModelWorker(bundle, self.scheduler, codec_params or StreamParams(), self.batch_codec,
+                                  stall_timeout_s=stall_timeout_s, max_unread_s=max_unread_s)
 
     @property
     def slots(self) -> int:
@@ -83,93 +145,73 @@ class StreamingEngine:
         return len(self.scheduler.streams())
 
     @property
-    def codec_batcher(self) -> CodecBatcher | None:
-        """The codec worker shared by this engine's PCM streams (`speech.stream_pcm`), if `batch_codec`."""
-        if not self.batch_codec:
-            return None
-        with self._driver_lock:
-            if self._codec_batcher is None:
-                self._codec_batcher = CodecBatcher(self.bundle.codec)
-            return self._codec_batcher
+    def busy_slots(self) -> int:
+        """Capacity in use: leases and streams outside them."""
+        return self.scheduler.busy_slots
 
-    def start(self, inputs: ModelInputs, settings: SamplingSettings) -> Generation:
-        """Accept a request: it joins the batch at the next step. Raises AtCapacityError when full, and
-        RuntimeError once the engine is closed (no driver would ever run it)."""
-        if self._closed:
-            raise RuntimeError("streaming engine closed")
-        generation = Generation(self.ids, inputs, settings, self.bundle.device)
-        self.scheduler.submit(generation)
-        return generation
+    # -- the event loop's side -------------------------------------------------------------------------
 
-    def step(self) -> StepReport:
-        """Run one scheduler step here, synchronously (tests, benchmarks)."""
-        return self.scheduler.step()
-
-    async def frames(self, generation: Generation) -> AsyncIterator[torch.Tensor]:
-        """Yield each frame (K codes) the step it completes. Closing the iterator (or cancelling the task)
-        cancels the stream: its slot frees at once, or at the end of a step running at that moment."""
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        generation.set_listener(lambda: loop.call_soon_threadsafe(wake.set))
-        self._ensure_driver()
+    @asynccontextmanager
+    async def lease(self, name: str = "response") -> AsyncIterator[Lease]:
+        """Capacity for a whole response, decided once (AtCapacityError when every slot is busy): the streams
+        started under it run whatever else arrives meanwhile."""
+        lease = await asyncio.wrap_future(self.worker.command(lambda: self.scheduler.reserve(name)))
         try:
-            while True:
-                wake.clear()
-                out, ended = generation.take()
-                if out is not None:
-                    if out.frame is not None:
-                        yield out.frame
-                    continue
-                if ended:
-                    if generation.error is not None:
-                        raise generation.error
-                    return
-                await wake.wait()
+            yield lease
         finally:
-            generation.set_listener(None)
-            generation.cancel()
-            log.info("%s %s", generation.request_id, generation.stats.summary())
+            self.worker.command(lambda: self.scheduler.release(lease))
 
-    def run_to_end(self, generation: Generation) -> list[StepOutput]:
-        """Synchronous loop (tests, benchmarks): every output of this stream, stepping as needed."""
-        outputs = []
-        while True:
-            out, ended = generation.take()
-            if out is not None:
-                outputs.append(out)
-            elif ended:
-                if generation.error is not None:
-                    raise generation.error
-                return outputs
-            else:
-                self.scheduler.step()
+    @asynccontextmanager
+    async def stream(self, prompt: SpeechPrompt | ModelInputs, settings: SamplingSettings,
+                     lease: Lease | None = None, frames: bool = False, pcm: bool = True) -> AsyncIterator[Speech]:
+        """Start a stream (AtCapacityError, or ValueError for a prompt longer than the context, on entry)."""
+        wants = frozenset({"pcm"} if pcm else set()) | (frozenset({"frames"}) if frames else frozenset())
+        speech = Speech(self, AsyncSink(asyncio.get_running_loop(), wants))
+        speech.generation = await asyncio.wrap_future(
+            self.worker.command(lambda: self._start(prompt, settings, lease, speech.sink)))
+        try:
+            yield speech
+        finally:
+            speech.cancel()
+            try:  # shielded: a task cancelled while leaving still waits for the slot to be let go of
+                await asyncio.wait_for(asyncio.shield(speech._wait_released()), _RELEASE_WAIT_S)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+
+    async def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
+        """Audio (any rate, mono float) -> codec codes (num_codebooks, frames), as the processor encodes."""
+        processor = self.bundle.processor
+        reference = await self.run(lambda: encode_voice(processor, audio, sample_rate, ""))
+        return reference.codes
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Any other model-thread work (tokenizer calls, the text head), between two steps."""
+        return await asyncio.wrap_future(self.worker.job(fn))
+
+    # -- synchronous callers (tests, benchmarks, the CLI's reference path) --------------------------
+
+    def generate(self, prompt: SpeechPrompt | ModelInputs, settings: SamplingSettings,
+                 timeout_s: float = 600.0) -> list[StepOutput]:
+        """Every output of one stream, blocking until it ends (through the worker, like any stream)."""
+        sink = SyncSink(frozenset({"rows"}))
+        self.worker.command(lambda: self._start(prompt, settings, None, sink)).result(timeout_s)
+        if not sink.done.wait(timeout_s):
+            raise TimeoutError(f"the stream did not end within {timeout_s:g} s")
+        end = sink.items[-1]
+        assert isinstance(end, End)
+        if end.error is not None:
+            raise end.error
+        return [item.output for item in sink.items if isinstance(item, Row)]
 
     def close(self) -> None:
-        """Stop the driver thread (streams still running are cancelled)."""
-        self._closed = True
-        for generation in self.scheduler.streams():
-            generation.cancel()
-        self.scheduler.wake()  # so the driver sees _closed
-        if self._driver is not None:
-            self._driver.join(timeout=5)
-        # The driver may have exited between steps with cancelled streams not yet ended: end them now,
-        # after any running step, so their consumers see the end instead of waiting forever.
-        self.scheduler.reap()
-        if self._codec_batcher is not None:
-            self._codec_batcher.close()
+        """Stop the worker; running streams end with EngineClosed, new requests are refused."""
+        self.worker.close()
 
-    def _ensure_driver(self) -> None:
-        with self._driver_lock:
-            if self._driver is None or not self._driver.is_alive():
-                self._driver = threading.Thread(target=self._drive, name="higgs-engine", daemon=True)
-                self._driver.start()
+    # -- on the worker --------------------------------------------------------------------------------
 
-    def _drive(self) -> None:
-        while not self._closed:
-            if not self.scheduler.wait_for_work(_IDLE_WAIT_S):
-                continue
-            try:
-                self.scheduler.step()  # a step that raises has already failed the streams it involved
-            except Exception:  # noqa: BLE001 - the loop must outlive one bad step
-                log.exception("engine step failed")
-                time.sleep(_FAILED_STEP_BACKOFF_S)
+    def _start(self, prompt: SpeechPrompt | ModelInputs, settings: SamplingSettings, lease: Lease | None,
+               sink: Any) -> Generation:  # noqa: ANN401 - a worker Sink
+        inputs = build_inputs(self.bundle.processor, prompt) if isinstance(prompt, SpeechPrompt) else prompt
+        generation = self.scheduler.start(inputs, settings, lease)
+        self.worker.attach(generation, sink)
+        return generation

@@ -1,20 +1,16 @@
-"""One request's stream: its prompt, per-stream sampling state, statistics and delivered outputs.
+"""One request's stream: its prompt, per-stream sampling state, statistics and what it has produced.
 
 A `Generation` never runs the model: the scheduler (`scheduler.py`) runs every forward, for all streams at
-once, and hands each stream its logits. What lives here is what is private to a stream: the delay
-pattern, its sampler (own random generator), the frames it completes, its timings, and a small outbox
-that the scheduler's thread fills and a consumer (async or not) empties.
+once, and hands each stream its logits. What lives here is what is private to a stream: the delay pattern,
+its sampler (own random generator), the frames it completes, and its timings. Its outputs leave through the
+scheduler's `StepReport`, the one path every consumer reads them from.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import threading
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,9 +19,6 @@ from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.delay import AudioTokenIds, DelayState, FrameAssembler
 from higgs_agent.streaming.latency import GenerationStats, now
 from higgs_agent.streaming.sampler import CodeSampler
-
-if TYPE_CHECKING:
-    from higgs_agent.streaming.scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
 _request_ids = itertools.count(1)
@@ -57,8 +50,8 @@ class PromptChunk:
 
 
 class Generation:
-    """One stream. Created by `StreamingEngine.start`; the scheduler prefills it, then samples one row per
-    step for it via `record`; consumers read `StepOutput`s with `take`. `cancel()` is safe from any thread."""
+    """One stream. The scheduler prefills it, then samples one row per step for it (`record`). `cancel()` may
+    be called from any thread: it only raises a flag, which the scheduler acts on at its next step."""
 
     def __init__(self, ids: AudioTokenIds, inputs: ModelInputs, settings: SamplingSettings,
                  device: torch.device) -> None:
@@ -82,14 +75,11 @@ class Generation:
         self.prefilled = 0  # prompt tokens already in the cache
         self.audio_prefilled = 0  # prompt audio rows already in the cache
         self.slot: int | None = None  # set by the scheduler while the stream holds a cache slot
+        self.lease: object | None = None  # the reservation it runs under, if any (scheduler.Lease)
         self.finished = False  # no more rows will come (end of audio, budget, cancel or failure)
         self.cancelled = False
+        self.ended = False  # the scheduler is done with it: no output will follow
         self.error: BaseException | None = None
-        self.scheduler: BatchScheduler | None = None
-        self._outbox: deque[StepOutput] = deque()
-        self._ended = False  # set after the last output is in the outbox
-        self._listener: Callable[[], None] | None = None
-        self._lock = threading.Lock()
 
     @property
     def rows(self) -> int:
@@ -136,9 +126,7 @@ class Generation:
             self.finished = True
             self.stats.stop_reason = "end_of_audio" if ended else "max_frames"
             self.stats.finished_at = now()
-        out = StepOutput(row=row, frame=frame, finished=self.finished)
-        self._deliver(out, last=self.finished)
-        return out
+        return StepOutput(row=row, frame=frame, finished=self.finished)
 
     def _remember(self, rows: torch.Tensor) -> None:
         if self.history_rows:
@@ -147,64 +135,18 @@ class Generation:
     # -- ending --------------------------------------------------------------------------------------
 
     def cancel(self) -> None:
-        """Stop this stream at the next step (at once if no step is running) and free its slot. Other
-        streams are not disturbed. A no-op once the stream has ended."""
-        if self.finished:
-            return
-        self.cancelled = True
-        if self.scheduler is not None:
-            self.scheduler.cancel(self)
+        """Stop this stream at the scheduler's next step, which frees its slot; others are not disturbed."""
+        if not self.finished:
+            self.cancelled = True
 
-    def end(self, reason: str, error: BaseException | None = None) -> None:
-        """Called by the scheduler when the stream stops early (cancelled, refused, failed)."""
+    def end(self, reason: str | None, error: BaseException | None = None) -> None:
+        """Called by the scheduler when it lets go of the stream (`reason` None: it finished by itself)."""
         if not self.finished:
             self.finished = True
             self.error = error
             self.stats.stop_reason = reason
             self.stats.finished_at = now()
-        self._deliver(None, last=True)
-
-    # -- outputs -------------------------------------------------------------------------------------
-
-    def set_listener(self, listener: Callable[[], None] | None) -> None:
-        """`listener()` is called (on the scheduler's thread) after each output and at the end."""
-        with self._lock:
-            self._listener = listener
-
-    def take(self) -> tuple[StepOutput | None, bool]:
-        """(the oldest undelivered output or None, whether the stream has ended and been drained)."""
-        with self._lock:
-            if self._outbox:
-                return self._outbox.popleft(), False
-            return None, self._ended
-
-    def _deliver(self, out: StepOutput | None, last: bool) -> None:
-        with self._lock:
-            if self._ended:
-                return
-            if out is not None:
-                self._outbox.append(out)
-            self._ended = last
-            listener = self._listener
-        if listener is not None:
-            try:
-                listener()
-            except RuntimeError:  # the consumer's event loop has closed: nobody is listening any more
-                log.debug("%s: listener gone", self.request_id)
-
-    def advance(self) -> StepOutput:
-        """Synchronous convenience: step the scheduler until this stream has one more output."""
-        while True:
-            out, ended = self.take()
-            if out is not None:
-                return out
-            if ended or self.scheduler is None:
-                if self.error is not None:
-                    raise self.error
-                if self.cancelled:
-                    raise GenerationCancelled(self.request_id)
-                raise RuntimeError(f"{self.request_id} already finished")
-            self.scheduler.step()
+        self.ended = True
 
 
 def _valid_audio_rows(inputs: ModelInputs, device: torch.device) -> torch.Tensor | None:

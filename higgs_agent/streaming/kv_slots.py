@@ -97,7 +97,7 @@ class SlotKVCache:
 
 
 class SlotCacheView:
-    """What the model sees as `past_key_values` for one forward (duck-typed: the model only calls
+    """What the model sees as `cache` for one forward (duck-typed: the model only calls
     `update`; mask creation asks `get_query_offset`/`get_mask_sizes` when no mask is passed)."""
 
     is_compileable = False

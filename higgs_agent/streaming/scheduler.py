@@ -22,7 +22,13 @@ Decoding streams always hold slots 0..B-1, so the forward reads cache views, nev
 stream leaves, the last one moves into its slot; when a prompt is done, its slot swaps to position B.
 
 Capacity: `submit` refuses at once (`AtCapacityError`) when every slot is taken, or, with `max_queue > 0`,
-queues up to `max_queue` requests, each refused if no slot frees within `queue_timeout_s`.
+queues up to `max_queue` requests, each refused if no slot frees within `queue_timeout_s`. A `Lease`
+(`reserve()`) holds a slot's worth of capacity for a whole response: the streams submitted under it (one at
+a time, one per phrase) are admitted whatever else arrived in between, so a reply that has started can finish.
+
+Threads: one thread owns the scheduler and runs `step()` (the engine's model worker; tests and benchmarks may
+drive it themselves). `cancel` only raises the stream's flag; the freeing happens in the owner's next step,
+never on the caller's thread. Outputs leave through each step's `StepReport`.
 
 Exactness: a stream's rows do not depend on its neighbours beyond float rounding: the mask gives padding
 exactly zero weight, positions and caches are per row, and sampling is per row with a per-stream
@@ -38,14 +44,16 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from higgs_agent.model.loader import HiggsBundle
+from higgs_agent.model.prompts import ModelInputs
+from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.cpu_gemm import PackedLinears
 from higgs_agent.streaming.delay import AudioTokenIds
-from higgs_agent.streaming.generation import AtCapacityError, Generation
+from higgs_agent.streaming.generation import AtCapacityError, Generation, StepOutput
 from higgs_agent.streaming.kv_slots import SlotKVCache
 from higgs_agent.streaming.latency import now
 from higgs_agent.streaming.sampler import sample_rows
@@ -68,7 +76,7 @@ SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 @dataclass
 class StepReport:
-    """What one step did (benchmarks, logs)."""
+    """What one step did: each stream's output, the streams it let go of, and its timings."""
 
     index: int
     decoded: int  # streams in the batched decode forward
@@ -76,6 +84,17 @@ class StepReport:
     prefill_ms: float
     decode_ms: float  # the batched forward (logits to float32 included)
     step_ms: float  # the whole step: bookkeeping, forwards, sampling, delivery
+    outputs: list[tuple[Generation, StepOutput]] = field(default_factory=list)
+    ended: list[Generation] = field(default_factory=list)  # finished, cancelled, failed or refused
+
+
+class Lease:
+    """A slot's worth of capacity held for a whole response (see the module docstring)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.released = False
+        self.generation: Generation | None = None  # the stream running under it, if any
 
 
 class BatchScheduler:
@@ -116,39 +135,75 @@ class BatchScheduler:
         self._active: set[Generation] = set()  # accepted and not yet ended: they hold or await a slot
         self._joining: deque[Generation] = deque()
         self._queued: deque[tuple[Generation, float]] = deque()  # (stream, deadline)
+        self._leases: set[Lease] = set()
         self._step_lock = threading.Lock()
+        self._outputs: list[tuple[Generation, StepOutput]] = []  # the running step's report
+        self._ended: list[Generation] = []
 
     # -- other threads -------------------------------------------------------------------------------
 
-    def submit(self, generation: Generation) -> None:
-        """Accept a stream (it joins at the next step), queue it, or raise AtCapacityError at once."""
+    def submit(self, generation: Generation, lease: Lease | None = None) -> None:
+        """Accept a stream (it joins at the next step), queue it, or raise AtCapacityError at once. Under a
+        lease it is always accepted: the lease already holds its capacity."""
         room = self.cache.max_capacity - generation.prompt_tokens  # positions left for rows
         if room < 1:
             raise ValueError(f"the prompt ({generation.prompt_tokens} tokens) fills the model's context "
                              f"of {self.cache.max_capacity}")
         generation.max_rows = min(generation.max_rows, room)  # a full context ends the stream, as max_frames
         with self._lock:
-            waiting = sum(1 for g, _ in self._queued if not g.cancelled)
-            if self._live() + waiting < self.slots:  # queued requests come first: no jumping the queue
+            if lease is not None:
+                if lease.released or lease not in self._leases:
+                    raise RuntimeError(f"lease {lease.name} was released")
+                if lease.generation is not None and not lease.generation.ended:
+                    raise RuntimeError(f"lease {lease.name} already runs {lease.generation.request_id}")
+                lease.generation, generation.lease = generation, lease
+                self._active.add(generation)
+                self._joining.append(generation)
+            elif self._live() + self._waiting() < self.slots:  # queued requests come first: no jumping
                 self._active.add(generation)
                 self._joining.append(generation)
             elif len(self._queued) < self.max_queue:
                 self._queued.append((generation, now() + self.queue_timeout_s))
             else:
-                queue = f" and {len(self._queued)} queued" if self.max_queue else ""
-                raise AtCapacityError(f"at capacity: all {self.slots} slots busy{queue}; try again later")
-            generation.scheduler = self
+                raise AtCapacityError(self._full_message())
             self._work.notify_all()
 
-    def cancel(self, generation: Generation) -> None:
-        """Free a cancelled stream's slot now if no step is running, else at the running step's end."""
+    def start(self, inputs: ModelInputs, settings: SamplingSettings, lease: Lease | None = None) -> Generation:
+        """A new stream for `inputs`, submitted (see `submit`)."""
+        generation = Generation(self.ids, inputs, settings, self.device)
+        self.submit(generation, lease)
+        return generation
+
+    def reserve(self, name: str = "lease") -> Lease:
+        """Hold capacity for a response (AtCapacityError when every slot is taken). `release` it after."""
         with self._lock:
+            if self._live() + self._waiting() >= self.slots:
+                raise AtCapacityError(self._full_message())
+            lease = Lease(name)
+            self._leases.add(lease)
+            return lease
+
+    def release(self, lease: Lease) -> None:
+        """Give the capacity back (a stream still running under the lease is cancelled)."""
+        with self._lock:
+            lease.released = True
+            self._leases.discard(lease)
+            running = lease.generation
             self._work.notify_all()
-        if self._step_lock.acquire(blocking=False):
-            try:
-                self._reap()
-            finally:
-                self._step_lock.release()
+        if running is not None and not running.ended:
+            running.cancel()
+
+    def cancel(self, generation: Generation) -> None:
+        """Stop a stream: it is let go of (slot freed) at the next step, on the scheduler's thread."""
+        generation.cancel()
+        self.wake()
+
+    def _full_message(self) -> str:
+        queue = f" and {len(self._queued)} queued" if self.max_queue else ""
+        return f"at capacity: all {self.slots} slots busy{queue}; try again later"
+
+    def _waiting(self) -> int:
+        return sum(1 for g, _ in self._queued if not g.cancelled)
 
     def streams(self) -> list[Generation]:
         """Every stream not yet ended: holding a slot, about to get one, or queued."""
@@ -164,6 +219,11 @@ class BatchScheduler:
         with self._lock:
             return bool(self._active or self._queued)
 
+    @property
+    def leases(self) -> int:
+        with self._lock:
+            return len(self._leases)
+
     def wait_for_work(self, timeout: float | None = None) -> bool:
         """Block until some stream needs a step (or `timeout` passes); True if one does."""
         with self._work:
@@ -178,7 +238,9 @@ class BatchScheduler:
             return self._live()
 
     def _live(self) -> int:
-        return sum(1 for g in self._active if not g.cancelled)
+        """Capacity in use: each lease, plus each running stream not under one (cancelled ones are as good
+        as gone)."""
+        return len(self._leases) + sum(1 for g in self._active if not g.cancelled and g.lease is None)
 
     @property
     def decoding(self) -> list[Generation]:
@@ -192,6 +254,7 @@ class BatchScheduler:
         slots have then been failed with that error, so the next step starts clean."""
         with self._step_lock:
             start = now()
+            self._outputs, self._ended = [], []
             try:
                 self._reap()
                 self._admit()
@@ -201,16 +264,20 @@ class BatchScheduler:
             except Exception as exc:
                 log.exception("scheduler step failed: failing the streams that hold slots")
                 self._fail_slot_holders(exc)
+                self.last_report = StepReport(self.steps, 0, 0, 0.0, 0.0, (now() - start) * 1000.0,
+                                              self._outputs, self._ended)  # what the failure ended
                 raise
             self.steps += 1
             self.last_report = StepReport(self.steps, decoded, prefill_tokens, prefill_ms, decode_ms,
-                                          (now() - start) * 1000.0)
+                                          (now() - start) * 1000.0, self._outputs, self._ended)
             return self.last_report
 
-    def reap(self) -> None:
-        """End cancelled streams now, waiting for a running step (`StreamingEngine.close`)."""
+    def reap(self) -> list[Generation]:
+        """End cancelled streams now, waiting for a running step (`StreamingEngine.close`); returns them."""
         with self._step_lock:
+            self._ended = []
             self._reap()
+            return self._ended
 
     def _admit(self) -> None:
         dropped = []
@@ -229,9 +296,11 @@ class BatchScheduler:
             joining = [self._joining.popleft() for _ in range(min(free, len(self._joining)))]
         for generation in dropped:
             generation.end("cancelled")
+            self._ended.append(generation)
         for generation in refused:
             generation.end("at_capacity", AtCapacityError(
                 f"at capacity: no slot of {self.slots} freed within {self.queue_timeout_s:g} s"))
+            self._ended.append(generation)
         for generation in joining:
             slot = self.owners.index(None)  # the lowest free slot: usually where it will decode
             generation.slot = slot
@@ -255,7 +324,7 @@ class BatchScheduler:
                 view = self.cache.view(generation.slot, [chunk.start], chunk.length)
                 with torch.inference_mode():
                     out = self.model(**chunk.kwargs, attention_mask=view.attention_mask(),
-                                     position_ids=view.position_ids(), past_key_values=view, use_cache=True,
+                                     position_ids=view.position_ids(), cache=view, use_cache=True,
                                      logits_to_keep=1)
                     logits = out.logits[0, -1].float().view(self.ids.num_codebooks, self.ids.codebook_size)
             except Exception as exc:  # noqa: BLE001 - the stream fails; the others go on
@@ -301,7 +370,7 @@ class BatchScheduler:
             last = torch.stack([g.frames.last_row for g in batch]).to(self.device)[:, None]  # (B, 1, K)
             with torch.inference_mode(), packed:
                 out = self.model(audio_input_ids=last, attention_mask=view.attention_mask(),
-                                 position_ids=view.position_ids(), past_key_values=view, use_cache=True)
+                                 position_ids=view.position_ids(), cache=view, use_cache=True)
                 logits = out.logits[:, -1].float().view(len(batch), self.ids.num_codebooks, self.ids.codebook_size)
         except Exception as exc:  # noqa: BLE001 - fail this step's streams, keep serving new ones
             log.exception("batched decode failed")
@@ -353,7 +422,7 @@ class BatchScheduler:
             # which a decoder needs to decode from (cancelled right after `_prefill` checked).
             elif not generation.cancelled or generation.rows == 0:
                 try:
-                    generation.record(*row)
+                    self._outputs.append((generation, generation.record(*row)))
                 except Exception as exc:  # noqa: BLE001 - bookkeeping gone wrong for this stream only
                     log.exception("%s: recording a row failed", generation.request_id)
                     failed[generation] = exc
@@ -398,8 +467,8 @@ class BatchScheduler:
         with self._lock:
             self._active.discard(generation)
             self._work.notify_all()
-        if reason is not None:
-            generation.end(reason, error)
+        generation.end(reason, error)
+        self._ended.append(generation)
 
     def _reap(self) -> None:
         """End cancelled streams wherever they are: decoding, prefilling, joining or queued."""
@@ -432,7 +501,17 @@ class BatchScheduler:
         with self._lock:
             self._work.notify_all()
         for generation in involved:
-            try:
-                generation.end("failed", error)
-            except Exception:  # noqa: BLE001 - keep ending the others
-                log.exception("%s: ending failed", generation.request_id)
+            generation.end("failed", error)
+            self._ended.append(generation)
+
+
+def run_to_end(scheduler: BatchScheduler, generation: Generation) -> list[StepOutput]:
+    """Synchronous loop (tests, benchmarks, the reference path): step until `generation` is let go of and
+    return its outputs from then on; raises its error, if it failed."""
+    outputs: list[StepOutput] = []
+    while not generation.ended:
+        report = scheduler.step()
+        outputs += [out for owner, out in report.outputs if owner is generation]
+    if generation.error is not None:
+        raise generation.error
+    return outputs

@@ -1,11 +1,13 @@
-"""The server's ASGI app: `/v1/realtime` (WebSocket agent), `/v1/audio/speech` (streamed TTS), `/health`,
-`/metrics` (Prometheus); all behind the API key when one is set."""
+"""The server's ASGI app, one port for everything: `/v1/realtime` (the WebSocket agent), `/v1/audio/speech`
+(streamed speech), `/health`, `/metrics` (Prometheus), and the web page at `/`. The API needs the key when one
+is set (`auth.py`); browsers on other origins need `cors_origins`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -14,21 +16,26 @@ from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 from higgs_agent.agent.services import AgentServices
-from higgs_agent.transport.auth import ApiKeyMiddleware
-from higgs_agent.transport.http_app import speech_endpoint
+from higgs_agent.transport.auth import ApiKeyMiddleware, Authenticator, principal_of
+from higgs_agent.transport.speech_http import speech_endpoint
 from higgs_agent.transport.realtime_ws import realtime_endpoint
 
 # The browser client (clients/web: plain files, no build step), served at `/`.
 WEB_ROOT = Path(__file__).resolve().parents[2] / "clients" / "web"
 
 
-def create_agent_app(services: AgentServices, api_key: str | None = None) -> ASGIApp:
+def create_agent_app(services: AgentServices, api_key: str | None = None,
+                     cors_origins: list[str] | None = None) -> ASGIApp:
     bundle = services.bundle
 
-    async def health(_: Request) -> Response:
+    async def health(request: Request) -> Response:
+        """Liveness for anyone (load balancers, Docker's health check); details for a caller with the key."""
+        if principal_of(request.scope) is None:
+            return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "ok", "model": bundle.model_source, "device": str(bundle.device),
                              "responders": sorted(services.responders), "asr": services.transcriber.name,
-                             "sessions": int(services.metrics.sessions_active._value.get())})
+                             "sessions": int(services.metrics.sessions_active._value.get()),
+                             "slots": services.engine.slots, "busy_slots": services.engine.active_streams})
 
     async def metrics(_: Request) -> Response:
         return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -36,11 +43,15 @@ def create_agent_app(services: AgentServices, api_key: str | None = None) -> ASG
     async def realtime(websocket: WebSocket) -> None:
         await realtime_endpoint(websocket, services)
 
-    app = Starlette(routes=[
+    app: ASGIApp = Starlette(routes=[
         Route("/health", health),
         Route("/metrics", metrics),
-        Route("/v1/audio/speech", speech_endpoint(services.engine), methods=["POST"]),
+        Route("/v1/audio/speech", speech_endpoint(services), methods=["POST"]),
         WebSocketRoute("/v1/realtime", realtime),
         *([Mount("/", StaticFiles(directory=WEB_ROOT, html=True), name="web")] if WEB_ROOT.is_dir() else []),
     ])
-    return ApiKeyMiddleware(app, api_key) if api_key else app
+    app = ApiKeyMiddleware(app, Authenticator.single(api_key))
+    if cors_origins:  # outermost: a browser's preflight carries no key
+        app = CORSMiddleware(app, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"],
+                             expose_headers=["Location"], max_age=600)
+    return app

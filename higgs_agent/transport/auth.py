@@ -1,20 +1,34 @@
-"""API-key check for every endpoint (ASGI middleware, so HTTP and WebSocket share it).
+"""Who is calling: API keys (one tenant per key) checked on every API path, HTTP and WebSocket alike.
 
 Accepted, in order: `Authorization: Bearer KEY`; the query parameter `api_key=KEY` (browsers cannot set
 headers on a WebSocket); the WebSocket subprotocol `openai-insecure-api-key.KEY`, which is how OpenAI's
-browser SDK passes a key. A missing or wrong key gets a 401 (HTTP) or a refused handshake (WebSocket:
-the server answers 403 and never accepts the socket).
+browser SDK passes a key. A missing or wrong key gets a 401 (HTTP) or a refused handshake (WebSocket: the
+server answers 403 and never accepts the socket).
+
+Only the API needs a key (`/v1/...`, `/metrics`): the web page and `/health`'s liveness answer anyone (the
+health handler shows details to an authenticated caller only); phone webhooks check Twilio's signature instead.
+With no key configured, every caller is the one tenant `default`.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
+PROTECTED_PREFIXES = ("/v1/", "/metrics")
+OPEN_TENANT = "default"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: the tenant its key belongs to."""
+
+    tenant: str
 
 
 def presented_key(scope: Scope) -> str | None:
@@ -31,22 +45,55 @@ def presented_key(scope: Scope) -> str | None:
     return None
 
 
+class Authenticator:
+    """Maps keys to tenants. `keys` None or empty: no key is required and everyone is `default`."""
+
+    def __init__(self, keys: dict[str, str] | None = None) -> None:
+        self._keys = [(key.encode(), tenant) for key, tenant in (keys or {}).items()]
+
+    @classmethod
+    def single(cls, api_key: str | None) -> Authenticator:
+        return cls({api_key: OPEN_TENANT} if api_key else None)
+
+    @property
+    def required(self) -> bool:
+        return bool(self._keys)
+
+    def principal(self, key: str | None) -> Principal | None:
+        if not self._keys:
+            return Principal(OPEN_TENANT)
+        if key is None:
+            return None
+        match = None
+        for known, tenant in self._keys:  # compare against every key: the time taken says nothing
+            if hmac.compare_digest(known, key.encode()):
+                match = tenant
+        return Principal(match) if match is not None else None
+
+
+def principal_of(scope: Scope) -> Principal | None:
+    """Set by `ApiKeyMiddleware` for every request; None when no valid key came with a public path."""
+    return scope.get("state", {}).get("principal")
+
+
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
         self.app = app
-        self.api_key = api_key.encode()
+        self.authenticator = authenticator
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         key = presented_key(scope)
-        if key is not None and hmac.compare_digest(key.encode(), self.api_key):
+        principal = self.authenticator.principal(key)
+        scope.setdefault("state", {})["principal"] = principal
+        if principal is not None or not scope["path"].startswith(PROTECTED_PREFIXES):
             return await self.app(scope, receive, send)
         reason = "missing API key" if key is None else "invalid API key"
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": reason})
             return None
-        body = json.dumps({"error": {"type": "invalid_request_error", "code": "invalid_api_key",
+        body = json.dumps({"error": {"type": "invalid_request_error", "code": "invalid_api_key", "param": None,
                                      "message": f"{reason}: send 'Authorization: Bearer KEY'"}}).encode()
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})

@@ -1,9 +1,11 @@
 """`/v1/realtime` over WebSocket: moves JSON text frames between a client and a `Session`, nothing more.
 
-Outgoing messages go through a bounded outbox drained by one sender task. A client that stops reading
-fills it; then the session's sends wait, and if the outbox stays full for `slow_client_timeout_s` the
-connection is closed (1008): a slow reader costs bounded memory. Barge-in drops reply audio still in the
-outbox, so a listener who interrupted does not keep hearing queued speech.
+Outgoing messages go through a bounded outbox drained by one sender task, in two lanes: control (speech
+started, errors, cancellations, every event of a response with no audio queued) goes before reply audio, so
+a barge-in is announced at once however much audio is queued; a response's own events stay in order behind
+its audio. A client that stops reading is disconnected (1008 when it can still hear it, else the connection
+is dropped) within `slow_client_timeout_s`: its outbox cannot fill for longer, and no single send may block
+for longer. Barge-in drops reply audio still in the outbox, so the listener does not keep hearing queued speech.
 """
 
 from __future__ import annotations
@@ -11,35 +13,38 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from higgs_agent import SAMPLE_RATE
-from higgs_agent.agent.events import ProtocolError, server_event
 from higgs_agent.agent.playout import PlayoutClock
+from higgs_agent.agent.reply import OutputClosed
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
 from higgs_agent.audio_formats import AudioFormat, StreamResampler, encode_audio
+from higgs_agent.logs import session_id
+from higgs_agent.protocol import server_events as se
+from higgs_agent.protocol.errors import ProtocolError
+from higgs_agent.transport.uvicorn_ws import ABORT_EXTENSION
 
 log = logging.getLogger(__name__)
 SUBPROTOCOL = "realtime"
 
 
-class ClientTooSlow(Exception):
+class ClientTooSlow(OutputClosed):
     """The client has not read its messages for too long."""
 
 
 @dataclass
 class _Outgoing:
     text: str
-    item_id: str | None = None
+    response_id: str | None = None
+    item_id: str | None = None  # reply audio: the item it belongs to
     samples: int = 0  # reply audio (24 kHz samples) in this message
 
 
@@ -52,26 +57,29 @@ class WebSocketOutput:
         self.output_format = output_format
         self.max_messages = max_messages
         self.slow_client_timeout_s = slow_client_timeout_s
-        self._queue: deque[_Outgoing] = deque()
-        self._changed = asyncio.Condition()
-        self._closed = False
+        self._control: deque[_Outgoing] = deque()
+        self._data: deque[_Outgoing] = deque()
+        self._ready = asyncio.Event()  # something to send
+        self._room = asyncio.Event()  # room in the outbox
+        self._room.set()
+        self.closed_reason: str | None = None
         self._sender: asyncio.Task | None = None
         self.audio_seconds_sent = 0.0
         self._playout: dict[str, PlayoutClock] = {}  # per reply item: what the listener has heard
         self._resampler: tuple[tuple[str, int], StreamResampler] | None = None
 
     def start(self) -> None:
-        self._sender = asyncio.create_task(self._send_loop())
+        self._sender = asyncio.create_task(self._send_loop(), name="ws-sender")
 
     async def close(self) -> None:
-        self._closed = True
+        self._shut("session closed")
         if self._sender is not None:
             self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
 
-    async def send_event(self, event: dict[str, Any]) -> None:
-        await self._put(_Outgoing(json.dumps(event)))
+    async def send_event(self, event: se.ServerEvent) -> None:
+        await self._put(_Outgoing(se.to_wire(event), response_id=se.response_id_of(event)))
 
     async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
         fmt = self.output_format()
@@ -79,61 +87,110 @@ class WebSocketOutput:
             self._resampler = ((item_id, fmt.rate), StreamResampler(SAMPLE_RATE, fmt.rate))
         wire = self._resampler[1].push(samples)  # phone formats are 8 kHz; filter state spans the chunks
         delta = base64.b64encode(encode_audio(wire, fmt)).decode("ascii")
-        event = server_event("response.output_audio.delta", response_id=response_id, item_id=item_id,
-                             output_index=0, content_index=0, delta=delta)
-        await self._put(_Outgoing(json.dumps(event), item_id=item_id, samples=len(samples)))
+        event = se.OutputAudioDelta(response_id=response_id, item_id=item_id, output_index=0, content_index=0,
+                                    delta=delta)
+        await self._put(_Outgoing(se.to_wire(event), response_id=response_id, item_id=item_id,
+                                  samples=len(samples)))
 
     def heard_ms(self, item_id: str) -> float:
         clock = self._playout.get(item_id)
         return 0.0 if clock is None else clock.heard_ms()
 
     def discard_audio(self, item_id: str) -> int:
-        kept = [m for m in self._queue if m.item_id != item_id]
-        dropped = sum(m.samples for m in self._queue if m.item_id == item_id)
-        self._queue = deque(kept)
+        dropped = sum(m.samples for m in self._data if m.item_id == item_id)
+        self._data = deque(m for m in self._data if m.item_id != item_id)
+        self._room.set()  # producers waiting for room may go on
         return dropped
 
-    async def _put(self, message: _Outgoing) -> None:
-        if self._closed:
-            return  # the client is gone; the session is winding down
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: len(self._queue) < self.max_messages
-                                                              or self._closed),
-                                       self.slow_client_timeout_s)
-            except TimeoutError:
-                self._closed = True
-                reason = f"client read nothing for {self.slow_client_timeout_s:.0f} s"
-                asyncio.get_running_loop().create_task(self._close_socket(1008, reason))
-                raise ClientTooSlow(reason) from None
-            self._queue.append(message)
-            self._changed.notify_all()
+    @property
+    def queued(self) -> int:
+        return len(self._control) + len(self._data)
 
-    async def _close_socket(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.websocket.close(code, reason)
+    async def _put(self, message: _Outgoing) -> None:
+        if self.closed_reason is not None:
+            raise OutputClosed(self.closed_reason)
+        while self.queued >= self.max_messages:
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), self.slow_client_timeout_s)
+            except TimeoutError:
+                reason = f"client read nothing for {self.slow_client_timeout_s:g} s"
+                self._abort(reason)
+                raise ClientTooSlow(reason) from None
+            if self.closed_reason is not None:
+                raise OutputClosed(self.closed_reason)
+        # Control overtakes audio, except a response's own events, which stay behind its queued audio.
+        behind_audio = message.samples or (message.response_id is not None
+                                           and any(m.response_id == message.response_id for m in self._data))
+        (self._data if behind_audio else self._control).append(message)
+        self._ready.set()
 
     async def _send_loop(self) -> None:
-        while True:
-            async with self._changed:
-                await self._changed.wait_for(lambda: bool(self._queue))
-                message = self._queue.popleft()
-                self._changed.notify_all()
-            await self.websocket.send_text(message.text)
-            if message.item_id is not None:
-                if message.item_id not in self._playout:
-                    self._playout = {message.item_id: PlayoutClock()}  # one reply at a time is played
-                self._playout[message.item_id].sent(message.samples * 1000.0 / SAMPLE_RATE)
-            self.audio_seconds_sent += message.samples / SAMPLE_RATE
+        try:
+            while True:
+                await self._ready.wait()
+                lane = self._control if self._control else self._data
+                if not lane:
+                    self._ready.clear()
+                    continue
+                message = lane.popleft()
+                self._room.set()
+                try:  # a send that cannot finish is a client that stopped reading
+                    await asyncio.wait_for(self.websocket.send_text(message.text), self.slow_client_timeout_s)
+                except TimeoutError:
+                    self._abort(f"client read nothing for {self.slow_client_timeout_s:g} s")
+                    return
+                if message.item_id is not None:
+                    if message.item_id not in self._playout:
+                        self._playout = {message.item_id: PlayoutClock()}  # one reply at a time is played
+                    self._playout[message.item_id].sent(message.samples * 1000.0 / SAMPLE_RATE)
+                self.audio_seconds_sent += message.samples / SAMPLE_RATE
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the client went away mid-send: every producer must learn it
+            log.info("sending failed (%s: %s); closing", type(exc).__name__, exc)
+            self._shut(f"the connection failed while sending ({type(exc).__name__})")
+
+    def _shut(self, reason: str) -> None:
+        if self.closed_reason is None:
+            self.closed_reason = reason
+        self._room.set()
+        self._ready.set()
+
+    def _abort(self, reason: str) -> None:
+        """Cut a client that does not read: no close frame can reach it through a full window."""
+        log.warning("disconnecting: %s", reason)
+        self._shut(reason)
+        asyncio.get_running_loop().create_task(close_unresponsive(self.websocket, 1008, reason))
+
+
+async def close_unresponsive(websocket: WebSocket, code: int, reason: str) -> None:
+    """Drop the connection now where the server allows it (ours: `uvicorn_ws`), else try a close frame with a
+    deadline."""
+    if ABORT_EXTENSION in websocket.scope.get("extensions", {}):
+        with contextlib.suppress(Exception):
+            await websocket.send({"type": ABORT_EXTENSION})
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(websocket.close(code, reason), 1.0)
+
+
+def chosen_subprotocol(offered: list[str]) -> str | None:
+    """`realtime` when offered; else the first offered (a browser that offers only its key subprotocol
+    refuses a handshake that selects none)."""
+    if SUBPROTOCOL in offered:
+        return SUBPROTOCOL
+    return offered[0] if offered else None
 
 
 async def realtime_endpoint(websocket: WebSocket, services: AgentServices) -> None:
-    offered = websocket.scope.get("subprotocols", [])
-    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope.get("subprotocols", [])))
     session: Session | None = None
     output = WebSocketOutput(websocket, lambda: session.config.output_format,
                              slow_client_timeout_s=services.slow_client_timeout_s)
     session = Session(services, output)
+    session_id.set(session.config.id)  # every line logged for this connection names the session
+    log.info("session opened from %s", websocket.client.host if websocket.client else "?")
     output.start()
     close_code, reason = 1000, ""
     try:
@@ -148,13 +205,18 @@ async def realtime_endpoint(websocket: WebSocket, services: AgentServices) -> No
                 await session.report(ProtocolError("invalid_event", "binary frames are not part of the protocol; "
                                                    "send JSON text frames"))
     except ClientTooSlow as exc:
-        log.warning("closing %s: %s", session.config.id, exc)
         close_code, reason = 1008, str(exc)
-    except (WebSocketDisconnect, RuntimeError):  # the client vanished mid-send
-        pass
+    except OutputClosed as exc:
+        log.info("closing: %s", exc)
+    except (WebSocketDisconnect, RuntimeError) as exc:  # the client vanished mid-send or mid-receive
+        log.info("client gone: %s", type(exc).__name__)
     finally:
         await session.close()
         services.metrics.audio_seconds_out.inc(output.audio_seconds_sent)
         await output.close()
-        with contextlib.suppress(Exception):
-            await websocket.close(close_code, reason)
+        if close_code == 1008:
+            await close_unresponsive(websocket, close_code, reason)
+        else:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(websocket.close(close_code, reason), 2.0)
+        log.info("session closed (%s)", reason or "client left")
