@@ -14,9 +14,15 @@ loop can talk to it. Knobs (set them before the request they should affect):
 - `api_key`: when set, a request without `Authorization: Bearer <api_key>` gets a 401 like OpenAI's;
 - `malformed`: send an event that is not JSON after the first delta;
 - `script`: stream this raw text as the whole response body instead (SSE edge cases);
-- `ignore_stream`: answer with one JSON `chat.completion`, as servers that cannot stream do.
-What happened to the latest request: `requests` / `headers` (all of them), `sent_chars`, and the events
-`completed` (the whole reply and [DONE] went out) and `disconnected` (the client left before that).
+- `ignore_stream`: answer with one JSON `chat.completion`, as servers that cannot stream do;
+- `turns`: scripted answers, one `Turn` per request (first in, first out; `reply` again once they run out).
+  A turn is words, then function calls, then more words, streamed as OpenAI streams them: each call's first
+  piece `{index, id, type: "function", function: {name, arguments: ""}}`, then its arguments in
+  `chunk_chars` fragments `{index, function: {arguments}}`, calls one after another by `index`, and
+  `finish_reason: "tool_calls"` when there were calls. A `ToolCall` with `id=None` is sent without an id.
+What happened to the latest request: `requests` / `headers` (all of them: a test checks that tools and
+function outputs reached the model), `sent_chars`, and the events `completed` (the whole reply and [DONE]
+went out) and `disconnected` (the client left before that).
 Requests without `"stream": true` get a 400: this fake only streams.
 """
 
@@ -27,6 +33,8 @@ import json
 import socket
 import threading
 import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -36,6 +44,24 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 DEFAULT_REPLY = "Hello there, it is nice to hear from you. How can I help today? Ask me anything."
+
+
+@dataclass
+class ToolCall:
+    """A function call the fake model makes: `arguments` is sent as is (valid JSON or not)."""
+
+    name: str
+    arguments: str = "{}"
+    id: str | None = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
+
+
+@dataclass
+class Turn:
+    """One scripted answer: `text`, then `tool_calls`, then `text_after`."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    text_after: str = ""
 
 
 def error_body(message: str, kind: str, code: str | None = None) -> dict[str, Any]:
@@ -54,6 +80,7 @@ class FakeLLM:
         self.malformed = False
         self.script: str | None = None
         self.ignore_stream = False
+        self.turns: list[Turn] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.sent_chars = 0
@@ -133,26 +160,34 @@ class FakeLLM:
         if not body.get("stream"):
             return JSONResponse(error_body("This fake server only streams: set stream to true.",
                                            "invalid_request_error"), status_code=400)
+        turn = self.turns.pop(0) if self.turns else Turn(self.reply)
         if self.ignore_stream:
-            self.sent_chars = len(self.reply)
+            text = turn.text + turn.text_after
+            self.sent_chars = len(text)
             self.completed.set()
+            message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if turn.tool_calls:
+                message["tool_calls"] = [{"id": call.id, "type": "function",
+                                          "function": {"name": call.name, "arguments": call.arguments}}
+                                         for call in turn.tool_calls]
             return JSONResponse({"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"),
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": self.reply}}]})
+                                 "choices": [{"index": 0, "message": message,
+                                              "finish_reason": "tool_calls" if turn.tool_calls else "stop"}]})
         if self.script is not None:
             return StreamingResponse(iter([self.script]), media_type="text/event-stream")
-        return StreamingResponse(self._events(str(body.get("model", "fake"))), media_type="text/event-stream")
+        return StreamingResponse(self._events(str(body.get("model", "fake")), turn), media_type="text/event-stream")
 
-    async def _events(self, model: str):
-        def event(delta: dict[str, str], finish: str | None = None) -> str:
+    def _pieces(self, text: str) -> list[str]:
+        return [text[i:i + self.chunk_chars] for i in range(0, len(text), self.chunk_chars)]
+
+    async def _events(self, model: str, turn: Turn):
+        def event(delta: dict[str, Any], finish: str | None = None) -> str:
             chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                      "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             return f"data: {json.dumps(chunk)}\n\n"
 
-        try:
-            yield event({"role": "assistant", "content": ""})
-            pieces = [self.reply[i:i + self.chunk_chars] for i in range(0, len(self.reply), self.chunk_chars)]
-            for n, piece in enumerate(pieces):
+        async def words(text: str):
+            for n, piece in enumerate(self._pieces(text)):
                 while self.hold_at is not None and self.sent_chars >= self.hold_at and not self._release.is_set():
                     self.holding.set()
                     await asyncio.sleep(0.005)
@@ -162,7 +197,24 @@ class FakeLLM:
                 self.sent_chars += len(piece)
                 if self.malformed and n == 0:
                     yield "data: {this is not json\n\n"
-            yield event({}, finish="stop")
+
+        try:
+            yield event({"role": "assistant", "content": ""})
+            async for line in words(turn.text):
+                yield line
+            for index, call in enumerate(turn.tool_calls):
+                first: dict[str, Any] = {"index": index, "type": "function",
+                                         "function": {"name": call.name, "arguments": ""}}
+                if call.id is not None:
+                    first["id"] = call.id
+                yield event({"tool_calls": [first]})
+                for piece in self._pieces(call.arguments):
+                    if self.delay_s:
+                        await asyncio.sleep(self.delay_s)
+                    yield event({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+            async for line in words(turn.text_after):
+                yield line
+            yield event({}, finish="tool_calls" if turn.tool_calls else "stop")
             yield "data: [DONE]\n\n"
             self.completed.set()
         finally:

@@ -1,4 +1,5 @@
-"""`echo`: speak back what the user said. For tests and latency measurement: no model writes anything."""
+"""`echo`: speak back what the user said. For tests and latency measurement: no model writes anything, so it
+calls no tools (`supports_tools` False: the session refuses `session.tools` for it)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ class EchoResponder:
     """Replies with the last user message's text, cut into phrases (a long echo starts speaking early)."""
 
     name = "echo"
+    supports_tools = False
 
     def __init__(self, min_chars: int = 24, max_chars: int = 160) -> None:
         self.min_chars = min_chars

@@ -1,9 +1,12 @@
-"""`llm`: reply text from any OpenAI-compatible chat-completions endpoint, streamed.
+"""`llm`: reply text and function calls from any OpenAI-compatible chat-completions endpoint, streamed.
 
-`POST {base_url}/chat/completions` with `"stream": true` and the whole conversation; the answer is a
-server-sent-event stream of `data: {chunk}` lines ending with `data: [DONE]`. Each text delta goes through
-a `PhraseSplitter`, and a phrase is yielded the moment it is complete, so speech starts long before the
-model has finished writing. `base_url` is the API base *including* the version path, as OpenAI clients
+`POST {base_url}/chat/completions` with `"stream": true`, the whole conversation (function calls and outputs
+included, in the shape the endpoint requires: `tools.chat_history.well_formed`) and, when the request has
+tools, `tools` / `tool_choice`; the answer is a server-sent-event stream of `data: {chunk}` lines ending with
+`data: [DONE]`. Each text delta goes through a `PhraseSplitter`, and a phrase is yielded the moment it is
+complete, so speech starts long before the model has finished writing. `delta.tool_calls` pieces become
+function-call events (`tools.calls.CallAssembler`); words before a call are flushed as a phrase first, so the
+reply keeps the model's order. `base_url` is the API base *including* the version path, as OpenAI clients
 take it: `https://api.openai.com/v1`, `http://127.0.0.1:8000/v1` (vLLM, llama.cpp, Ollama's `/v1`).
 """
 
@@ -19,7 +22,9 @@ from typing import Any
 import httpx
 
 from higgs_agent.agent.phrases import PhraseSplitter
-from higgs_agent.agent.responders.base import ReplyRequest, ResponderError
+from higgs_agent.agent.responders.base import ReplyEvent, ReplyRequest, ResponderError
+from higgs_agent.agent.tools.calls import CallAssembler, MalformedToolCall
+from higgs_agent.agent.tools.chat_history import well_formed
 
 log = logging.getLogger(__name__)
 _ADVICE = {
@@ -58,6 +63,7 @@ class LLMResponder:
     """Streams replies from an OpenAI-compatible endpoint. Holds one HTTP connection pool; `aclose()` it."""
 
     name = "llm"
+    supports_tools = True
 
     def __init__(
         self,
@@ -85,15 +91,21 @@ class LLMResponder:
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def request_body(self, request: ReplyRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": request.messages, "stream": True}
+        body: dict[str, Any] = {"model": self.model, "messages": well_formed(request.messages), "stream": True}
+        if request.tools:
+            body["tools"] = [tool.to_chat_tool() for tool in request.tools]
+            body["tool_choice"] = request.tool_choice.to_chat()
+            if request.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = request.parallel_tool_calls
         if self.temperature is not None:
             body["temperature"] = self.temperature
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
         return body
 
-    async def reply(self, request: ReplyRequest) -> AsyncIterator[str]:
+    async def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyEvent]:
         splitter = PhraseSplitter(self.min_chars, self.max_chars)
+        calls = CallAssembler(request.tools)
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -105,21 +117,31 @@ class LLMResponder:
                     raise ResponderError(self._status_error(response))
                 kind = response.headers.get("content-type", "")
                 if "text/event-stream" in kind:
-                    async with aclosing(self._stream_text(response)) as texts:
-                        async for text in texts:
-                            request.first_text()
-                            for phrase in splitter.feed(text):
-                                yield phrase
+                    deltas = self._stream_deltas(response)
                 elif "json" in kind:  # an endpoint that ignores "stream": the whole message at once
                     await response.aread()
-                    text = self._message_text(response)
-                    if text:
-                        request.first_text()
-                        for phrase in splitter.feed(text):
-                            yield phrase
+                    deltas = _once(self._message_delta(response))
                 else:
                     raise ResponderError(f"the LLM endpoint {self.url} answered with content type {kind!r}, "
                                          f"not a chat-completions event stream")
+                async with aclosing(deltas):
+                    async for text, pieces in deltas:
+                        if text:
+                            if calls.open and text.strip():  # words after a call: the call is complete
+                                for event in calls.finish():
+                                    yield event
+                            request.first_text()
+                            for phrase in splitter.feed(text):
+                                yield phrase
+                        if pieces:
+                            if not calls.open:  # the words before a call are said before it
+                                for phrase in splitter.flush():
+                                    yield phrase
+                            for piece in pieces:
+                                for event in calls.piece(piece):
+                                    yield event
+        except MalformedToolCall as exc:
+            raise ResponderError(f"malformed tool call from the LLM endpoint {self.url}: {exc}") from None
         except httpx.ConnectError as exc:
             raise ResponderError(f"cannot connect to the LLM endpoint {self.url} ({_reason(exc)}). Is the server "
                                  f"running, and is the base URL right?") from exc
@@ -129,6 +151,8 @@ class LLMResponder:
         except httpx.HTTPError as exc:
             raise ResponderError(f"the connection to the LLM endpoint {self.url} failed mid-reply "
                                  f"({type(exc).__name__}: {_reason(exc)})") from exc
+        for event in calls.finish():
+            yield event
         for phrase in splitter.flush():
             yield phrase
 
@@ -146,9 +170,9 @@ class LLMResponder:
             self._client_loop = loop
         return self._client
 
-    async def _stream_text(self, response: httpx.Response) -> AsyncIterator[str]:
-        """The non-empty content deltas of the first choice. Raises ResponderError on a malformed stream, an
-        error event, or a stream that ends before `[DONE]` or a finish reason."""
+    async def _stream_deltas(self, response: httpx.Response) -> AsyncIterator[tuple[str, list[Any]]]:
+        """(content text, tool_calls pieces) of the first choice, per event. Raises ResponderError on a
+        malformed stream, an error event, or a stream that ends before `[DONE]` or a finish reason."""
         parser = SSEParser()
         done = finished = False
         lines = response.aiter_lines()
@@ -160,25 +184,25 @@ class LLMResponder:
                 if data.strip() == "[DONE]":
                     done = True
                     continue
-                text, finish = self._chunk_text(data)
+                text, pieces, finish = self._chunk_delta(data)
                 finished = finished or finish
-                if text:
-                    yield text
+                if text or pieces:
+                    yield text, pieces
             data = parser.end()
             if data is not None and not done:
                 if data.strip() == "[DONE]":
                     done = True
                 else:
-                    text, finish = self._chunk_text(data)
+                    text, pieces, finish = self._chunk_delta(data)
                     finished = finished or finish
-                    if text:
-                        yield text
+                    if text or pieces:
+                        yield text, pieces
         finally:
             await lines.aclose()
         if not (done or finished):
             raise ResponderError(f"the LLM stream from {self.url} ended without [DONE] or a finish reason")
 
-    def _chunk_text(self, data: str) -> tuple[str, bool]:
+    def _chunk_delta(self, data: str) -> tuple[str, list[Any], bool]:
         try:
             chunk = json.loads(data)
         except json.JSONDecodeError as exc:
@@ -196,19 +220,34 @@ class LLMResponder:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
-            if text is not None and not isinstance(text, str):
-                raise ResponderError(f"malformed event from the LLM endpoint {self.url}: content is not text")
-            return text or "", bool(choice.get("finish_reason"))
-        return "", False
+            if not isinstance(delta, dict):
+                raise ResponderError(f"malformed event from the LLM endpoint {self.url}: delta is not an object")
+            return (self._text(delta.get("content")), self._pieces(delta.get("tool_calls")),
+                    bool(choice.get("finish_reason")))
+        return "", [], False
 
-    def _message_text(self, response: httpx.Response) -> str:
+    def _message_delta(self, response: httpx.Response) -> tuple[str, list[Any]]:
+        """A whole `chat.completion` answer as one delta: its text and its calls (each a whole piece)."""
         try:
-            text = response.json()["choices"][0]["message"]["content"]
+            message = response.json()["choices"][0]["message"]
+            if not isinstance(message, dict):
+                raise TypeError("message is not an object")
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise ResponderError(f"malformed answer from the LLM endpoint {self.url}: no "
-                                 f"choices[0].message.content ({type(exc).__name__})") from None
-        return text or ""
+                                 f"choices[0].message ({type(exc).__name__})") from None
+        pieces = self._pieces(message.get("tool_calls"))
+        return self._text(message.get("content")), [{"index": n, **piece} if isinstance(piece, dict) else piece
+                                                    for n, piece in enumerate(pieces)]
+
+    def _text(self, content: Any) -> str:  # noqa: ANN401 - JSON
+        if content is not None and not isinstance(content, str):
+            raise ResponderError(f"malformed event from the LLM endpoint {self.url}: content is not text")
+        return content or ""
+
+    def _pieces(self, tool_calls: Any) -> list[Any]:  # noqa: ANN401 - JSON
+        if tool_calls is not None and not isinstance(tool_calls, list):
+            raise ResponderError(f"malformed event from the LLM endpoint {self.url}: tool_calls is not a list")
+        return tool_calls or []
 
     def _status_error(self, response: httpx.Response) -> str:
         try:
@@ -235,3 +274,7 @@ def _error_text(body: Any) -> str:
 
 def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
+
+
+async def _once(delta: tuple[str, list[Any]]) -> AsyncIterator[tuple[str, list[Any]]]:
+    yield delta

@@ -1,19 +1,23 @@
 """`native` (experimental): the Higgs model's own text head writes the reply, then the same model speaks it.
 
 The model hears the user's turn as codec codes (no transcript needed, though one is used when present) and
-writes text token by token (`higgs_agent.model.text_reply`); each step runs in a worker thread so the event
-loop stays free, and phrases are yielded as the splitter completes them. Closing the iterator cancels the
-generation at the next step boundary and frees its KV cache.
+writes text token by token (`higgs_agent.model.text_reply`); the prompt and each step run where `run` puts
+them (the engine's model worker in the server: one owner of the model), so the event loop stays free, and
+phrases are yielded as the splitter completes them. Closing the iterator cancels the
+generation at the next step boundary and frees its KV cache. The text head was not trained to call functions:
+`supports_tools` is False (the session refuses `session.tools` for it), and function calls and outputs in the
+history are left out of its prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from higgs_agent.agent.phrases import PhraseSplitter
-from higgs_agent.agent.responders.base import ReplyRequest, ResponderError
+from higgs_agent.agent.responders.base import ReplyRequest, ResponderError, spoken_turns
 from higgs_agent.model import special_tokens as st
 from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.text_reply import (
@@ -31,6 +35,7 @@ class NativeResponder:
     """Replies written by the Higgs model loaded with `load_higgs(..., use_text_head=True)`."""
 
     name = "native"
+    supports_tools = False
 
     def __init__(
         self,
@@ -43,9 +48,11 @@ class NativeResponder:
         seed: int | None = None,
         min_chars: int = 24,
         max_chars: int = 160,
+        run: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
     ) -> None:
         require_text_head(bundle)
         self.bundle = bundle
+        self.run = run or asyncio.to_thread  # StreamingEngine.run in the server
         self.sampling = TextSampling(max_new_tokens=max_new_tokens, greedy=greedy, temperature=temperature,
                                      top_k=top_k, top_p=top_p, seed=seed)
         self.min_chars = min_chars
@@ -57,18 +64,18 @@ class NativeResponder:
 
     def start(self, request: ReplyRequest) -> TextGeneration:
         try:
-            inputs = chat_inputs(self.bundle.processor, request.messages, request.user_audio_codes)
+            inputs = chat_inputs(self.bundle.processor, spoken_turns(request.messages), request.user_audio_codes)
         except ValueError as exc:
             raise ResponderError(f"cannot build the native reply prompt: {exc}") from exc
         return TextGeneration(self.bundle, inputs, self.sampling, self._mask)
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator[str]:
-        generation = self.start(request)
+        generation = await self.run(lambda: self.start(request))
         self.last_generation = generation
         splitter = PhraseSplitter(self.min_chars, self.max_chars)
         try:
             while not generation.finished:
-                text = await asyncio.to_thread(generation.advance)
+                text = await self.run(generation.advance)
                 if text:
                     request.first_text()
                     for phrase in splitter.feed(text):
