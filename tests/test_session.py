@@ -269,3 +269,74 @@ async def test_a_turn_the_user_talked_on_after_is_answered_once_with_the_next(ma
     assert len(out.of("response.created")) == 1
     assert len(out.of("conversation.item.input_audio_transcription.completed")) == 2
     await session.close()
+
+
+async def test_say_speaks_fixed_words_as_the_assistants_turn(make_session):
+    session, out = await make_session()
+    await session.say("Thanks for calling. How can I help?")
+    done = await until(out, "response.done")
+    assert done["response"]["status"] == "completed"
+    said = "".join(e["delta"] for e in out.of("response.output_audio_transcript.delta"))
+    assert said == "Thanks for calling. How can I help?" and out.samples > 0
+    assert session.conversation.items[-1].role == "assistant"
+    assert session.conversation.items[-1].text == "Thanks for calling. How can I help?"
+    await session.close()
+
+
+async def test_keypad_digits_become_one_user_turn_the_responder_reads(make_session):
+    session, out = await make_session()
+    await session.dtmf("4")
+    await session.dtmf("2")
+    assert [e["event"] for e in out.of("input_audio_buffer.dtmf_event_received")] == ["4", "2"]
+    added = await until(out, "conversation.item.added", timeout=10)
+    assert added["item"]["content"][0]["text"] == "The caller pressed 4, 2 on the keypad."
+    done = await until(out, "response.done")  # echo reads the digits back: they reached the responder
+    said = "".join(e["delta"] for e in out.of("response.output_audio_transcript.delta"))
+    assert done["response"]["status"] == "completed" and "4, 2" in said
+    await session.close()
+
+
+class PacedOutput(FakeOutput):
+    """An output that plays audio out at real time after the response is over (WebRTC, phones): 1 s of each
+    reply is still unplayed when the caller speaks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: dict[str, int] = {}
+
+    async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
+        await super().send_audio(response_id, item_id, samples)
+        self.queued[item_id] = 24000
+
+    def discard_audio(self, item_id: str) -> int:
+        return self.queued.pop(item_id, 0)
+
+    def heard_ms(self, item_id: str) -> float:
+        return max(0.0, self.samples / 24.0 - 1000.0)
+
+
+async def test_a_barge_in_after_response_done_cuts_the_reply_still_playing(bundle):
+    from speech import pad, synthesize
+
+    engine = StreamingEngine(bundle)
+    services = AgentServices(engine=engine, transcriber=ScriptedTranscriber(), responders={"echo": EchoResponder()},
+                             default_responder="echo", sampling=SamplingSettings(greedy=True, max_frames=60))
+    out = PacedOutput()
+    session = Session(services, out)
+    await session.open()
+    try:
+        await text_turn(session, "The quick brown fox jumps over the lazy dog near the river bank today.")
+        await send(session, type="response.create")
+        done = await until(out, "response.done")
+        item_id = done["response"]["output"][0]["id"]
+        speech, _ = synthesize("wait a moment", sample_rate=24000)
+        audio = base64.b64encode(float_to_pcm16(pad(speech, 24000, lead_ms=200))).decode()
+        await send(session, type="input_audio_buffer.append", audio=audio)
+        truncated = await until(out, "conversation.item.truncated", timeout=10)
+        assert truncated["item_id"] == item_id
+        assert out.types().index("input_audio_buffer.speech_started") < out.types().index("conversation.item.truncated")
+        heard = session.conversation.get(item_id)
+        assert heard.status == "incomplete" and len(heard.text.split()) < 14  # cut to what was played
+    finally:
+        await session.close()
+        engine.close()

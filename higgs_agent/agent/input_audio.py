@@ -71,9 +71,10 @@ class InputAudio:
         return self.push(decode_audio(data, self.format), self.format.rate)
 
     def push(self, samples: np.ndarray, rate: int) -> list[SpeechStarted | SpeechStopped]:
-        """Add float samples at `rate` (transports that deliver decoded audio call this directly)."""
-        if rate != self.format.rate:
-            raise ValueError(f"audio at {rate} Hz pushed into a {self.format.rate} Hz input")
+        """Add float samples at `rate` (transports that deliver decoded audio call this directly, at their
+        own rate: WebRTC's 48 kHz, a phone's 8 kHz)."""
+        if rate != self._resampler.in_rate:
+            self._resampler = StreamResampler(rate, ASR_RATE)
         audio = self._resampler.push(samples)
         if not len(audio):
             return []

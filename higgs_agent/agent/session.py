@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,8 @@ from higgs_agent.agent.config import CALLER_VOICE
 from higgs_agent.agent.conversation import Conversation, ConversationItem
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
 from higgs_agent.agent.reply import OutputClosed, Preparation, ReplyRun, SessionOutput
-from higgs_agent.agent.responders.base import ReplyRequest
+from higgs_agent.agent.responders.base import ReplyRequest, Responder
+from higgs_agent.agent.responders.fixed import FixedReply
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.speaker import PhraseSpeaker
 from higgs_agent.agent.turn_timing import TurnTiming
@@ -37,6 +39,7 @@ from higgs_agent.protocol.errors import ProtocolError, new_id
 log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # as the reference server: shorter buffers are refused
 MAX_PENDING_TURNS = 4  # turns waiting to be understood; past this a commit is refused, not queued
+DTMF_PAUSE_S = 1.5  # keypad digits this close together make one turn
 
 
 @dataclass
@@ -65,6 +68,9 @@ class Session:
         self._epoch = 0  # speech starts so far
         self._last_audio: tuple[str, np.ndarray] | None = None  # the latest user turn's audio, for its codes
         self._worker: asyncio.Task | None = None
+        self._digits: list[str] = []  # DTMF keys waiting to become a turn
+        self._digit_timer: asyncio.TimerHandle | None = None
+        self._last_reply_item: ConversationItem | None = None  # the latest assistant audio, maybe still playing
         self.closed = False
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -81,6 +87,8 @@ class Session:
             return
         self.closed = True
         self.services.metrics.sessions_active.dec()
+        if self._digit_timer is not None:
+            self._digit_timer.cancel()
         if self._worker is not None:  # first: so it cannot start another reply
             self._worker.cancel()
             await asyncio.wait({self._worker})
@@ -133,8 +141,40 @@ class Session:
             raise
 
     async def push_audio(self, samples: np.ndarray, rate: int) -> None:
-        """Decoded caller audio from a transport that does its own decoding (WebRTC, phone)."""
+        """Decoded caller audio from a transport that does its own decoding (WebRTC at 48 kHz, a phone at
+        8 kHz: any rate)."""
         await self._on_vad_events(self.input.push(samples, rate))
+
+    async def say(self, text: str) -> None:
+        """Speak fixed words as a response of their own (a greeting when a call connects, an apology): they
+        enter the conversation as the assistant's, so the responder knows they were said."""
+        if self.reply is not None:
+            await self.reply.wait()
+        if not self.closed:
+            self._respond(UserTurn(None, None, TurnTiming(), create_response=True), responder=FixedReply(text))
+
+    async def dtmf(self, digit: str) -> None:
+        """A key the caller pressed (a phone transport's DTMF): sent to the client as OpenAI's
+        `input_audio_buffer.dtmf_event_received`, and collected into a user turn the responder reads ("The
+        caller pressed 1, 2 on the keypad.") once no key has followed for `DTMF_PAUSE_S`."""
+        await self.send(se.DtmfReceived(event=digit, received_at=int(time.time())))
+        self._digits.append(digit)
+        if self._digit_timer is not None:
+            self._digit_timer.cancel()
+        self._digit_timer = asyncio.get_running_loop().call_later(
+            DTMF_PAUSE_S, lambda: asyncio.ensure_future(self._keypad_turn()))
+
+    async def _keypad_turn(self) -> None:
+        digits, self._digits = self._digits, []
+        if not digits or self.closed:
+            return
+        item = self.conversation.add(ConversationItem(new_id("item"), "user", "input_text",
+                                                      text=f"The caller pressed {', '.join(digits)} on the keypad."))
+        previous = self.conversation.previous_id(item)
+        await self.send(se.ItemAdded(previous_item_id=previous, item=item.to_item()))
+        await self.send(se.ItemDone(previous_item_id=previous, item=item.to_item()))
+        self._queue(UserTurn(item, None, TurnTiming(), create_response=self._turns_create_responses,
+                             epoch=self._epoch))
 
     async def _session_update(self, event: ce.SessionUpdate) -> None:
         self.config, notes = self.config.updated(event.session, self.offer)
@@ -166,9 +206,26 @@ class Session:
         self._speech_item_id = new_id("item")
         self._epoch += 1
         detection = self.config.turn_detection
-        if self.reply is not None and detection is not None and detection.interrupt_response:
-            self.reply.stop("turn_detected")  # barge-in: its queued audio is dropped before this event is sent
+        truncated = None
+        if detection is not None and detection.interrupt_response:
+            if self.reply is not None:
+                self.reply.stop("turn_detected")  # barge-in: its queued audio is dropped before this event is sent
+            else:
+                truncated = self._cut_playing_reply()
         await self.send(se.SpeechStarted(audio_start_ms=audio_start_ms, item_id=self._speech_item_id))
+        if truncated is not None:
+            await self.send(truncated)
+
+    def _cut_playing_reply(self) -> se.ItemTruncated | None:
+        """A barge-in after `response.done` while the reply still plays (transports that pace audio out at
+        real time, WebRTC and phones, hold it after the response is over): drop what was not played and
+        cut the turn to what was heard."""
+        item = self._last_reply_item
+        if item is None or not self.output.discard_audio(item.id):
+            return None
+        heard = min(self.output.heard_ms(item.id), item.audio_ms)
+        self.conversation.truncate(item.id, 0, heard)
+        return se.ItemTruncated(item_id=item.id, content_index=0, audio_end_ms=int(heard))
 
     async def _speech_stopped(self, audio_end_ms: int, audio: np.ndarray) -> None:
         timing = TurnTiming()
@@ -364,9 +421,9 @@ class Session:
                 log.exception("encoding the user's audio failed")
         return item.codes
 
-    def _respond(self, turn: UserTurn) -> None:
+    def _respond(self, turn: UserTurn, responder: Responder | None = None) -> None:
         params = turn.response
-        responder = self.services.responder(self.config.responder)
+        responder = responder or self.services.responder(self.config.responder)
         user = self.conversation.last_user_item()
         instructions = params.instructions if params is not None and params.instructions else self.config.instructions
         timing = turn.timing
@@ -384,6 +441,7 @@ class Session:
 
         item = self.conversation.add(ConversationItem(new_id("item"), "assistant", "output_audio", text="",
                                                       status="in_progress"))
+        self._last_reply_item = item
         tokenizer = self.services.bundle.tokenizer
         engine = self.services.engine
 
