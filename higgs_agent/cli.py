@@ -83,6 +83,14 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--voice-text", default=None, help="transcript of --voice")
     serve.add_argument("--slots", type=int, default=DEFAULT_SLOTS,
                        help="speech generations the engine runs at once (default: %(default)s)")
+    serve.add_argument("--mcp-server", action="append", default=[], metavar="LABEL=URL|LABEL=stdio:CMD|JSON",
+                       help="an MCP server whose tools every session's replies may call, run by this server "
+                            "(repeatable): LABEL=http://host/mcp, 'LABEL=stdio:command args', or a JSON mcp tool")
+    serve.add_argument("--allow-client-mcp", action="store_true",
+                       help="let clients name MCP servers (session.tools type mcp) for this server to connect to; "
+                            "off by default, since it makes the server open connections where a client says")
+    serve.add_argument("--mcp-call-timeout", type=float, default=20.0,
+                       help="seconds an MCP tool call may take before it fails (default: %(default)s)")
     serve.add_argument("--extension-events", action="store_true",
                        help="send our higgs.* events (turn latency, caller context) to every session; by "
                             "default a session opts in with session.update {higgs: {extension_events: true}}")

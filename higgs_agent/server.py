@@ -36,7 +36,22 @@ def check_serve_args(args: argparse.Namespace) -> str | None:
         return "--responder llm needs --llm-url URL and --llm-model NAME"
     if bool(args.voice) != bool(args.voice_text):
         return "--voice and --voice-text go together"
+    if args.mcp_server and responder != "llm":
+        return "--mcp-server needs the llm responder (--llm-url URL --llm-model NAME): only it calls tools"
+    try:
+        mcp_servers(args)
+    except ValueError as exc:
+        return str(exc)
     return None
+
+
+def mcp_servers(args: argparse.Namespace) -> tuple:  # tuple[McpServerSpec, ...]
+    """The operator's --mcp-server flags, parsed (ValueError with the flag's problem)."""
+    if not args.mcp_server:
+        return ()
+    from higgs_agent.agent.tools.mcp_client import parse_mcp_server_flag
+
+    return tuple(parse_mcp_server_flag(flag) for flag in args.mcp_server)
 
 
 def build_responders(args: argparse.Namespace, bundle: HiggsBundle, engine: StreamingEngine) -> dict[str, Responder]:
@@ -72,7 +87,8 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
     engine = StreamingEngine(bundle, slots=args.slots)
     return AgentServices(engine=engine, transcriber=transcriber, responders=build_responders(args, bundle, engine),
                          default_responder=default_responder(args), sampling=sampling, voice=voice,
-                         extension_events=args.extension_events)
+                         extension_events=args.extension_events, mcp_servers=mcp_servers(args),
+                         allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout)
 
 
 def bind_listen_socket(host: str, port: int) -> socket.socket:

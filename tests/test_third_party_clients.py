@@ -200,6 +200,62 @@ async def test_openai_agents_realtime_session_takes_a_spoken_turn(server, speech
     assert any(e.type == "audio_end" for e in seen)
 
 
+async def test_openai_agents_function_tool_completes_a_tool_turn(bundle, transcriber, speech):
+    """The Agents SDK runs its own `function_tool` when our server's reply calls it, sends the output back, and
+    the spoken answer follows: the Realtime function-calling flow, unchanged."""
+    from agents import function_tool
+    from agents.realtime import RealtimeAgent, RealtimeRunner
+    from fake_llm import FakeLLM, ToolCall, Turn
+
+    from higgs_agent.agent.responders.llm import LLMResponder
+
+    asked: list[str] = []
+
+    @function_tool
+    def get_order_status(order_number: str) -> str:
+        """Look up an order's status."""
+        asked.append(order_number)
+        return f"Order {order_number} shipped on Monday."
+
+    with FakeLLM(chunk_chars=5) as llm:
+        llm.turns = [Turn(text="Let me look that up.",
+                          tool_calls=[ToolCall("get_order_status", '{"order_number": "A1001"}')]),
+                     Turn(text="Your order shipped on Monday.")]
+        services = AgentServices(engine=StreamingEngine(bundle), transcriber=transcriber,
+                                 responders={"llm": LLMResponder(llm.base_url, model="fake")},
+                                 default_responder="llm", sampling=SamplingSettings(greedy=True, max_frames=200))
+        agent = RealtimeAgent(name="Shop", instructions="Help with orders.", tools=[get_order_status])
+        with running_server(services, api_key=API_KEY) as base, ErrorLogs("openai.agents") as logged:
+            async with WireTap(base) as tap:
+                session = await RealtimeRunner(agent).run(model_config={
+                    "url": f"{tap.ws_base}/v1/realtime?model={MODEL}", "api_key": API_KEY})
+                seen: list[Any] = []
+                async with session:
+                    sending = asyncio.create_task(send_paced(speech, session.send_audio))
+
+                    async def until_answered() -> None:
+                        ends = 0
+                        async for event in session:
+                            seen.append(event)
+                            if event.type == "agent_end":
+                                ends += 1
+                                if ends == 2:  # the call's turn, then the answer's
+                                    return
+
+                    await asyncio.wait_for(until_answered(), TURN_TIMEOUT_S * 2)
+                    await sending
+        told = [m for m in llm.requests[-1]["messages"] if m.get("role") == "tool"]
+    assert asked == ["A1001"]  # the SDK ran its tool with the model's arguments
+    assert told and told[-1]["content"] == "Order A1001 shipped on Monday."  # and the output reached the model
+    assert any(e.type == "tool_start" for e in seen) and any(e.type == "tool_end" for e in seen)
+    errors = [e for e in seen if e.type == "error"]
+    assert not errors, f"the session reported errors: {[describe_error(e.error) for e in errors]}"
+    assert not logged.messages(), f"the Agents SDK logged errors: {logged.messages()}"
+    transcripts = [item.content[0].transcript for item in agents_history(seen)
+                   if item.type == "message" and item.role == "assistant"]
+    assert "Your order shipped on Monday." in transcripts
+
+
 # --- 3. LiveKit's OpenAI realtime plugin, its RealtimeSession without a LiveKit server --------------------
 
 

@@ -98,6 +98,9 @@ class SessionConfig:
     max_output_tokens: int | str = "inf"
     id: str = field(default_factory=lambda: new_id("sess"))
 
+    def with_responder(self, responder: str) -> SessionConfig:
+        return replace(self, responder=responder)
+
     def sends_extension(self, event_type: str) -> bool:
         """Whether an extension event goes to this session (standard clients reject types they do not know)."""
         if event_type == "higgs.turn.latency" and self.latency_events is not None:
@@ -108,7 +111,7 @@ class SessionConfig:
         return {
             "type": "realtime", "object": "realtime.session", "id": self.id, "model": self.model,
             "output_modalities": ["audio"], "instructions": self.instructions,
-            "tools": [], "tool_choice": "auto", "max_output_tokens": self.max_output_tokens,
+            "max_output_tokens": self.max_output_tokens,
             "tracing": None, "truncation": "auto", "prompt": None, "include": [],
             "audio": {
                 "input": {"format": self.input_format.to_session(),
@@ -232,10 +235,9 @@ def _output_changes(out: OutputField, offer: ServerOffer, notes: list[ProtocolEr
 
 def _unsupported_top_level(session: SessionField) -> list[ProtocolError]:
     """Values whose absence would change what the client gets. Hints with no effect here (include,
-    truncation, reasoning, tracing) are not errors: session.updated shows what is in force instead."""
+    truncation, reasoning, tracing) are not errors: session.updated shows what is in force instead. (tools and
+    tool_choice are the session's own: `session_tools`.)"""
     notes = []
-    if session.tools:
-        notes.append(_unsupported("session.tools", "tool calling is not available on this server yet"))
     if session.prompt is not None:
         notes.append(_unsupported("session.prompt", "stored prompts are OpenAI's; send instructions instead"))
     return notes

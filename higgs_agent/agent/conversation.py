@@ -1,17 +1,21 @@
-"""The conversation history: what the user said (words, and their audio as codec codes) and what the
-assistant said — as heard by the listener, not as generated, once a turn is truncated by barge-in."""
+"""The conversation history: what the user said (words, and their audio as codec codes), what the assistant
+said — as heard by the listener, not as generated, once a turn is truncated by barge-in — and the tool calls
+made along the way (function calls the client runs, MCP calls the server runs) with their outputs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
+from higgs_agent.agent.tools.chat_history import function_call_message, function_output_message
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError
 
 Role = Literal["user", "assistant", "system"]
+Kind = Literal["message", "function_call", "function_call_output", "mcp_call", "mcp_list_tools",
+               "mcp_approval_request", "mcp_approval_response"]
 ROOT = "root"  # previous_item_id that puts an item first
 
 
@@ -41,16 +45,44 @@ def heard_text(phrases: list[SpokenPhrase], audio_end_ms: float) -> str:
 
 
 @dataclass
+class ToolCall:
+    """What a function_call / mcp_call / approval item holds (`output` and `error` once the call ran)."""
+
+    call_id: str
+    name: str
+    arguments: str = ""
+    server_label: str | None = None  # MCP: the server; None: a function the client runs
+    output: str | None = None
+    error: dict[str, Any] | None = None  # MCP: the Realtime error object
+    approval_request_id: str | None = None
+    approve: bool | None = None  # mcp_approval_response
+    reason: str | None = None
+    tools: list[dict[str, Any]] | None = None  # mcp_list_tools
+
+    def for_model(self) -> str:
+        if self.error is not None:
+            return f"The tool call failed: {self.error.get('message', 'unknown error')}"
+        return self.output or ""
+
+
+@dataclass
 class ConversationItem:
     id: str
     role: Role
-    content_type: Literal["input_audio", "input_text", "output_audio", "output_text"]
+    content_type: Literal["input_audio", "input_text", "output_audio", "output_text"] = "input_text"
     text: str | None = None  # transcript, typed text, or the spoken words (heard words once truncated)
     language: str | None = None
     codes: torch.Tensor | None = None  # (num_codebooks, frames): the user's audio, for the model to hear
     phrases: list[SpokenPhrase] = field(default_factory=list)
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
     audio_seconds: float = 0.0  # the user's audio in this item
+    kind: Kind = "message"
+    call: ToolCall | None = None  # every kind but "message"
+
+    @classmethod
+    def tool(cls, item_id: str, kind: Kind, call: ToolCall, status: str = "completed") -> ConversationItem:
+        role: Role = "user" if kind in ("function_call_output", "mcp_approval_response") else "assistant"
+        return cls(item_id, role, status=status, kind=kind, call=call)  # type: ignore[arg-type]
 
     @property
     def audio_ms(self) -> float:
@@ -60,13 +92,36 @@ class ConversationItem:
     def spoken_text(self) -> str:
         return " ".join(p.text for p in self.phrases)
 
-    def to_item(self) -> se.MessageItem:
+    def to_item(self) -> se.Item:
+        if self.kind != "message":
+            return _tool_item(self)
         part: se.TextPart | se.AudioPart
         if self.content_type in ("input_text", "output_text"):
             part = se.TextPart(type=self.content_type, text=self.text or "")
         else:
             part = se.AudioPart(type=self.content_type, transcript=self.text)
         return se.MessageItem(id=self.id, status=self.status, role=self.role, content=[part])
+
+
+def _tool_item(item: ConversationItem) -> se.Item:
+    call = item.call
+    assert call is not None
+    if item.kind == "function_call":
+        return se.FunctionCallItem(id=item.id, status=item.status, call_id=call.call_id, name=call.name,
+                                   arguments=call.arguments)
+    if item.kind == "function_call_output":
+        return se.FunctionCallOutputItem(id=item.id, call_id=call.call_id, output=call.output or "")
+    if item.kind == "mcp_call":
+        return se.McpCallItem(id=item.id, server_label=call.server_label or "", name=call.name,
+                              arguments=call.arguments, output=call.output, error=call.error,
+                              approval_request_id=call.approval_request_id)
+    if item.kind == "mcp_list_tools":
+        return se.McpListToolsItem(id=item.id, server_label=call.server_label or "", tools=call.tools or [])
+    if item.kind == "mcp_approval_request":
+        return se.McpApprovalRequestItem(id=item.id, server_label=call.server_label or "", name=call.name,
+                                         arguments=call.arguments)
+    return se.McpApprovalResponseItem(id=item.id, approval_request_id=call.approval_request_id or "",
+                                      approve=bool(call.approve), reason=call.reason)
 
 
 class Conversation:
@@ -108,7 +163,12 @@ class Conversation:
         return self.items[index - 1].id if index > 0 else None
 
     def last_user_item(self) -> ConversationItem | None:
-        return next((item for item in reversed(self.items) if item.role == "user"), None)
+        return next((item for item in reversed(self.items) if item.role == "user" and item.kind == "message"), None)
+
+    def find_call(self, kind: Kind, **match: str) -> ConversationItem | None:
+        """The latest item of `kind` whose call has these field values (e.g. approval_request_id=...)."""
+        return next((item for item in reversed(self.items) if item.kind == kind and item.call is not None
+                     and all(getattr(item.call, k) == v for k, v in match.items())), None)
 
     def truncate(self, item_id: str, content_index: int, audio_end_ms: float) -> ConversationItem:
         """Cut an assistant turn to what was heard by `audio_end_ms` of its audio."""
@@ -125,10 +185,20 @@ class Conversation:
         item.status = "incomplete"
         return item
 
-    def chat_messages(self, instructions: str) -> list[dict[str, str]]:
-        """OpenAI chat messages: the instructions, then every turn with words in it."""
-        messages = [{"role": "system", "content": instructions}]
+    def chat_messages(self, instructions: str) -> list[dict[str, Any]]:
+        """OpenAI chat messages: the instructions, then every turn with words in it and every tool call with
+        its output (an MCP call carries both; the responder puts them in the shape its endpoint wants)."""
+        messages: list[dict[str, Any]] = [{"role": "system", "content": instructions}]
         for item in self.items:
-            if item.text:
-                messages.append({"role": item.role, "content": item.text})
+            call = item.call
+            if item.kind == "message":
+                if item.text:
+                    messages.append({"role": item.role, "content": item.text})
+            elif item.kind == "function_call" and call is not None:
+                messages.append(function_call_message(call.call_id, call.name, call.arguments or "{}"))
+            elif item.kind == "function_call_output" and call is not None:
+                messages.append(function_output_message(call.call_id, call.output or ""))
+            elif item.kind == "mcp_call" and call is not None and (call.output is not None or call.error):
+                messages.append(function_call_message(call.call_id, call.name, call.arguments or "{}"))
+                messages.append(function_output_message(call.call_id, call.for_model()))
         return messages

@@ -1,10 +1,17 @@
-"""One response, start to `response.done`: reply text phrase by phrase from the responder, each phrase
-spoken as soon as it is complete, audio handed to the output as it is decoded; on barge-in the turn is cut
-to what the listener heard (the client's truncate, else what the output says was played).
+"""One response, start to `response.done`: what the responder writes, in the order it writes it — phrases,
+each spoken as soon as it is complete with its audio handed to the output as it is decoded, and function
+calls — and on barge-in the turn cut to what the listener heard (the client's truncate, else what the output
+says was played).
 
-Capacity is decided once, when the response starts (an engine lease): every phrase after the first runs
-in the capacity the response already holds. Everything the response waits for (the user's codes, the
-responder, the engine) happens inside its one task, so a barge-in at any moment cancels all of it.
+Output items come as the responder produces them: an audio message for speech (a new one after a call), a
+`function_call` for a function the client runs (the response ends; the client answers with a
+`function_call_output` and `response.create`), an `mcp_call` for a tool of an MCP server the server runs
+(its result goes back to the responder, which then speaks about it, within the same response), or an
+`mcp_approval_request` when such a call needs the client's approval first.
+
+Capacity is decided once, when the response starts (an engine lease): every phrase runs in the capacity the
+response already holds. Everything the response waits for (the user's codes, the responder, the engine, a
+tool) happens inside its one task, so a barge-in at any moment cancels all of it.
 """
 
 from __future__ import annotations
@@ -13,20 +20,28 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from higgs_agent import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE
-from higgs_agent.agent.conversation import ConversationItem, SpokenPhrase, heard_text
-from higgs_agent.agent.responders.base import ReplyRequest, Responder, ResponderError
+from higgs_agent.agent.conversation import Conversation, ConversationItem, SpokenPhrase, ToolCall, heard_text
+from higgs_agent.agent.responders.base import ReplyEvent, ReplyRequest, Responder, ResponderError
+from higgs_agent.agent.session_tools import MAX_TOOL_ROUNDS, SessionTools
 from higgs_agent.agent.speaker import PhraseSpeaker
+from higgs_agent.agent.tools.calls import (
+    FunctionCallArgumentsDelta,
+    FunctionCallDone,
+    FunctionCallInvalid,
+    FunctionCallStarted,
+)
+from higgs_agent.agent.tools.chat_history import function_call_message, function_output_message
 from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import new_id
-from higgs_agent.streaming.engine import AtCapacityError, StreamingEngine
+from higgs_agent.streaming.engine import AtCapacityError, Lease, StreamingEngine
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +70,24 @@ class SessionOutput(Protocol):
 @dataclass
 class Preparation:
     """What a response needs that may take a while to get (the user's codec codes): fetched inside the
-    response's task, so a barge-in during it cancels it too."""
+    response's task, so a barge-in during it cancels it too. `history` rebuilds the chat from the
+    conversation as it is now (after tool calls)."""
 
     request: ReplyRequest
+    history: Callable[[], list[dict[str, Any]]]
     voice: VoiceReference | None = None
     scene: str | None = None
+
+
+@dataclass
+class _Round:
+    """What one responder round did: calls the client must run or approve end the response; calls the server
+    ran (and invalid calls) send the responder another round."""
+
+    client_calls: int = 0
+    approvals: int = 0
+    server_calls: int = 0
+    retry_messages: list[dict[str, Any]] = field(default_factory=list)  # invalid calls, for the model only
 
 
 @dataclass
@@ -71,8 +99,9 @@ class ReplyRun:
     responder: Responder
     speaker: PhraseSpeaker
     timing: TurnTiming
-    item: ConversationItem
+    conversation: Conversation
     prepare: Callable[[], Awaitable[Preparation]]
+    tools: SessionTools | None = None
     user_item_id: str | None = None  # the turn this answers (for the latency event)
     user_audio_s: float = 0.0  # the turn's audio, for usage
     metadata: dict[str, str] | None = None  # response.create's, echoed in response.created / response.done
@@ -82,6 +111,8 @@ class ReplyRun:
     id: str = field(default_factory=lambda: new_id("resp"))
     status: str = "in_progress"
     status_details: se.StatusDetails | None = None
+    items: list[ConversationItem] = field(default_factory=list)  # the response's output items, in order
+    item: ConversationItem | None = None  # the audio item being spoken now (a barge-in truncates it)
     heard_ms_at_cancel: float | None = None
     client_heard_ms: float | None = None  # from the client's conversation.item.truncate: wins when given
     task: asyncio.Task | None = None
@@ -89,6 +120,7 @@ class ReplyRun:
     frames_out: int = 0
     _request: ReplyRequest | None = None
     _latency_sent: bool = False
+    _audio_open: bool = False  # `item` still takes phrases (no call has come after it)
 
     def start(self, on_done: Callable[[ReplyRun], None]) -> asyncio.Task:
         """Run the response as a task; `on_done` runs when it ends, even if cancelled before it ran."""
@@ -113,8 +145,9 @@ class ReplyRun:
             return False
         self.status = "cancelled"
         self.status_details = se.StatusDetails(type="cancelled", reason=reason)  # type: ignore[arg-type]
-        self.output.discard_audio(self.item.id)
-        self.heard_ms_at_cancel = self.output.heard_ms(self.item.id)
+        if self.item is not None:
+            self.output.discard_audio(self.item.id)
+            self.heard_ms_at_cancel = self.output.heard_ms(self.item.id)
         assert self.task is not None
         self.task.cancel()
         return True
@@ -126,24 +159,18 @@ class ReplyRun:
 
     def response(self, with_output: bool = True) -> se.Response:
         return se.Response(id=self.id, status=self.status, status_details=self.status_details,  # type: ignore[arg-type]
-                           output=[self.item.to_item()] if with_output else [], usage=self.usage,
-                           metadata=self.metadata)
+                           output=[item.to_item() for item in self.items] if with_output else [],
+                           usage=self.usage, metadata=self.metadata)
 
-    def _ids(self) -> dict[str, Any]:
-        return {"response_id": self.id, "item_id": self.item.id, "output_index": 0, "content_index": 0}
+    # -- the run ---------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
             await self.output.send_event(se.ResponseCreated(response=self.response(with_output=False)))
-            await self.output.send_event(se.OutputItemAdded(response_id=self.id, output_index=0,
-                                                            item=self.item.to_item()))
-            await self.output.send_event(se.ItemAdded(item=self.item.to_item()))
-            await self.output.send_event(se.ContentPartAdded(**self._ids(), part=se.AudioPart(type="audio",
-                                                                                               transcript="")))
             async with self.engine.lease(self.id) as lease:
                 prepared = await self.prepare()
                 self._request = prepared.request
-                await self._speak_phrases(lease, prepared)
+                await self._converse(lease, prepared)
             if self.status == "in_progress":
                 self.status = "completed"
         except asyncio.CancelledError:
@@ -173,62 +200,265 @@ class ReplyRun:
             await self.output.send_event(se.Error(error=se.ErrorDetail(type="server_error", code=code,
                                                                         message=message)))
 
-    async def _speak_phrases(self, lease: Any, prepared: Preparation) -> None:  # noqa: ANN401 - a Lease
-        phrases: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
-        producer = asyncio.create_task(self._produce(prepared.request, phrases))
+    async def _converse(self, lease: Lease, prepared: Preparation) -> None:
+        """Responder rounds: after calls the server ran (or calls it could not run), the responder hears
+        their results and goes on, until it speaks without calling, or hands calls to the client."""
+        request = prepared.request
+        if await self._run_approved_calls(request):
+            request = replace(request, messages=prepared.history())
+        for round_index in range(MAX_TOOL_ROUNDS + 1):
+            outcome = await self._round(lease, prepared, request)
+            if self.status != "in_progress" or outcome.client_calls or outcome.approvals:
+                return
+            if not (outcome.server_calls or outcome.retry_messages):
+                return
+            if round_index == MAX_TOOL_ROUNDS:
+                log.warning("%s: still calling tools after %d rounds; stopping", self.id, MAX_TOOL_ROUNDS)
+                return
+            request = replace(request, messages=[*prepared.history(), *outcome.retry_messages])
+
+    async def _round(self, lease: Lease, prepared: Preparation, request: ReplyRequest) -> _Round:
+        events: asyncio.Queue[ReplyEvent | BaseException | None] = asyncio.Queue()
+        producer = asyncio.create_task(self._produce(request, events))
+        outcome = _Round()
+        calls: dict[str, ConversationItem | None] = {}  # call_id -> its item (None: awaiting approval)
         try:
-            while (phrase := await phrases.get()) is not None:
-                if isinstance(phrase, BaseException):
-                    raise phrase
-                if not await self._speak(phrase, lease, prepared):
-                    self.status = "incomplete"
-                    self.status_details = se.StatusDetails(type="incomplete", reason="max_output_tokens")
-                    return
+            while (event := await events.get()) is not None:
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, str):
+                    if not await self._speak(event, lease, prepared):
+                        self.status = "incomplete"
+                        self.status_details = se.StatusDetails(type="incomplete", reason="max_output_tokens")
+                        return outcome
+                elif isinstance(event, FunctionCallStarted):
+                    await self._close_audio()
+                    calls[event.call_id] = await self._call_started(event, request)
+                elif isinstance(event, FunctionCallArgumentsDelta):
+                    await self._call_delta(calls.get(event.call_id), event)
+                elif isinstance(event, FunctionCallDone):
+                    await self._call_done(calls.get(event.call_id), event, request, outcome)
+                elif isinstance(event, FunctionCallInvalid):
+                    await self._call_invalid(calls.get(event.call_id), event, outcome)
         finally:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
+        return outcome
 
-    async def _produce(self, request: ReplyRequest, phrases: asyncio.Queue) -> None:
-        """Pull phrases from the responder while earlier ones are being spoken."""
+    async def _produce(self, request: ReplyRequest, events: asyncio.Queue) -> None:
+        """Pull from the responder while earlier phrases are being spoken."""
         try:
             async with contextlib.aclosing(self.responder.reply(request)) as stream:
-                async for phrase in stream:
-                    if isinstance(phrase, str) and phrase.strip():
-                        self.timing.mark("first_text")
-                        await phrases.put(phrase.strip())
-            await phrases.put(None)
+                async for event in stream:
+                    if isinstance(event, str):
+                        if event.strip():
+                            self.timing.mark("first_text")
+                            await events.put(event.strip())
+                    else:
+                        await events.put(event)
+            await events.put(None)
         except Exception as exc:  # noqa: BLE001 - any responder failure ends the reply as failed, never hangs it
-            await phrases.put(exc if isinstance(exc, ResponderError) else ResponderError(f"responder failed: {exc!r}"))
+            await events.put(exc if isinstance(exc, ResponderError) else ResponderError(f"responder failed: {exc!r}"))
+
+    # -- items -----------------------------------------------------------------------------------------
+
+    async def _add_item(self, item: ConversationItem) -> int:
+        """A new output item: into the conversation and the response, announced; its output_index."""
+        self.conversation.add(item)
+        self.items.append(item)
+        index = len(self.items) - 1
+        await self.output.send_event(se.OutputItemAdded(response_id=self.id, output_index=index,
+                                                        item=item.to_item()))
+        await self.output.send_event(se.ItemAdded(previous_item_id=self.conversation.previous_id(item),
+                                                  item=item.to_item()))
+        return index
+
+    async def _item_done(self, item: ConversationItem) -> None:
+        await self.output.send_event(se.OutputItemDone(response_id=self.id, output_index=self.items.index(item),
+                                                       item=item.to_item()))
+        await self.output.send_event(se.ItemDone(previous_item_id=self.conversation.previous_id(item),
+                                                 item=item.to_item()))
+
+    def _part(self, item: ConversationItem) -> dict[str, Any]:
+        return {"response_id": self.id, "item_id": item.id, "output_index": self.items.index(item),
+                "content_index": 0}
+
+    async def _open_audio(self) -> ConversationItem:
+        item = ConversationItem(new_id("item"), "assistant", "output_audio", text="", status="in_progress")
+        await self._add_item(item)
+        await self.output.send_event(se.ContentPartAdded(**self._part(item), part=se.AudioPart(type="audio",
+                                                                                               transcript="")))
+        self.item, self._audio_open = item, True
+        return item
+
+    async def _close_audio(self, status: str = "completed") -> None:
+        """The audio item's closing events (when a call follows it, or at the end of the response)."""
+        item = self.item
+        if item is None or not self._audio_open:
+            return
+        self._audio_open = False
+        if item.status == "in_progress":
+            item.text = item.spoken_text
+            item.status = status  # type: ignore[assignment]
+        part = self._part(item)
+        await self.output.send_event(se.OutputAudioDone(**part))
+        await self.output.send_event(se.OutputTranscriptDone(**part, transcript=item.text or ""))
+        await self.output.send_event(se.ContentPartDone(**part, part=se.AudioPart(type="audio",
+                                                                                   transcript=item.text)))
+        await self._item_done(item)
+
+    # -- speech ----------------------------------------------------------------------------------------
 
     def _frames_left(self) -> int | None:
         if not isinstance(self.max_output_tokens, int):
             return None
         return self.max_output_tokens - self.frames_out
 
-    async def _speak(self, phrase: str, lease: Any, prepared: Preparation) -> bool:  # noqa: ANN401
+    async def _speak(self, phrase: str, lease: Lease, prepared: Preparation) -> bool:
         """Speak one phrase; False when the response's token budget ran out."""
         left = self._frames_left()
         if left is not None and left <= 0:
             return False
-        start_ms = self.item.audio_ms
-        await self.output.send_event(se.OutputTranscriptDelta(**self._ids(), delta=phrase if not self.item.phrases
+        item = self.item if self._audio_open else await self._open_audio()
+        assert item is not None
+        start_ms = item.audio_ms
+        await self.output.send_event(se.OutputTranscriptDelta(**self._part(item), delta=phrase if not item.phrases
                                                               else " " + phrase))
         samples = 0
-        self.item.phrases.append(SpokenPhrase(phrase, start_ms, start_ms))  # the timeline grows as audio goes out
+        item.phrases.append(SpokenPhrase(phrase, start_ms, start_ms))  # the timeline grows as audio goes out
         speech = self.speaker.speak(phrase, lease, prepared.voice, prepared.scene, max_frames=left,
                                     on_first_frame=lambda: self.timing.mark("first_audio_frame"))
         async with contextlib.aclosing(speech):  # a cancel here ends the stream at once, not at GC
             async for chunk in speech:
-                await self.output.send_audio(self.id, self.item.id, chunk)
+                await self.output.send_audio(self.id, item.id, chunk)
                 samples += len(chunk)
                 self.frames_out += len(chunk) // HOP_LENGTH
-                self.item.phrases[-1] = SpokenPhrase(phrase, start_ms, start_ms + samples * 1000.0 / SAMPLE_RATE)
+                item.phrases[-1] = SpokenPhrase(phrase, start_ms, start_ms + samples * 1000.0 / SAMPLE_RATE)
                 if not self._latency_sent:
                     self.timing.mark("first_audio_sent")
                     await self._send_latency()
         left = self._frames_left()
         return left is None or left > 0
+
+    # -- calls -----------------------------------------------------------------------------------------
+
+    async def _call_started(self, event: FunctionCallStarted, request: ReplyRequest) -> ConversationItem | None:
+        tool = request.tool(event.name)
+        if tool is not None and tool.runs_on_server and tool.requires_approval:
+            return None  # nothing runs yet: an approval request once the arguments are complete
+        kind = "mcp_call" if tool is not None and tool.runs_on_server else "function_call"
+        call = ToolCall(event.call_id, event.name if kind == "function_call" else (tool.remote_name or tool.name),
+                        server_label=tool.server_label if kind == "mcp_call" else None)
+        item = ConversationItem.tool(new_id("item"), kind, call, status="in_progress")  # type: ignore[arg-type]
+        await self._add_item(item)
+        return item
+
+    async def _call_delta(self, item: ConversationItem | None, event: FunctionCallArgumentsDelta) -> None:
+        if item is None or item.call is None:
+            return
+        item.call.arguments += event.delta
+        index = self.items.index(item)
+        if item.kind == "function_call":
+            await self.output.send_event(se.FunctionCallArgumentsDelta(
+                response_id=self.id, item_id=item.id, output_index=index, call_id=item.call.call_id,
+                delta=event.delta))
+        else:
+            await self.output.send_event(se.McpCallArgumentsDelta(response_id=self.id, item_id=item.id,
+                                                                  output_index=index, delta=event.delta))
+
+    async def _call_done(self, item: ConversationItem | None, event: FunctionCallDone, request: ReplyRequest,
+                         outcome: _Round) -> None:
+        tool = request.tool(event.name)
+        if item is None:  # an MCP call that needs the client's approval first: the response ends after it
+            assert tool is not None
+            request_item = ConversationItem.tool(new_id("mcpr"), "mcp_approval_request", ToolCall(
+                event.call_id, tool.remote_name or tool.name, event.arguments, server_label=tool.server_label))
+            await self._add_item(request_item)
+            await self._item_done(request_item)
+            outcome.approvals += 1
+            return
+        assert item.call is not None
+        item.call.arguments = event.arguments
+        index = self.items.index(item)
+        if item.kind == "function_call":
+            await self.output.send_event(se.FunctionCallArgumentsDone(
+                response_id=self.id, item_id=item.id, output_index=index, call_id=item.call.call_id,
+                name=item.call.name, arguments=event.arguments))
+            item.status = "completed"
+            await self._item_done(item)
+            outcome.client_calls += 1
+            return
+        await self.output.send_event(se.McpCallArgumentsDone(response_id=self.id, item_id=item.id,
+                                                             output_index=index, arguments=event.arguments))
+        assert tool is not None
+        await self.run_mcp(item, tool, event.parsed)
+        outcome.server_calls += 1
+
+    async def run_mcp(self, item: ConversationItem, tool: Any, arguments: dict[str, Any]) -> None:  # noqa: ANN401
+        """Run an MCP call item on its server (a timeout and a failure are results the model speaks about)."""
+        assert self.tools is not None and item.call is not None
+        index = self.items.index(item)
+        await self.output.send_event(se.McpCallInProgress(item_id=item.id, output_index=index))
+        result = await self.tools.run(tool, arguments)
+        if result.ok:
+            item.call.output = result.output
+            item.status = "completed"
+            await self.output.send_event(se.McpCallCompleted(item_id=item.id, output_index=index))
+        else:
+            item.call.error = result.error.to_dict() if result.error is not None else {"message": "failed"}
+            item.status = "incomplete"
+            log.warning("%s: MCP call %s failed: %s", self.id, item.call.name, item.call.error)
+            await self.output.send_event(se.McpCallFailed(item_id=item.id, output_index=index))
+        await self._item_done(item)
+
+    async def _run_approved_calls(self, request: ReplyRequest) -> bool:
+        """MCP calls the client approved (or declined) since the last response: run the approved ones first,
+        so the responder hears their results. True if any was answered."""
+        answered = False
+        for approval in [i for i in self.conversation.items if i.kind == "mcp_approval_response"]:
+            asked = approval.call
+            if asked is None or self.conversation.find_call("mcp_call", approval_request_id=asked.approval_request_id):
+                continue
+            pending = self.conversation.get(asked.approval_request_id or "")
+            if pending.call is None:
+                continue
+            call = ToolCall(pending.call.call_id, pending.call.name, pending.call.arguments,
+                            server_label=pending.call.server_label, approval_request_id=pending.id)
+            item = ConversationItem.tool(new_id("item"), "mcp_call", call, status="in_progress")
+            await self._add_item(item)
+            answered = True
+            tool = next((t for t in request.tools if t.server_label == call.server_label
+                         and (t.remote_name or t.name) == call.name), None)
+            if not asked.approve or tool is None:
+                call.error = {"type": "tool_execution_error", "message": "the user declined this call" if not
+                              asked.approve else f"the tool {call.name} is no longer offered"}
+                item.status = "incomplete"
+                await self._item_done(item)
+                continue
+            try:
+                arguments = tool.check_arguments(call.arguments)
+            except ValueError as exc:
+                call.error = {"type": "tool_execution_error", "message": str(exc)}
+                item.status = "incomplete"
+                await self._item_done(item)
+                continue
+            await self.run_mcp(item, tool, arguments)
+        return answered
+
+    async def _call_invalid(self, item: ConversationItem | None, event: FunctionCallInvalid, outcome: _Round) -> None:
+        """A call the model got wrong (arguments not JSON or not what the schema allows, an unknown name): never
+        handed on; reported, and the model is told what was wrong so it can try again."""
+        log.warning("%s: invalid call %s: %s", self.id, event.name, event.error)
+        if item is not None:
+            item.status = "incomplete"
+            await self._item_done(item)
+        await self.output.send_event(se.Error(error=se.ErrorDetail(
+            type="server_error", code="invalid_tool_call", message=event.error)))
+        outcome.retry_messages += [function_call_message(event.call_id, event.name, event.arguments or "{}"),
+                                   function_output_message(event.call_id, f"Error: {event.error}")]
+
+    # -- the end ---------------------------------------------------------------------------------------
 
     async def _send_latency(self) -> None:
         self._latency_sent = True
@@ -236,24 +466,21 @@ class ReplyRun:
             await self.on_latency(self, self.timing.latency_ms())
 
     async def _finish(self) -> None:
-        if self.status == "cancelled":
+        item = self.item
+        if self.status == "cancelled" and item is not None:
             if self.client_heard_ms is not None:  # the client said where it stopped playing: already truncated
-                self.item.text = heard_text(self.item.phrases, self.client_heard_ms)
+                item.text = heard_text(item.phrases, self.client_heard_ms)
             else:
                 heard = self.heard_ms_at_cancel
-                heard = self.output.heard_ms(self.item.id) if heard is None else heard
-                self.item.text = heard_text(self.item.phrases, heard)
-                await self.output.send_event(se.ItemTruncated(item_id=self.item.id, content_index=0,
+                heard = self.output.heard_ms(item.id) if heard is None else heard
+                item.text = heard_text(item.phrases, heard)
+                await self.output.send_event(se.ItemTruncated(item_id=item.id, content_index=0,
                                                               audio_end_ms=int(heard)))
-            self.item.status = "incomplete"
-        else:
-            self.item.text = self.item.spoken_text
-            self.item.status = "completed" if self.status == "completed" else "incomplete"
-        await self.output.send_event(se.OutputAudioDone(**self._ids()))
-        await self.output.send_event(se.OutputTranscriptDone(**self._ids(), transcript=self.item.text))
-        await self.output.send_event(se.ContentPartDone(**self._ids(), part=se.AudioPart(type="audio",
-                                                                                         transcript=self.item.text)))
-        await self.output.send_event(se.OutputItemDone(response_id=self.id, output_index=0, item=self.item.to_item()))
+            item.status = "incomplete"
+        await self._close_audio(status="completed" if self.status in ("completed", "in_progress") else "incomplete")
+        for other in self.items:  # calls cut short by a cancel
+            if other.status == "in_progress":
+                other.status = "incomplete"
         if not self._latency_sent:
             await self._send_latency()
         self.usage = await self._usage()
@@ -268,5 +495,6 @@ class ReplyRun:
                 if self._request is not None:
                     text_in = await self.count_tokens("\n".join(str(m.get("content") or "")
                                                                 for m in self._request.messages))
-                text_out = await self.count_tokens(self.item.text or "")
+                spoken = " ".join(item.text or "" for item in self.items if item.kind == "message")
+                text_out = await self.count_tokens(spoken)
         return se.Usage.of(text_in, int(round(self.user_audio_s * FRAME_RATE)), text_out, self.frames_out)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from higgs_agent.agent.config import OPENAI_VOICES, ServerOffer, SessionConfig, Transcription
 from higgs_agent.agent.responders.base import Responder
+from higgs_agent.agent.tools.spec import McpServerSpec
 from higgs_agent.metrics import AgentMetrics
 from higgs_agent.model.asr import Transcriber
 from higgs_agent.model.loader import HiggsBundle
@@ -33,6 +34,9 @@ class AgentServices:
     slow_client_timeout_s: float = 10.0  # a client that reads nothing this long is disconnected
     max_event_bytes: int = MAX_EVENT_BYTES
     extension_events: bool = False  # send higgs.* events to every session (else each session opts in)
+    mcp_servers: tuple[McpServerSpec, ...] = ()  # the operator's MCP servers, offered to every session
+    allow_client_mcp: bool = False  # may clients name MCP servers for this server to connect to?
+    mcp_call_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         if self.default_responder not in self.responders:

@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from higgs_agent.agent.config import CALLER_VOICE
-from higgs_agent.agent.conversation import Conversation, ConversationItem
+from higgs_agent.agent.conversation import Conversation, ConversationItem, ToolCall
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
 from higgs_agent.agent.reply import OutputClosed, Preparation, ReplyRun, SessionOutput
-from higgs_agent.agent.responders.base import ReplyRequest, Responder
+from higgs_agent.agent.responders.base import ReplyRequest, Responder, tools_unsupported
 from higgs_agent.agent.responders.fixed import FixedReply
+from higgs_agent.agent.session_tools import SessionTools, tool_descriptions
+from higgs_agent.agent.tools.spec import ToolConfig
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.speaker import PhraseSpeaker
 from higgs_agent.agent.turn_timing import TurnTiming
@@ -71,6 +73,8 @@ class Session:
         self._digits: list[str] = []  # DTMF keys waiting to become a turn
         self._digit_timer: asyncio.TimerHandle | None = None
         self._last_reply_item: ConversationItem | None = None  # the latest assistant audio, maybe still playing
+        self.tools = SessionTools(operator_servers=services.mcp_servers, call_timeout_s=services.mcp_call_timeout_s)
+        self._listing: asyncio.Task | None = None  # the operator's MCP servers, listed at the start
         self.closed = False
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -79,7 +83,9 @@ class Session:
         self.services.metrics.sessions_total.inc()
         self.services.metrics.sessions_active.inc()
         self._worker = asyncio.create_task(self._understand_turns(), name=f"{self.config.id}-turns")
-        await self.send(se.SessionCreated(session=self.config.to_dict()))
+        await self.send(se.SessionCreated(session=self._session_object()))
+        if self.tools.operator_servers:
+            self._listing = asyncio.create_task(self._list_tools(), name=f"{self.config.id}-mcp")
 
     async def close(self) -> None:
         """The client is gone: stop the reply (its engine slot frees at once) and all pending work."""
@@ -94,6 +100,9 @@ class Session:
             await asyncio.wait({self._worker})
         if self.reply is not None:
             await self.reply.cancel("client_cancelled")  # nobody hears it: the client is gone
+        if self._listing is not None:
+            self._listing.cancel()
+        await self.tools.aclose()
 
     # --- input -----------------------------------------------------------------------------------------
 
@@ -177,12 +186,54 @@ class Session:
                              epoch=self._epoch))
 
     async def _session_update(self, event: ce.SessionUpdate) -> None:
-        self.config, notes = self.config.updated(event.session, self.offer)
+        raw = event.session
+        tools = self.tools.config.updated(raw, "session") if "tools" in raw or "tool_choice" in raw else None
+        config, notes = self.config.updated(raw, self.offer)
+        if tools is not None and tools.mcp_servers and not self.services.allow_client_mcp:
+            notes.append(ProtocolError("unsupported_value", "this server does not connect to MCP servers named by "
+                                       "clients (its operator can allow it: serve --allow-client-mcp); the rest "
+                                       "of the update was applied", param="session.tools"))
+            tools = None
+        responder = self.services.responder(config.responder)
+        if (tools or self.tools.config).tools and not getattr(responder, "supports_tools", False):
+            if tools is not None:  # the tools are refused, whatever else changes
+                notes.append(ProtocolError("invalid_value", tools_unsupported(responder.name), param="session.tools"))
+                tools = None
+            else:  # the responder is refused: the session's tools stay usable
+                notes.append(ProtocolError("invalid_value", tools_unsupported(responder.name,
+                                                                              "session.tools first"),
+                                           param="session.higgs.responder"))
+                config = config.with_responder(self.config.responder)
+        self.config = config
+        servers_before = self.tools.servers
+        if tools is not None:
+            self.tools.config = tools
         self.input.reconfigure(self.config.input_format, self._vad_settings())
         for note in notes:
             note.event_id = event.event_id
             await self.report(note)
-        await self.send(se.SessionUpdated(session=self.config.to_dict()))
+        if self.tools.servers != servers_before:
+            await self._list_tools()
+        await self.send(se.SessionUpdated(session=self._session_object()))
+
+    def _session_object(self) -> dict[str, Any]:
+        return {**self.config.to_dict(), **self.tools.config.to_dict()}
+
+    async def _list_tools(self) -> None:
+        """List the MCP servers not listed yet; each listing is an `mcp_list_tools` item, as OpenAI sends."""
+        for listing in await self.tools.refresh():
+            item = self.conversation.add(ConversationItem.tool(new_id("mcpl"), "mcp_list_tools", ToolCall(
+                "", "", server_label=listing.server_label, tools=tool_descriptions(listing.tools))))
+            previous = self.conversation.previous_id(item)
+            await self.send(se.ItemAdded(previous_item_id=previous, item=item.to_item()))
+            await self.send(se.McpListToolsInProgress(item_id=item.id))
+            if listing.error is None:
+                await self.send(se.McpListToolsCompleted(item_id=item.id))
+            else:
+                await self.send(se.McpListToolsFailed(item_id=item.id))
+                await self.report(ProtocolError("mcp_list_tools_failed", f"MCP server {listing.server_label}: "
+                                                f"{listing.error.get('message')}", type="server_error"))
+            await self.send(se.ItemDone(previous_item_id=previous, item=item.to_item()))
 
     async def _append(self, event: ce.InputAudioBufferAppend) -> None:
         try:
@@ -281,8 +332,8 @@ class Session:
     async def _item_create(self, event: ce.ConversationItemCreate) -> None:
         item = event.item
         if item.type != "message":
-            raise ProtocolError("unsupported_value", f"items of type '{item.type}' are not supported yet",
-                                param="item.type")
+            await self._tool_item_create(event)
+            return
         if item.role is None:
             raise ProtocolError("invalid_value", "a message item needs a role", param="item.role")
         part = item.content[0] if item.content else None
@@ -294,10 +345,7 @@ class Session:
             if part.text is None:
                 raise ProtocolError("invalid_value", "a text part needs 'text'", param="item.content.0.text")
             kind = "output_text" if item.role == "assistant" else "input_text"
-            added = self.conversation.add(ConversationItem(item_id, item.role, kind, text=part.text), after=after)
-            previous = self.conversation.previous_id(added)
-            await self.send(se.ItemAdded(previous_item_id=previous, item=added.to_item()))
-            await self.send(se.ItemDone(previous_item_id=previous, item=added.to_item()))
+            await self._add_done(ConversationItem(item_id, item.role, kind, text=part.text), after)
         elif part.type == "input_audio" and item.role == "user":
             try:
                 audio = decode_audio(base64.b64decode(part.audio or "", validate=True), self.config.input_format)
@@ -309,6 +357,37 @@ class Session:
         else:
             raise ProtocolError("invalid_value", f"unsupported content part type '{part.type}' for role "
                                 f"'{item.role}'", param="item.content.0.type")
+
+    async def _tool_item_create(self, event: ce.ConversationItemCreate) -> None:
+        """A client's function_call_output (its answer to a call), function_call (history it inserts), or
+        mcp_approval_response (its verdict on an MCP call the server asked to make)."""
+        item = event.item
+        item_id = item.id or new_id("item")
+
+        def need(name: str) -> Any:  # noqa: ANN401 - the field's value
+            value = getattr(item, name)
+            if value is None:
+                raise ProtocolError("invalid_value", f"a {item.type} item needs '{name}'", param=f"item.{name}")
+            return value
+
+        if item.type == "function_call_output":
+            call = ToolCall(need("call_id"), "", output=need("output"))
+        elif item.type == "function_call":
+            call = ToolCall(need("call_id"), need("name"), item.arguments or "{}")
+        else:
+            request_id, approve = need("approval_request_id"), need("approve")
+            asked = next((i for i in self.conversation.items if i.id == request_id), None)
+            if asked is None or asked.kind != "mcp_approval_request":
+                raise ProtocolError("invalid_value", f"{request_id!r} is not an mcp_approval_request of this "
+                                    "conversation", param="item.approval_request_id")
+            call = ToolCall("", "", approval_request_id=request_id, approve=approve, reason=item.reason)
+        await self._add_done(ConversationItem.tool(item_id, item.type, call), event.previous_item_id)
+
+    async def _add_done(self, item: ConversationItem, after: str | None) -> None:
+        added = self.conversation.add(item, after=after)
+        previous = self.conversation.previous_id(added)
+        await self.send(se.ItemAdded(previous_item_id=previous, item=added.to_item()))
+        await self.send(se.ItemDone(previous_item_id=previous, item=added.to_item()))
 
     async def _truncate(self, event: ce.ConversationItemTruncate) -> None:
         item = self.conversation.truncate(event.item_id, event.content_index, event.audio_end_ms)
@@ -334,9 +413,13 @@ class Session:
             if params.output_modalities is not None and "audio" not in params.output_modalities:
                 raise ProtocolError("unsupported_value", "this server always answers with audio",
                                     param="response.output_modalities")
-            if params.tools:
-                raise ProtocolError("unsupported_value", "tool calling is not available on this server yet",
+            if (params.tools or params.tool_choice is not None) and \
+                    not getattr(self.services.responder(self.config.responder), "supports_tools", False):
+                raise ProtocolError("invalid_value", tools_unsupported(self.config.responder, "response.tools"),
                                     param="response.tools")
+            if params.tools is not None or params.tool_choice is not None:
+                overrides = params.model_dump(include={"tools", "tool_choice"}, exclude_none=True)
+                self.tools.config.updated(overrides, "response")  # checked now: a bad tool is the client's error
             if params.conversation not in (None, "auto"):
                 raise ProtocolError("unsupported_value", "out-of-band responses (conversation 'none') are not "
                                     "supported", param="response.conversation")
@@ -429,27 +512,35 @@ class Session:
         timing = turn.timing
         wants_codes = self.config.voice == CALLER_VOICE or self.config.responder == "native"
         voice = self.services.resolve_voice(None if self.config.voice == CALLER_VOICE else self.config.voice)
+        override = None
+        if params is not None and (params.tools is not None or params.tool_choice is not None):
+            override = self.tools.config.updated(params.model_dump(include={"tools", "tool_choice"},
+                                                                   exclude_none=True), "response")
+
+        def history() -> list[dict[str, Any]]:
+            return self.conversation.chat_messages(instructions)
 
         async def prepare() -> Preparation:
+            if self._listing is not None:  # the operator's tools are offered once listed
+                await asyncio.shield(self._listing)
             codes = await self._user_codes(user) if wants_codes else None
-            request = ReplyRequest(messages=self.conversation.chat_messages(instructions), user_audio_codes=codes,
-                                   on_first_text=lambda: timing.mark("first_text"))
+            box = self.tools.toolbox(override) if getattr(responder, "supports_tools", False) else None
+            request = ReplyRequest(messages=history(), user_audio_codes=codes,
+                                   on_first_text=lambda: timing.mark("first_text"),
+                                   tools=box.tools if box else (), tool_choice=box.tool_choice if box else ToolConfig().tool_choice)
             reference = voice
             if self.config.voice == CALLER_VOICE and codes is not None and user is not None:
                 reference = VoiceReference(codes=codes, transcript=user.text or "")
-            return Preparation(request, reference)
+            return Preparation(request, history, reference)
 
-        item = self.conversation.add(ConversationItem(new_id("item"), "assistant", "output_audio", text="",
-                                                      status="in_progress"))
-        self._last_reply_item = item
         tokenizer = self.services.bundle.tokenizer
         engine = self.services.engine
 
         async def count_tokens(text: str) -> int:
             return await engine.run(lambda: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
 
-        self.reply = ReplyRun(self.output, engine, responder, self.speaker, timing, item, prepare,
-                              user_item_id=user.id if user is not None else None,
+        self.reply = ReplyRun(self.output, engine, responder, self.speaker, timing, self.conversation, prepare,
+                              tools=self.tools, user_item_id=user.id if user is not None else None,
                               user_audio_s=user.audio_seconds if user is not None else 0.0,
                               metadata=params.metadata if params is not None else None,
                               max_output_tokens=(params.max_output_tokens if params is not None
@@ -462,6 +553,8 @@ class Session:
         if run.status == "in_progress":  # cancelled before its task ever ran: nothing was sent
             run.status = "cancelled"
         self.services.metrics.responses.labels(status=run.status).inc()
+        if run.item is not None:
+            self._last_reply_item = run.item
         if self.reply is run:
             self.reply = None
 

@@ -57,13 +57,16 @@ class ContentPart(_Strict):
 
 class Item(_Strict):
     id: str | None = Field(default=None, max_length=64)
-    type: Literal["message", "function_call", "function_call_output"] = "message"
+    type: Literal["message", "function_call", "function_call_output", "mcp_approval_response"] = "message"
     role: Literal["user", "assistant", "system"] | None = None
     content: list[ContentPart] = Field(default_factory=list)
     call_id: str | None = None  # function_call, function_call_output
     name: str | None = None  # function_call
     arguments: str | None = None  # function_call
     output: str | None = None  # function_call_output
+    approval_request_id: str | None = None  # mcp_approval_response
+    approve: bool | None = None  # mcp_approval_response
+    reason: str | None = None  # mcp_approval_response
 
 
 class ConversationItemCreate(_ClientEvent):

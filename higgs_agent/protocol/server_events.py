@@ -80,7 +80,42 @@ class FunctionCallOutputItem(_Model):
     output: str
 
 
-Item = MessageItem | FunctionCallItem | FunctionCallOutputItem
+class McpCallItem(_Model):
+    id: str
+    type: Literal["mcp_call"] = "mcp_call"
+    server_label: str
+    name: str
+    arguments: str
+    approval_request_id: str | None = None
+    output: str | None = None
+    error: dict[str, Any] | None = None  # {type: protocol_error | tool_execution_error | http_error, message, code?}
+
+
+class McpListToolsItem(_Model):
+    id: str
+    type: Literal["mcp_list_tools"] = "mcp_list_tools"
+    server_label: str
+    tools: list[dict[str, Any]]  # {name, input_schema, description, annotations}
+
+
+class McpApprovalRequestItem(_Model):
+    id: str
+    type: Literal["mcp_approval_request"] = "mcp_approval_request"
+    server_label: str
+    name: str
+    arguments: str
+
+
+class McpApprovalResponseItem(_Model):
+    id: str
+    type: Literal["mcp_approval_response"] = "mcp_approval_response"
+    approval_request_id: str
+    approve: bool
+    reason: str | None = None
+
+
+Item = (MessageItem | FunctionCallItem | FunctionCallOutputItem | McpCallItem | McpListToolsItem
+        | McpApprovalRequestItem | McpApprovalResponseItem)
 
 
 class StatusError(_Model):
@@ -328,6 +363,55 @@ class FunctionCallArgumentsDone(_Event):
     call_id: str
     name: str
     arguments: str
+
+
+class McpCallArgumentsDelta(_Event):
+    type: Literal["response.mcp_call_arguments.delta"] = "response.mcp_call_arguments.delta"
+    response_id: str
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class McpCallArgumentsDone(_Event):
+    type: Literal["response.mcp_call_arguments.done"] = "response.mcp_call_arguments.done"
+    response_id: str
+    item_id: str
+    output_index: int
+    arguments: str
+
+
+class McpCallInProgress(_Event):
+    type: Literal["response.mcp_call.in_progress"] = "response.mcp_call.in_progress"
+    item_id: str
+    output_index: int
+
+
+class McpCallCompleted(_Event):
+    type: Literal["response.mcp_call.completed"] = "response.mcp_call.completed"
+    item_id: str
+    output_index: int
+
+
+class McpCallFailed(_Event):
+    type: Literal["response.mcp_call.failed"] = "response.mcp_call.failed"
+    item_id: str
+    output_index: int
+
+
+class McpListToolsInProgress(_Event):
+    type: Literal["mcp_list_tools.in_progress"] = "mcp_list_tools.in_progress"
+    item_id: str
+
+
+class McpListToolsCompleted(_Event):
+    type: Literal["mcp_list_tools.completed"] = "mcp_list_tools.completed"
+    item_id: str
+
+
+class McpListToolsFailed(_Event):
+    type: Literal["mcp_list_tools.failed"] = "mcp_list_tools.failed"
+    item_id: str
 
 
 # --- ours -----------------------------------------------------------------------------------------------
