@@ -91,6 +91,18 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                             "off by default, since it makes the server open connections where a client says")
     serve.add_argument("--mcp-call-timeout", type=float, default=20.0,
                        help="seconds an MCP tool call may take before it fails (default: %(default)s)")
+    serve.add_argument("--no-understanding", action="store_true",
+                       help="skip the per-turn caller analysis (speaker id, prosody and emotion state) that steers "
+                            "what the agent says and how it sounds")
+    serve.add_argument("--speaker-model", default=None,
+                       help="speaker embeddings: a transformers x-vector hub id or folder (default: Resemblyzer's "
+                            "GE2E encoder, installed with the package)")
+    serve.add_argument("--speaker-threshold", type=float, default=None,
+                       help="cosine similarity above which a turn is a known speaker (default: the model's, "
+                            "0.65 for Resemblyzer)")
+    serve.add_argument("--emotion-model", default=None,
+                       help="a speech-emotion audio-classification model (hub id or folder) reported beside the "
+                            "prosody state (default: none)")
     serve.add_argument("--extension-events", action="store_true",
                        help="send our higgs.* events (turn latency, caller context) to every session; by "
                             "default a session opts in with session.update {higgs: {extension_events: true}}")
@@ -173,9 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
     agent.add_argument("--turns", type=int, default=5, help="turns per session (default: %(default)s)")
     agent.add_argument("--max-frames", type=int, default=200, help="frame budget per phrase (default: %(default)s)")
+    agent.add_argument("--understanding", action="store_true",
+                       help="also run the turns with the caller analysis on, and report what it adds to the "
+                            "first audio byte")
     agent.add_argument("--sessions", type=int, default=1,
                        help="N > 1: rounds of 1 and N callers ending their turns at the same moment; reports "
                             "time to first audio, playback underruns and event-loop lag (default: %(default)s)")
+    understanding = kinds.add_parser("understanding", help="caller analysis per turn next to transcription")
+    understanding.add_argument("--turns", type=int, default=10, help="espeak-ng turns (default: %(default)s)")
+    understanding.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
+    understanding.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1)")
+    understanding.add_argument("--speaker-model", default=None, help="x-vector model (default: Resemblyzer)")
+    understanding.add_argument("--emotion-model", default=None, help="audio-classification model (default: none)")
+    understanding.add_argument("--speech-corpus", default=None,
+                               help="a LibriSpeech-layout folder: calibrate the speaker threshold and state rules")
+    understanding.add_argument("--json", action="store_true", help="print only the JSON line")
     return parser
 
 
@@ -212,6 +236,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         from higgs_agent.bench.engine import run_engine_bench as run
     elif args.bench == "batching":
         from higgs_agent.bench.batching import run_batching_bench as run
+    elif args.bench == "understanding":
+        from higgs_agent.bench.understanding import run_understanding_bench as run
     else:
         from higgs_agent.bench.agent import run_agent_bench as run
     print(json.dumps(run(args)))

@@ -85,10 +85,20 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
     if args.voice:
         voice = encode_voice(bundle.processor, read_wav(args.voice), SAMPLE_RATE, args.voice_text)
     engine = StreamingEngine(bundle, slots=args.slots)
+    analyzer = None
+    if not args.no_understanding:
+        from higgs_agent.understanding.analyzer import TurnAnalyzer
+
+        started = time.perf_counter()
+        analyzer = TurnAnalyzer.load(args.speaker_model, args.emotion_model, args.speaker_threshold)
+        analyzer.warmup()
+        log.info("understanding: speaker %s, emotion %s (%.1f s)", args.speaker_model or "Resemblyzer GE2E",
+                 args.emotion_model or "prosody rules", time.perf_counter() - started)
     return AgentServices(engine=engine, transcriber=transcriber, responders=build_responders(args, bundle, engine),
                          default_responder=default_responder(args), sampling=sampling, voice=voice,
                          extension_events=args.extension_events, mcp_servers=mcp_servers(args),
-                         allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout)
+                         allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout,
+                         analyzer=analyzer)
 
 
 def bind_listen_socket(host: str, port: int) -> socket.socket:

@@ -51,3 +51,25 @@ def test_bench_agent_measures_turn_latency_over_a_real_socket(tiny_dir):
     assert None not in stages and stages == sorted(stages)
     assert figures["engine_ttfa_ms_p50"] > 0 and figures["speech_vs_engine"] > 0
     assert "weather" in figures["transcript"].lower()
+
+
+def test_bench_agent_reports_what_the_caller_analysis_adds(tiny_dir):
+    figures = bench_json("agent", "--model", str(tiny_dir), "--turns", "1", "--understanding")
+    cost = figures["understanding"]
+    assert cost["first_audio_sent_ms_p50_with"] > 0 and cost["first_audio_sent_ms_p50_without"] > 0
+    assert cost["added_ms"] == round(cost["first_audio_sent_ms_p50_with"] - cost["first_audio_sent_ms_p50_without"], 1)
+
+
+def test_bench_agent_sessions_ending_turns_together(tiny_dir):
+    figures = bench_json("agent", "--model", str(tiny_dir), "--turns", "1", "--sessions", "2")
+    for key, sessions in (("n1", 1), ("n2", 2)):
+        round_ = figures[key]
+        assert round_["sessions"] == round_["completed"] == sessions and len(round_["ttfa_ms"]) == sessions
+        assert round_["loop_lag_samples"] > 0 and 0 <= round_["loop_lag_ms_p50"] <= round_["loop_lag_ms_max"]
+        assert round_["underruns"] >= 0 and all(seconds > 0 for seconds in round_["reply_audio_s"])
+    assert figures["ttfa_increase_ms"] == round(figures["n2"]["ttfa_ms_p50"] - figures["n1"]["ttfa_ms_p50"], 1)
+
+
+def test_bench_understanding_prints_its_json_last():
+    figures = bench_json("understanding", "--turns", "1")
+    assert figures["turns"] == 1 and figures["analysis_ms_p50"] > 0

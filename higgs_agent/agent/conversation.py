@@ -12,6 +12,7 @@ import torch
 from higgs_agent.agent.tools.chat_history import function_call_message, function_output_message
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError
+from higgs_agent.understanding.context import TurnContext
 
 Role = Literal["user", "assistant", "system"]
 Kind = Literal["message", "function_call", "function_call_output", "mcp_call", "mcp_list_tools",
@@ -78,6 +79,7 @@ class ConversationItem:
     audio_seconds: float = 0.0  # the user's audio in this item
     kind: Kind = "message"
     call: ToolCall | None = None  # every kind but "message"
+    context: TurnContext | None = None  # a user turn's speaker, emotion and language (understanding)
 
     @classmethod
     def tool(cls, item_id: str, kind: Kind, call: ToolCall, status: str = "completed") -> ConversationItem:
@@ -187,13 +189,18 @@ class Conversation:
 
     def chat_messages(self, instructions: str) -> list[dict[str, Any]]:
         """OpenAI chat messages: the instructions, then every turn with words in it and every tool call with
-        its output (an MCP call carries both; the responder puts them in the shape its endpoint wants)."""
+        its output (an MCP call carries both; the responder puts them in the shape its endpoint wants). With
+        more than one caller heard, each user turn says who spoke it ("[speaker 2] ...")."""
         messages: list[dict[str, Any]] = [{"role": "system", "content": instructions}]
+        speakers = {item.context.speaker.id for item in self.items
+                    if item.context is not None and item.context.speaker is not None}
         for item in self.items:
             call = item.call
             if item.kind == "message":
                 if item.text:
-                    messages.append({"role": item.role, "content": item.text})
+                    speaker = item.context.speaker if item.context is not None else None
+                    label = f"[{speaker.id}] " if len(speakers) > 1 and speaker is not None else ""
+                    messages.append({"role": item.role, "content": label + item.text})
             elif item.kind == "function_call" and call is not None:
                 messages.append(function_call_message(call.call_id, call.name, call.arguments or "{}"))
             elif item.kind == "function_call_output" and call is not None:

@@ -13,6 +13,7 @@ from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.understanding.analyzer import TurnAnalyzer
 
 MAX_EVENT_BYTES = 1 << 20  # 1 MiB: ~20 s of 24 kHz PCM16 per append, base64-encoded
 DEFAULT_VOICE = "default"  # the server's --voice, else the model's own voice (pinned per session)
@@ -37,6 +38,7 @@ class AgentServices:
     mcp_servers: tuple[McpServerSpec, ...] = ()  # the operator's MCP servers, offered to every session
     allow_client_mcp: bool = False  # may clients name MCP servers for this server to connect to?
     mcp_call_timeout_s: float = 20.0
+    analyzer: TurnAnalyzer | None = None  # who speaks and how, per user turn (None: not analyzed)
 
     def __post_init__(self) -> None:
         if self.default_responder not in self.responders:
@@ -73,5 +75,7 @@ class AgentServices:
         """Server shutdown: stop the engine (its streams end) and release the responders' connections."""
         self.engine.close()
         self.transcriber.close()
+        if self.analyzer is not None:
+            self.analyzer.close()
         for responder in self.responders.values():
             await responder.aclose()

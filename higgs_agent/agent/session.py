@@ -37,6 +37,7 @@ from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError, new_id
+from higgs_agent.understanding.context import context_line, delivery_scene
 
 log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # as the reference server: shorter buffers are refused
@@ -75,6 +76,7 @@ class Session:
         self._last_reply_item: ConversationItem | None = None  # the latest assistant audio, maybe still playing
         self.tools = SessionTools(operator_servers=services.mcp_servers, call_timeout_s=services.mcp_call_timeout_s)
         self._listing: asyncio.Task | None = None  # the operator's MCP servers, listed at the start
+        self.caller = services.analyzer.new_caller_state() if services.analyzer is not None else None
         self.closed = False
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -472,8 +474,11 @@ class Session:
         return bool(turn.item is not None and turn.epoch != self._epoch and detection and detection.interrupt_response)
 
     async def _transcribe(self, turn: UserTurn) -> None:
+        """The turn's words, and (alongside, on its own thread) who spoke them and how."""
         item = turn.item
         settings = self.config.transcription
+        analysis = (self.services.analyzer.start(turn.audio, self.caller)
+                    if self.services.analyzer is not None and self.caller is not None else None)
         try:
             transcript = await self.services.transcriber.transcribe_async(turn.audio, settings.language,
                                                                           settings.prompt)
@@ -489,7 +494,18 @@ class Session:
             await self.send(se.TranscriptionCompleted(
                 item_id=item.id, transcript=item.text, usage=se.DurationUsage(seconds=round(transcript.duration_s, 3)),
                 languages=[se.TranscriptLanguage(code=transcript.language)]))
+            if analysis is not None:
+                await self._understand(item, analysis, transcript.language)
         await self.send(se.ItemDone(item=item.to_item()))
+
+    async def _understand(self, item: ConversationItem, analysis: Any, language: str) -> None:  # noqa: ANN401
+        try:
+            item.context = await analysis.finish(item.text or "", language)
+        except Exception:  # noqa: BLE001 - the turn goes on without the caller's context
+            log.exception("understanding the turn failed")
+            return
+        log.info("caller context %s: %s", item.id, context_line(item.context))
+        await self.send(se.InputContext(item_id=item.id, **item.context.to_event_fields()))
 
     async def _user_codes(self, item: ConversationItem | None) -> Any:  # noqa: ANN401 - codes tensor or None
         """The codec codes of the latest user turn, encoded on first use (only some replies need them)."""
@@ -517,8 +533,11 @@ class Session:
             override = self.tools.config.updated(params.model_dump(include={"tools", "tool_choice"},
                                                                    exclude_none=True), "response")
 
+        context = user.context if user is not None else None
+        steer = f"{instructions}\n\n{context_line(context)}" if context is not None else instructions
+
         def history() -> list[dict[str, Any]]:
-            return self.conversation.chat_messages(instructions)
+            return self.conversation.chat_messages(steer)
 
         async def prepare() -> Preparation:
             if self._listing is not None:  # the operator's tools are offered once listed
@@ -531,7 +550,8 @@ class Session:
             reference = voice
             if self.config.voice == CALLER_VOICE and codes is not None and user is not None:
                 reference = VoiceReference(codes=codes, transcript=user.text or "")
-            return Preparation(request, history, reference)
+            return Preparation(request, history, reference,
+                               scene=delivery_scene(context) if context is not None else None)
 
         tokenizer = self.services.bundle.tokenizer
         engine = self.services.engine

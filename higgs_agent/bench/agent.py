@@ -91,20 +91,13 @@ def run_agent_bench(args: argparse.Namespace) -> dict:
                              sampling=SamplingSettings(greedy=True, max_frames=args.max_frames))
     services.transcriber.warmup()
     speech = espeak(UTTERANCE)
-    turns = []
-    with serve_in_background(services) as base:
-        url = base.replace("http://", "ws://") + "/v1/realtime"
-        for _ in range(args.turns):
-            result = asyncio.run(talk(url, speech, SAMPLE_RATE, realtime_pace=False, timeout_s=300))
-            turns.append({**result.latency_ms, "client_first_audio": result.first_audio_after_ms,
-                          "transcript_text": result.user_transcript, "status": result.status})
+    turns = _turns(services, speech, args.turns)
     said = turns[-1]["transcript_text"] or UTTERANCE
     baseline = [asyncio.run(_engine_ttfa_ms(services, said)) for _ in range(args.turns)]
-    figures = {stage: _median([t.get(stage) for t in turns]) for stage in
-               ("transcript", "first_text", "first_audio_frame", "first_audio_sent", "client_first_audio")}
+    figures = _figures(turns)
     engine_ttfa = _median(baseline)
     speech_part = (figures["first_audio_sent"] or 0) - (figures["first_text"] or 0)
-    return {
+    result = {
         "turns": len(turns),
         "completed": sum(t["status"] == "completed" for t in turns),
         **{f"{stage}_ms_p50": value for stage, value in figures.items()},
@@ -113,3 +106,45 @@ def run_agent_bench(args: argparse.Namespace) -> dict:
         "transcript": turns[-1]["transcript_text"] if turns else None,
         "asr": services.transcriber.name, **describe(bundle, model),
     }
+    if args.understanding:
+        result["understanding"] = _understanding_cost(services, speech, args.turns, figures)
+    return result
+
+
+def _turns(services: AgentServices, speech: np.ndarray, count: int) -> list[dict]:
+    from higgs_agent.client import talk
+    from higgs_agent.server import serve_in_background
+
+    turns = []
+    with serve_in_background(services) as base:
+        url = base.replace("http://", "ws://") + "/v1/realtime"
+        for _ in range(count):
+            result = asyncio.run(talk(url, speech, SAMPLE_RATE, realtime_pace=False, timeout_s=300))
+            turns.append({**result.latency_ms, "client_first_audio": result.first_audio_after_ms,
+                          "transcript_text": result.user_transcript, "status": result.status})
+    return turns
+
+
+def _figures(turns: list[dict]) -> dict[str, float | None]:
+    return {stage: _median([t.get(stage) for t in turns]) for stage in
+            ("transcript", "first_text", "first_audio_frame", "first_audio_sent", "client_first_audio")}
+
+
+def _understanding_cost(services: AgentServices, speech: np.ndarray, count: int,
+                        without: dict[str, float | None]) -> dict:
+    """The same turns with the caller analysis on (it runs beside the transcription): what it adds to the
+    turn's first audio byte, against the turns just measured without it."""
+    from dataclasses import replace
+
+    from higgs_agent.understanding.analyzer import TurnAnalyzer
+
+    analyzer = TurnAnalyzer.load()
+    analyzer.warmup()
+    try:
+        with_it = _figures(_turns(replace(services, analyzer=analyzer), speech, count))
+    finally:
+        analyzer.close()
+    on, off = with_it["first_audio_sent"], without["first_audio_sent"]
+    return {"first_audio_sent_ms_p50_with": on, "first_audio_sent_ms_p50_without": off,
+            "added_ms": round(on - off, 1) if on is not None and off is not None else None,
+            "transcript_ms_p50_with": with_it["transcript"]}
