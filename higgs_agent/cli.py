@@ -81,6 +81,14 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                        help="key for the LLM endpoint (default: $HIGGS_LLM_API_KEY, else none)")
     serve.add_argument("--voice", default=None, help="recording of the voice the agent speaks in (cloned)")
     serve.add_argument("--voice-text", default=None, help="transcript of --voice")
+    serve.add_argument("--voices-dir", default=_env("HIGGS_VOICES_DIR") or "voices",
+                       help="where uploaded voices are kept (POST /v1/voices) (default: $HIGGS_VOICES_DIR or "
+                            "./voices)")
+    serve.add_argument("--voice-presets", default=None,
+                       help="a folder of preset voices any key may use: NAME.wav + NAME.txt (its transcript)")
+    serve.add_argument("--api-keys", default=_env("HIGGS_API_KEYS"),
+                       help="a keys file, one 'tenant: key' per line: each tenant has its own voices "
+                            "(default: $HIGGS_API_KEYS; with --api-key too, that key is the tenant 'default')")
     serve.add_argument("--slots", type=int, default=DEFAULT_SLOTS,
                        help="speech generations the engine runs at once (default: %(default)s)")
     serve.add_argument("--mcp-server", action="append", default=[], metavar="LABEL=URL|LABEL=stdio:CMD|JSON",
@@ -145,8 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
                                             "first audio and the real-time factor.")
     speak.add_argument("text", help="what to say; [SPEAKER0]/[SPEAKER1] tags for several speakers")
     speak.add_argument("-o", "--output", required=True, help="WAV file, or - for raw PCM16 24 kHz on stdout")
-    speak.add_argument("--voice", help="reference recording to clone")
-    speak.add_argument("--voice-text", help="transcript of --voice")
+    speak.add_argument("--voice", action="append", default=[],
+                       help="the voice: a recording to clone (with --voice-text), or a voice id or name from "
+                            "--voices-dir / --voice-presets; repeat for [SPEAKER0], [SPEAKER1], ... in the text")
+    speak.add_argument("--voice-text", action="append", default=[],
+                       help="transcript of each --voice recording, in the same order")
+    speak.add_argument("--voices-dir", default=None, help="a voice library folder (as serve --voices-dir)")
+    speak.add_argument("--voice-presets", default=None, help="a folder of preset voices: NAME.wav + NAME.txt")
     speak.add_argument("--scene", help="scene description, e.g. 'Audio is recorded from a quiet room.'")
     speak.add_argument("--reference", action="store_true",
                        help="use transformers' generate() and a whole decode instead of the streaming engine")
@@ -165,6 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
                                            "microphone to a Realtime server, print the transcripts and "
                                            "latencies, and save the spoken reply.")
     _add_talk_args(talk)
+
+    translate = commands.add_parser("translate", help="translate a recording phrase by phrase, in the speaker's voice",
+                                    description="Speak a recording back in another language, phrase by phrase, "
+                                                "in the speaker's own cloned voice: the agent's translation mode "
+                                                "on a server in this process.")
+    translate.add_argument("--wav", required=True, help="the recording (any audio file soundfile reads)")
+    translate.add_argument("--to", required=True, help="the language to speak, as an ISO 639-1 code (fr, de, en)")
+    translate.add_argument("--from", dest="source", default=None, help="the recording's language, if known")
+    translate.add_argument("-o", "--output", required=True, help="write the translation here (WAV, 24 kHz)")
+    translate.add_argument("--llm-url", default=None, help="OpenAI-compatible API base that translates (with /v1)")
+    translate.add_argument("--llm-model", default=None, help="model name to ask the LLM endpoint for")
+    translate.add_argument("--llm-api-key", default=_env("HIGGS_LLM_API_KEY"), help="key for the LLM endpoint")
+    translate.add_argument("--asr-model", default=None, help=f"speech recognition (default: {DEFAULT_ASR_MODEL})")
+    translate.add_argument("--fast", action="store_true", help="send the recording as fast as possible")
+    _add_model_args(translate)
+    _add_sampling_args(translate)
 
     bench = commands.add_parser("bench", help="benchmarks; each prints its JSON as the last line",
                                 description="Benchmarks that measure their own baseline in the same run and "
@@ -191,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--sessions", type=int, default=1,
                        help="N > 1: rounds of 1 and N callers ending their turns at the same moment; reports "
                             "time to first audio, playback underruns and event-loop lag (default: %(default)s)")
+    translate_bench = kinds.add_parser("translate", help="speech translation: each phrase's end to its first "
+                                       "translated audio")
+    _add_bench_args(translate_bench)
+    translate_bench.add_argument("--phrases", type=int, default=4, help="phrases spoken (default: %(default)s)")
+    translate_bench.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
+    translate_bench.add_argument("--max-frames", type=int, default=200, help="frame budget per phrase (default: %(default)s)")
     understanding = kinds.add_parser("understanding", help="caller analysis per turn next to transcription")
     understanding.add_argument("--turns", type=int, default=10, help="espeak-ng turns (default: %(default)s)")
     understanding.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
@@ -231,11 +266,19 @@ def _run_talk(args: argparse.Namespace) -> int:
     return run_talk(args)
 
 
+def _run_translate(args: argparse.Namespace) -> int:
+    from higgs_agent.translation import translate_command
+
+    return translate_command(args)
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     if args.bench == "engine":
         from higgs_agent.bench.engine import run_engine_bench as run
     elif args.bench == "batching":
         from higgs_agent.bench.batching import run_batching_bench as run
+    elif args.bench == "translate":
+        from higgs_agent.bench.translate import run_translate_bench as run
     elif args.bench == "understanding":
         from higgs_agent.bench.understanding import run_understanding_bench as run
     else:
@@ -246,6 +289,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "make-tiny-model": _run_tiny, "speak": _run_speak, "serve": _run_serve, "talk": _run_talk, "bench": _run_bench,
+    "translate": _run_translate,
 }
 
 

@@ -7,3 +7,4 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_SLOTS = 8
 DEFAULT_REALTIME_URL = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/v1/realtime"
+DEFAULT_TENANT = "default"  # the one tenant of a server with one API key, or none

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from contextlib import ExitStack
 
 import numpy as np
@@ -13,7 +15,9 @@ from tqdm import tqdm
 from higgs_agent import FRAME_RATE, SAMPLE_RATE
 from higgs_agent.audio import float_to_pcm16, read_wav
 from higgs_agent.model import HiggsBundle
-from higgs_agent.model.prompts import SpeechPrompt, build_inputs, encode_voice
+from higgs_agent.defaults import DEFAULT_TENANT
+from higgs_agent.model.prompts import SpeechPrompt, VoiceReference, build_inputs, encode_voice
+from higgs_agent.voices.library import VoiceLibrary, VoiceNotFound
 from higgs_agent.model.reference import synthesize_reference
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import StreamingEngine
@@ -39,13 +43,39 @@ class PcmSink:
             self.file.write(chunk)
 
 
+def _references(args: argparse.Namespace, bundle: HiggsBundle) -> list[VoiceReference]:
+    """Each --voice: a recording (paired in order with a --voice-text), or a library voice or preset."""
+    library = None
+    if args.voices_dir or args.voice_presets:
+        library = VoiceLibrary(args.voices_dir or tempfile.mkdtemp(prefix="higgs-voices-"),
+                               encode=lambda audio, rate: encode_voice(bundle.processor, audio, rate, "").codes,
+                               presets=args.voice_presets, codec_id=bundle.codec_source)
+    texts = list(args.voice_text)
+    references = []
+    for voice in args.voice:
+        if os.path.isfile(voice):
+            if not texts:
+                raise SystemExit(f"--voice {voice} needs a --voice-text: the words spoken in the recording")
+            references.append(encode_voice(bundle.processor, read_wav(voice), SAMPLE_RATE, texts.pop(0)))
+        elif library is not None:
+            try:
+                references.append(library.reference(DEFAULT_TENANT, voice))
+            except VoiceNotFound:
+                raise SystemExit(f"--voice {voice}: no such file, and no voice of that id or name in the library") \
+                    from None
+        else:
+            raise SystemExit(f"--voice {voice} is not a file; for a library voice pass --voices-dir or --voice-presets")
+    return references
+
+
 def _prompt(args: argparse.Namespace, bundle: HiggsBundle) -> SpeechPrompt:
-    voice = None
-    if args.voice:
-        if not args.voice_text:
-            raise SystemExit("--voice needs --voice-text: the words spoken in the reference recording")
-        voice = encode_voice(bundle.processor, read_wav(args.voice), SAMPLE_RATE, args.voice_text)
-    return SpeechPrompt(args.text, scene=args.scene, voice=voice)
+    references = _references(args, bundle)
+    try:
+        if len(references) > 1:
+            return SpeechPrompt(args.text, scene=args.scene, speaker_voices=tuple(references))
+        return SpeechPrompt(args.text, scene=args.scene, voice=references[0] if references else None)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 async def run_speak(args: argparse.Namespace, bundle: HiggsBundle, settings: SamplingSettings) -> int:

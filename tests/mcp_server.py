@@ -5,7 +5,7 @@ cancelled), `cancel_order` (always fails, with a message the model can repeat), 
 process id, so a test can tell one stdio process from another).
 
 Over streamable HTTP in this process (uvicorn on a free 127.0.0.1 port, in a background thread with its own
-event loop, as `tests/fake_llm.py` runs):
+event loop, as `higgs_agent/testing/fake_llm.py` runs):
 
     with McpTestServer() as server:
         spec = McpServerSpec("orders", server_url=server.url)

@@ -73,3 +73,10 @@ def test_bench_agent_sessions_ending_turns_together(tiny_dir):
 def test_bench_understanding_prints_its_json_last():
     figures = bench_json("understanding", "--turns", "1")
     assert figures["turns"] == 1 and figures["analysis_ms_p50"] > 0
+
+
+def test_bench_translate_reports_per_phrase_latency(tiny_dir):
+    figures = bench_json("translate", "--model", str(tiny_dir), "--phrases", "2", "--max-frames", "60")
+    assert figures["phrases"] == figures["translated"] == 2
+    assert len(figures["phrase_to_first_audio_ms"]) == 2 and figures["phrase_to_first_audio_ms_p50"] > 0
+    assert figures["first_phrase_heard_before_speaker_finished"] is True and figures["engine_ttfa_ms_p50"] > 0

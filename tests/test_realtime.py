@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import websockets
 from agent_server import Client, running_server, ws_url
-from fake_llm import FakeLLM
+from higgs_agent.testing.fake_llm import FakeLLM
 from speech import normalize_text, pad, synthesize, word_error_rate
 
 from higgs_agent.agent.responders.echo import EchoResponder
@@ -282,9 +282,10 @@ async def test_api_key_is_required_everywhere(services):
 
 
 async def test_caller_voice_replies_in_the_voice_of_the_users_turn(server, bundle):
-    """voice "caller": the user's turn, encoded by the codec, is the voice reference of the reply."""
-    from higgs_agent.audio_formats import StreamResampler
+    """voice "caller": the caller's speech at its wire rate (24 kHz here, no 16 kHz round trip), encoded by the
+    codec, is the voice reference of the reply."""
     from higgs_agent.model.prompts import VoiceReference, encode_voice
+    from higgs_agent.voices.caller_voice import CallerVoice
 
     client = await Client.connect(server)
     await client.send({"type": "session.update", "session": {"audio": {
@@ -299,9 +300,11 @@ async def test_caller_voice_replies_in_the_voice_of_the_users_turn(server, bundl
     await client.close()
     assert done["response"]["status"] == "completed"
 
-    resampler = StreamResampler(24000, 16000)
-    turn = np.concatenate([resampler.push(audio), resampler.flush()])
-    voice = VoiceReference(encode_voice(bundle.processor, turn, 16000, "").codes, transcript)
+    gathered = CallerVoice()
+    gathered.add_turn(audio, 24000, transcript)  # the speech of the turn, at 24 kHz
+    clip = gathered.take_due_clip()
+    assert clip is not None and clip.rate == 24000
+    voice = VoiceReference(encode_voice(bundle.processor, clip.audio, 24000, "").codes, clip.transcript)
     expected = expected_reply(bundle, transcript, voice)
     received = client.reply_audio()
     assert len(received) == len(expected)

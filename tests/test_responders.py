@@ -7,7 +7,7 @@ from contextlib import aclosing
 
 import pytest
 import torch
-from fake_llm import FakeLLM
+from higgs_agent.testing.fake_llm import FakeLLM
 
 from higgs_agent.agent.phrases import PhraseSplitter
 from higgs_agent.agent.responders import (

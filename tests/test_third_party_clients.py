@@ -205,7 +205,7 @@ async def test_openai_agents_function_tool_completes_a_tool_turn(bundle, transcr
     the spoken answer follows: the Realtime function-calling flow, unchanged."""
     from agents import function_tool
     from agents.realtime import RealtimeAgent, RealtimeRunner
-    from fake_llm import FakeLLM, ToolCall, Turn
+    from higgs_agent.testing.fake_llm import FakeLLM, ToolCall, Turn
 
     from higgs_agent.agent.responders.llm import LLMResponder
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from agent_server import Client, running_server
-from fake_llm import FakeLLM, ToolCall, Turn
+from higgs_agent.testing.fake_llm import FakeLLM, ToolCall, Turn
 from mcp_server import CANCEL_FAILURE, STDIO_COMMAND, McpTestServer
 from speech import pad, synthesize
 

@@ -11,7 +11,7 @@ import socket
 from contextlib import aclosing
 
 import pytest
-from fake_llm import FakeLLM, ToolCall, Turn
+from higgs_agent.testing.fake_llm import FakeLLM, ToolCall, Turn
 from mcp_server import CANCEL_FAILURE, ORDERS, STDIO_COMMAND, McpTestServer
 
 from higgs_agent.agent.responders import EchoResponder, LLMResponder, ReplyRequest, Responder, ResponderError

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from agent_server import Client, running_server
-from fake_llm import FakeLLM
+from higgs_agent.testing.fake_llm import FakeLLM
 from test_understanding import PARCEL, REFUND, TABLE, WEATHER, turn
 
 from higgs_agent.agent.responders.llm import LLMResponder

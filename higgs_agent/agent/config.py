@@ -6,7 +6,9 @@ with its own error while every other field is applied, and `session.updated` the
 Nothing is dropped silently.
 
 Ours, under `session.higgs`: `extension_events` (send higgs.* events to this session), `responder`
-(echo | llm | native). `audio.output.voice = "caller"` replies in the caller's own voice.
+(echo | llm | native), `speakers` (a voice per [SPEAKERn] of multi-speaker replies), `translation`
+({to, from}: speak each of the caller's turns back translated, in the caller's own voice unless another is
+set). `audio.output.voice = "caller"` replies in the caller's own voice.
 """
 
 from __future__ import annotations
@@ -73,6 +75,15 @@ class Transcription:
 
 
 @dataclass(frozen=True)
+class Translation:
+    to: str
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"to": self.to, "from": self.source}
+
+
+@dataclass(frozen=True)
 class ServerOffer:
     """What this server can do, for checking a session's settings against it."""
 
@@ -96,6 +107,8 @@ class SessionConfig:
     extension_events: bool = False
     latency_events: bool | None = None  # the older per-event switch: None follows extension_events
     max_output_tokens: int | str = "inf"
+    speakers: tuple[str, ...] = ()  # voices for [SPEAKER0], [SPEAKER1], ... (multi-speaker replies)
+    translation: Translation | None = None
     id: str = field(default_factory=lambda: new_id("sess"))
 
     def with_responder(self, responder: str) -> SessionConfig:
@@ -120,6 +133,8 @@ class SessionConfig:
                 "output": {"format": self.output_format.to_session(), "voice": self.voice, "speed": 1.0},
             },
             "higgs": {"responder": self.responder, "extension_events": self.extension_events,
+                      "speakers": list(self.speakers),
+                      "translation": None if self.translation is None else self.translation.to_dict(),
                       "turn_detection": None if self.turn_detection is None else {
                           "aggressiveness": self.turn_detection.vad.aggressiveness,
                           "min_speech_ms": self.turn_detection.vad.min_speech_ms,
@@ -145,8 +160,16 @@ class SessionConfig:
                 raise ProtocolError("invalid_value", f"responder must be one of {', '.join(offer.responders)} on "
                                     f"this server, got {responder!r}", param="session.higgs.responder")
             changes["responder"] = responder
-        if session.higgs is not None and session.higgs.extension_events is not None:
-            changes["extension_events"] = session.higgs.extension_events
+        higgs = session.higgs
+        if higgs is not None and higgs.extension_events is not None:
+            changes["extension_events"] = higgs.extension_events
+        if higgs is not None and higgs.speakers is not None:
+            unknown = [name for name in higgs.speakers if not offer.is_voice(name)]
+            if unknown:
+                raise ProtocolError("invalid_value", f"unknown voice {unknown[0]!r} in session.higgs.speakers; this "
+                                    f"server has: {', '.join(offer.voice_names())}", param="session.higgs.speakers")
+            changes["speakers"] = tuple(higgs.speakers)
+        translating = higgs is not None and given(higgs, "translation")
         if session.latency_events is not None:
             changes["latency_events"] = session.latency_events
         if session.max_output_tokens is not None:
@@ -162,7 +185,31 @@ class SessionConfig:
             changes.update(self._input_changes(audio.input, offer, notes))
         if audio is not None and audio.output is not None:
             changes.update(_output_changes(audio.output, offer, notes))
+        if translating:  # last: it adjusts the voice and turn detection this same update may have set
+            changes.update(self._translation_changes(higgs.translation, session, offer,  # type: ignore[union-attr]
+                                                     changes.get("turn_detection", self.turn_detection)))
         return replace(self, **changes), notes
+
+    def _translation_changes(self, value: Any, session: SessionField, offer: ServerOffer,  # noqa: ANN401
+                             detection: TurnDetection | None) -> dict[str, Any]:
+        """Translation on: each turn spoken back translated, by the LLM (or Whisper's own translation into
+        English); the caller keeps talking while earlier phrases are spoken (no barge-in, unless the same
+        update asks for it), in the caller's voice unless this update names another."""
+        if value is None:
+            return {"translation": None}
+        if "llm" not in offer.responders and not (value.to == "en" and offer.asr_multilingual):
+            raise ProtocolError("invalid_value", "translation needs an LLM to translate (serve --llm-url URL "
+                                "--llm-model NAME), or a multilingual --asr-model for translation into en",
+                                param="session.higgs.translation")
+        changes: dict[str, Any] = {"translation": Translation(value.to, value.source)}
+        audio = session.audio
+        if not (audio and audio.output and audio.output.voice is not None):
+            changes["voice"] = CALLER_VOICE
+        sets_interrupt = bool(audio and audio.input and audio.input.turn_detection is not None
+                              and audio.input.turn_detection.interrupt_response is not None)
+        if detection is not None and not sets_interrupt:
+            changes["turn_detection"] = replace(detection, interrupt_response=False)
+        return changes
 
     def _input_changes(self, inp: InputField, offer: ServerOffer, notes: list[ProtocolError]) -> dict[str, Any]:
         param = "session.audio.input"

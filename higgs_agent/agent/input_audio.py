@@ -1,7 +1,8 @@
 """The caller's audio on its way in: wire format -> 16 kHz float (what VAD and ASR want) -> turns.
 
-Keeps the input buffer for manual commits and runs the server VAD when it is on. Everything downstream
-(transcription, the codec encoding of the turn) starts from the 16 kHz turn audio.
+Keeps the input buffer for manual commits and runs the server VAD when it is on. Transcription and the
+analyzers start from the 16 kHz turn audio; the caller's voice is cloned from the same audio at its wire rate
+(`tape`: 24 kHz PCM keeps the band a 16 kHz round trip would cut).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from higgs_agent.agent.vad import (
     VadSettings,
 )
 from higgs_agent.audio_formats import AudioFormat, StreamResampler, decode_audio
+from higgs_agent.voices.caller_voice import WireAudioTape
 
 ASR_RATE = 16000
 
@@ -38,6 +40,7 @@ class InputAudio:
         self.max_turn_ms = int(max_turn_s * 1000)
         self._turn_start_ms = 0
         self._resampler = StreamResampler(fmt.rate, ASR_RATE)
+        self.tape = WireAudioTape(fmt.rate)  # the same audio at the rate it came in, for the caller's voice
         self._detector: TurnDetector | None = None
         self._chunks: list[np.ndarray] = []
         self._buffered = 0
@@ -75,6 +78,9 @@ class InputAudio:
         own rate: WebRTC's 48 kHz, a phone's 8 kHz)."""
         if rate != self._resampler.in_rate:
             self._resampler = StreamResampler(rate, ASR_RATE)
+        if rate != self.tape.rate:
+            self.tape = WireAudioTape(rate, origin_ms=self.audio_ms)
+        self.tape.push(samples)
         audio = self._resampler.push(samples)
         if not len(audio):
             return []

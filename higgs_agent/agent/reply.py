@@ -29,7 +29,7 @@ from higgs_agent import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE
 from higgs_agent.agent.conversation import Conversation, ConversationItem, SpokenPhrase, ToolCall, heard_text
 from higgs_agent.agent.responders.base import ReplyEvent, ReplyRequest, Responder, ResponderError
 from higgs_agent.agent.session_tools import MAX_TOOL_ROUNDS, SessionTools
-from higgs_agent.agent.speaker import PhraseSpeaker
+from higgs_agent.agent.speaker import PhraseSpeaker, SpeakerTags
 from higgs_agent.agent.tools.calls import (
     FunctionCallArgumentsDelta,
     FunctionCallDone,
@@ -77,6 +77,7 @@ class Preparation:
     history: Callable[[], list[dict[str, Any]]]
     voice: VoiceReference | None = None
     scene: str | None = None
+    speaker_voices: tuple[VoiceReference, ...] = ()  # one per [SPEAKERn]: multi-speaker replies
 
 
 @dataclass
@@ -121,6 +122,7 @@ class ReplyRun:
     _request: ReplyRequest | None = None
     _latency_sent: bool = False
     _audio_open: bool = False  # `item` still takes phrases (no call has come after it)
+    _tags: SpeakerTags = field(default_factory=SpeakerTags)
 
     def start(self, on_done: Callable[[ReplyRun], None]) -> asyncio.Task:
         """Run the response as a task; `on_done` runs when it ends, even if cancelled before it ran."""
@@ -322,19 +324,23 @@ class ReplyRun:
             return False
         item = self.item if self._audio_open else await self._open_audio()
         assert item is not None
+        said = phrase
+        if prepared.speaker_voices:
+            phrase, said = self._tags.tag(phrase)
         start_ms = item.audio_ms
-        await self.output.send_event(se.OutputTranscriptDelta(**self._part(item), delta=phrase if not item.phrases
-                                                              else " " + phrase))
+        await self.output.send_event(se.OutputTranscriptDelta(**self._part(item), delta=said if not item.phrases
+                                                              else " " + said))
         samples = 0
-        item.phrases.append(SpokenPhrase(phrase, start_ms, start_ms))  # the timeline grows as audio goes out
+        item.phrases.append(SpokenPhrase(said, start_ms, start_ms))  # the timeline grows as audio goes out
         speech = self.speaker.speak(phrase, lease, prepared.voice, prepared.scene, max_frames=left,
-                                    on_first_frame=lambda: self.timing.mark("first_audio_frame"))
+                                    on_first_frame=lambda: self.timing.mark("first_audio_frame"),
+                                    speaker_voices=prepared.speaker_voices)
         async with contextlib.aclosing(speech):  # a cancel here ends the stream at once, not at GC
             async for chunk in speech:
                 await self.output.send_audio(self.id, item.id, chunk)
                 samples += len(chunk)
                 self.frames_out += len(chunk) // HOP_LENGTH
-                item.phrases[-1] = SpokenPhrase(phrase, start_ms, start_ms + samples * 1000.0 / SAMPLE_RATE)
+                item.phrases[-1] = SpokenPhrase(said, start_ms, start_ms + samples * 1000.0 / SAMPLE_RATE)
                 if not self._latency_sent:
                     self.timing.mark("first_audio_sent")
                     await self._send_latency()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from higgs_agent.agent.config import OPENAI_VOICES, ServerOffer, SessionConfig, Transcription
@@ -13,7 +14,9 @@ from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.understanding.analyzer import TurnAnalyzer
+from higgs_agent.voices.library import VoiceLibrary, VoiceNotFound
 
 MAX_EVENT_BYTES = 1 << 20  # 1 MiB: ~20 s of 24 kHz PCM16 per append, base64-encoded
 DEFAULT_VOICE = "default"  # the server's --voice, else the model's own voice (pinned per session)
@@ -39,6 +42,7 @@ class AgentServices:
     allow_client_mcp: bool = False  # may clients name MCP servers for this server to connect to?
     mcp_call_timeout_s: float = 20.0
     analyzer: TurnAnalyzer | None = None  # who speaks and how, per user turn (None: not analyzed)
+    voices: VoiceLibrary | None = None  # uploaded voices and presets (None: the server voice only)
 
     def __post_init__(self) -> None:
         if self.default_responder not in self.responders:
@@ -56,20 +60,42 @@ class AgentServices:
     def responder(self, name: str) -> Responder:
         return self.responders[name]
 
-    def offer(self) -> ServerOffer:
-        """What a session may ask of this server (checked by `SessionConfig.updated`)."""
-        return ServerOffer(responders=tuple(self.responders), is_voice=lambda name: name in self.voice_names(),
-                           voice_names=self.voice_names, asr_model=self.transcriber.name,
+    def offer(self, tenant: str = DEFAULT_TENANT) -> ServerOffer:
+        """What a session of `tenant` may ask of this server (checked by `SessionConfig.updated`)."""
+        return ServerOffer(responders=tuple(self.responders), is_voice=lambda name: self.is_voice(name, tenant),
+                           voice_names=lambda: self.voice_names(tenant), asr_model=self.transcriber.name,
                            asr_multilingual=not self.transcriber.english_only)
 
-    def voice_names(self) -> list[str]:
-        return [DEFAULT_VOICE]
+    def voice_names(self, tenant: str = DEFAULT_TENANT) -> list[str]:
+        library = [] if self.voices is None else [voice.name for voice in self.voices.voices(tenant)]
+        return [DEFAULT_VOICE, *library]
 
-    def resolve_voice(self, name: str | None) -> VoiceReference | None:
-        """A voice name -> its reference (None: the model's own voice). UnknownVoiceError for other names."""
+    def is_voice(self, name: str, tenant: str = DEFAULT_TENANT) -> bool:
+        if name in (DEFAULT_VOICE, *OPENAI_VOICES):
+            return True
+        try:
+            return self.voices is not None and self.voices.get(tenant, name) is not None
+        except VoiceNotFound:
+            return False
+
+    def resolve_voice(self, name: str | None = None) -> VoiceReference | None:
+        """The server's own voice for the default and OpenAI's stock names (no library lookup)."""
         if name in (None, "", DEFAULT_VOICE) or name in OPENAI_VOICES:
             return self.voice
-        raise UnknownVoiceError(f"unknown voice {name!r}; this server has: {', '.join(self.voice_names())}")
+        raise UnknownVoiceError(f"unknown voice {name!r}")
+
+    async def voice_reference(self, name: str | None, tenant: str = DEFAULT_TENANT) -> VoiceReference | None:
+        """A voice name or id -> its reference (None: the model's own voice). A library voice of that name wins
+        over OpenAI's stock names; UnknownVoiceError for names nobody knows. A preset is encoded on first use
+        (on the model worker: this waits in a thread)."""
+        if self.voices is not None and name not in (None, "", DEFAULT_VOICE):
+            try:
+                return await asyncio.to_thread(self.voices.reference, tenant, name)
+            except VoiceNotFound:
+                pass
+        if name in (None, "", DEFAULT_VOICE) or name in OPENAI_VOICES:
+            return self.voice
+        raise UnknownVoiceError(f"unknown voice {name!r}; this server has: {', '.join(self.voice_names(tenant))}")
 
     async def aclose(self) -> None:
         """Server shutdown: stop the engine (its streams end) and release the responders' connections."""

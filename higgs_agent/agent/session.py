@@ -25,6 +25,7 @@ from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
 from higgs_agent.agent.reply import OutputClosed, Preparation, ReplyRun, SessionOutput
 from higgs_agent.agent.responders.base import ReplyRequest, Responder, tools_unsupported
 from higgs_agent.agent.responders.fixed import FixedReply
+from higgs_agent.agent.responders.translator import Translator
 from higgs_agent.agent.session_tools import SessionTools, tool_descriptions
 from higgs_agent.agent.tools.spec import ToolConfig
 from higgs_agent.agent.services import AgentServices
@@ -37,12 +38,22 @@ from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError, new_id
+from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.understanding.context import context_line, delivery_scene
+from higgs_agent.voices.caller_voice import CallerClip, CallerVoice
 
 log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # as the reference server: shorter buffers are refused
 MAX_PENDING_TURNS = 4  # turns waiting to be understood; past this a commit is refused, not queued
 DTMF_PAUSE_S = 1.5  # keypad digits this close together make one turn
+
+
+@dataclass(frozen=True)
+class WireAudio:
+    """A turn's audio at the rate it came in (the caller's voice is cloned from it)."""
+
+    samples: np.ndarray
+    rate: int
 
 
 @dataclass
@@ -53,14 +64,16 @@ class UserTurn:
     create_response: bool
     epoch: int = 0  # speech starts seen when it was queued: a later one means the user spoke on
     response: ce.ResponseParams | None = None  # response.create's per-response settings
+    wire: WireAudio | None = None
 
 
 class Session:
-    def __init__(self, services: AgentServices, output: SessionOutput) -> None:
+    def __init__(self, services: AgentServices, output: SessionOutput, tenant: str = DEFAULT_TENANT) -> None:
         self.services = services
         self.output = output
+        self.tenant = tenant  # whose voices the session may use (one tenant per API key)
         self.config = services.session_config()
-        self.offer = services.offer()
+        self.offer = services.offer(tenant)
         self.conversation = Conversation()
         self.input = InputAudio(self.config.input_format, self._vad_settings())
         self.speaker = PhraseSpeaker(services.engine, services.sampling)
@@ -69,13 +82,18 @@ class Session:
         self._turns: asyncio.Queue[UserTurn] = asyncio.Queue()
         self._pending: list[UserTurn] = []  # queued turns that will create a response
         self._epoch = 0  # speech starts so far
-        self._last_audio: tuple[str, np.ndarray] | None = None  # the latest user turn's audio, for its codes
+        self._last_audio: tuple[str, WireAudio] | None = None  # the latest user turn's audio, for its codes
+        self._turn_start_ms = 0  # where the turn in progress starts on the input clock (its prefix included)
+        self.caller_voice = CallerVoice()  # the caller's speech, gathered turn after turn, to clone from
+        self.caller_reference: VoiceReference | None = None
+        self._recloning: asyncio.Task | None = None  # a clone of the caller's voice being made
         self._worker: asyncio.Task | None = None
         self._digits: list[str] = []  # DTMF keys waiting to become a turn
         self._digit_timer: asyncio.TimerHandle | None = None
         self._last_reply_item: ConversationItem | None = None  # the latest assistant audio, maybe still playing
         self.tools = SessionTools(operator_servers=services.mcp_servers, call_timeout_s=services.mcp_call_timeout_s)
         self._listing: asyncio.Task | None = None  # the operator's MCP servers, listed at the start
+        self._background: set[asyncio.Task] = set()
         self.caller = services.analyzer.new_caller_state() if services.analyzer is not None else None
         self.closed = False
 
@@ -104,6 +122,8 @@ class Session:
             await self.reply.cancel("client_cancelled")  # nobody hears it: the client is gone
         if self._listing is not None:
             self._listing.cancel()
+        for task in list(self._background):
+            task.cancel()
         await self.tools.aclose()
 
     # --- input -----------------------------------------------------------------------------------------
@@ -257,6 +277,7 @@ class Session:
 
     async def _speech_started(self, audio_start_ms: int) -> None:
         self._speech_item_id = new_id("item")
+        self._turn_start_ms = audio_start_ms
         self._epoch += 1
         detection = self.config.turn_detection
         truncated = None
@@ -285,7 +306,8 @@ class Session:
         item_id = self._speech_item_id or new_id("item")
         self._speech_item_id = None
         await self.send(se.SpeechStopped(audio_end_ms=audio_end_ms, item_id=item_id))
-        await self._add_user_audio(item_id, audio, timing, create_response=self._turns_create_responses)
+        wire = WireAudio(self.input.tape.slice_ms(self._turn_start_ms, audio_end_ms), self.input.tape.rate)
+        await self._add_user_audio(item_id, audio, timing, create_response=self._turns_create_responses, wire=wire)
 
     async def _commit(self, event: ce.InputAudioBufferCommit) -> None:
         if self.input.buffered_ms < MIN_COMMIT_MS:
@@ -293,8 +315,9 @@ class Session:
                                 f"of audio, at least {MIN_COMMIT_MS} ms are needed to commit")
         self._check_queue()
         turn = self.input.commit()
+        wire = WireAudio(self.input.tape.slice_ms(turn.start_ms, turn.end_ms), self.input.tape.rate)
         await self._add_user_audio(new_id("item"), turn.audio, TurnTiming(),
-                                   create_response=self._turns_create_responses)
+                                   create_response=self._turns_create_responses, wire=wire)
 
     def _check_queue(self) -> None:
         if self._turns.qsize() >= MAX_PENDING_TURNS:
@@ -303,7 +326,7 @@ class Session:
                                 "transcription.completed)")
 
     async def _add_user_audio(self, item_id: str, audio: np.ndarray, timing: TurnTiming, create_response: bool,
-                              after: str | None = None) -> None:
+                              after: str | None = None, wire: WireAudio | None = None) -> None:
         if self._turns.qsize() >= MAX_PENDING_TURNS:  # VAD turns too: a flood of them is dropped, and said so
             await self.report(ProtocolError("turn_queue_full", f"{MAX_PENDING_TURNS} turns are still waiting to "
                                             "be transcribed; this one was dropped"))
@@ -313,8 +336,9 @@ class Session:
         previous = self.conversation.previous_id(item)
         await self.send(se.InputAudioCommitted(previous_item_id=previous, item_id=item_id))
         await self.send(se.ItemAdded(previous_item_id=previous, item=item.to_item()))
-        self._last_audio = (item_id, audio)
-        self._queue(UserTurn(item, audio, timing, create_response, epoch=self._epoch))
+        wire = wire if wire is not None and len(wire.samples) else WireAudio(audio, ASR_RATE)
+        self._last_audio = (item_id, wire)
+        self._queue(UserTurn(item, audio, timing, create_response, epoch=self._epoch, wire=wire))
 
     def _queue(self, turn: UserTurn) -> None:
         if turn.create_response:
@@ -354,8 +378,9 @@ class Session:
             except (binascii.Error, ValueError) as exc:
                 raise ProtocolError("invalid_audio", f"input_audio: {exc}", param="item.content.0.audio") from None
             self._check_queue()
-            await self._add_user_audio(item_id, resample(audio, self.config.input_format.rate, ASR_RATE),
-                                       TurnTiming(), create_response=False, after=after)
+            rate = self.config.input_format.rate
+            await self._add_user_audio(item_id, resample(audio, rate, ASR_RATE), TurnTiming(), create_response=False,
+                                       after=after, wire=WireAudio(audio, rate))
         else:
             raise ProtocolError("invalid_value", f"unsupported content part type '{part.type}' for role "
                                 f"'{item.role}'", param="item.content.0.type")
@@ -496,7 +521,33 @@ class Session:
                 languages=[se.TranscriptLanguage(code=transcript.language)]))
             if analysis is not None:
                 await self._understand(item, analysis, transcript.language)
+            if turn.wire is not None:
+                self._learn_voice(turn.wire, item.text)
         await self.send(se.ItemDone(item=item.to_item()))
+
+    def _learn_voice(self, wire: WireAudio, words: str) -> None:
+        """Gather the caller's clean speech at its wire rate; once enough more has come, clone it afresh (in
+        the background: the turn does not wait for it)."""
+        self.caller_voice.add_turn(wire.samples, wire.rate, words)
+        clip = self.caller_voice.take_due_clip()
+        if clip is not None:
+            task = asyncio.create_task(self._reclone(clip), name=f"{self.config.id}-voice")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            self._recloning = task
+
+    async def _reclone(self, clip: CallerClip) -> None:
+        try:
+            codes = await self.services.engine.encode(clip.audio, clip.rate)
+            words = clip.transcript
+            if words is None:  # a turn was cut to fit: the clip's own words
+                words = (await self.services.transcriber.transcribe_async(resample(clip.audio, clip.rate,
+                                                                                   ASR_RATE))).text.strip()
+        except Exception:  # noqa: BLE001 - the previous reference stays
+            log.exception("cloning the caller's voice failed")
+            return
+        self.caller_reference = VoiceReference(codes=codes, transcript=words)
+        log.info("caller voice: %.1f s of speech from %d turns at %d Hz", clip.speech_s, clip.turns, clip.rate)
 
     async def _understand(self, item: ConversationItem, analysis: Any, language: str) -> None:  # noqa: ANN401
         try:
@@ -511,23 +562,25 @@ class Session:
         """The codec codes of the latest user turn, encoded on first use (only some replies need them)."""
         if item is None or item.codes is not None or self._last_audio is None or self._last_audio[0] != item.id:
             return None if item is None else item.codes
-        audio = self._last_audio[1]
+        wire = self._last_audio[1]
         self._last_audio = None  # encoded (or not): the audio is not needed any more
-        if len(audio) >= ASR_RATE // 10:
+        if len(wire.samples) >= wire.rate // 10:
             try:
-                item.codes = await self.services.engine.encode(audio, ASR_RATE)
+                item.codes = await self.services.engine.encode(wire.samples, wire.rate)
             except Exception:  # noqa: BLE001 - the reply goes on without hearing the audio
                 log.exception("encoding the user's audio failed")
         return item.codes
 
     def _respond(self, turn: UserTurn, responder: Responder | None = None) -> None:
         params = turn.response
-        responder = responder or self.services.responder(self.config.responder)
+        responder = responder or self._responder()
         user = self.conversation.last_user_item()
         instructions = params.instructions if params is not None and params.instructions else self.config.instructions
         timing = turn.timing
-        wants_codes = self.config.voice == CALLER_VOICE or self.config.responder == "native"
-        voice = self.services.resolve_voice(None if self.config.voice == CALLER_VOICE else self.config.voice)
+        caller_voice = self.config.voice == CALLER_VOICE
+        wants_codes = (caller_voice and self.caller_reference is None and self._recloning is None) or \
+            self.config.responder == "native"
+        audio16k = turn.audio if turn.audio is not None else None
         override = None
         if params is not None and (params.tools is not None or params.tool_choice is not None):
             override = self.tools.config.updated(params.model_dump(include={"tools", "tool_choice"},
@@ -545,13 +598,20 @@ class Session:
             codes = await self._user_codes(user) if wants_codes else None
             box = self.tools.toolbox(override) if getattr(responder, "supports_tools", False) else None
             request = ReplyRequest(messages=history(), user_audio_codes=codes,
-                                   on_first_text=lambda: timing.mark("first_text"),
-                                   tools=box.tools if box else (), tool_choice=box.tool_choice if box else ToolConfig().tool_choice)
-            reference = voice
-            if self.config.voice == CALLER_VOICE and codes is not None and user is not None:
-                reference = VoiceReference(codes=codes, transcript=user.text or "")
+                                   on_first_text=lambda: timing.mark("first_text"), user_audio16k=audio16k,
+                                   tools=box.tools if box else (),
+                                   tool_choice=box.tool_choice if box else ToolConfig().tool_choice)
+            if caller_voice and self._recloning is not None and not self._recloning.done():
+                await asyncio.shield(self._recloning)  # the reply speaks in the newest clone
+            if caller_voice:  # the gathered clone, else this very turn (a first turn has nothing else yet)
+                reference = self.caller_reference or (
+                    VoiceReference(codes=codes, transcript=user.text or "") if codes is not None and user else None)
+            else:
+                reference = await self.services.voice_reference(self.config.voice, self.tenant)
+            speakers = tuple([await self.services.voice_reference(name, self.tenant) for name in self.config.speakers])
             return Preparation(request, history, reference,
-                               scene=delivery_scene(context) if context is not None else None)
+                               scene=delivery_scene(context) if context is not None else None,
+                               speaker_voices=speakers if all(speakers) else ())
 
         tokenizer = self.services.bundle.tokenizer
         engine = self.services.engine
@@ -568,6 +628,14 @@ class Session:
                                                  else self.config.max_output_tokens),
                               on_latency=self._latency, count_tokens=count_tokens)
         self.reply.start(on_done=self._reply_done)
+
+    def _responder(self) -> Responder:
+        """The session's responder, or in translation mode an interpreter on top of the LLM."""
+        translation = self.config.translation
+        if translation is None:
+            return self.services.responder(self.config.responder)
+        return Translator(translation.to, translation.source, llm=self.services.responders.get("llm"),
+                          transcriber=self.services.transcriber)
 
     def _reply_done(self, run: ReplyRun) -> None:
         if run.status == "in_progress":  # cancelled before its task ever ran: nothing was sent

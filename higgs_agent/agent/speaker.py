@@ -2,13 +2,18 @@
 
 A reply is spoken phrase by phrase so speech starts on the first complete phrase. Each phrase is its own
 stream, all under the response's lease (capacity decided once, when the response starts), and the voice is
-pinned or it would drift between phrases: the session's voice reference (a server voice, or the caller's own
-voice), else the session's first spoken phrase becomes the reference for everything it says after
-(zero-shot cloning of itself).
+pinned or it would drift between phrases: the session's voice reference (a server voice, a library voice,
+or the caller's own voice), else the session's first spoken phrase becomes the reference for everything it
+says after (zero-shot cloning of itself).
+
+Several speakers: text with [SPEAKERn] tags is spoken with one reference per speaker, all in every phrase's
+prompt, as Higgs Audio does it in one generation; `SpeakerTags` carries the current tag into phrases that
+the splitter cut from the middle of a speaker's turn.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -29,6 +34,25 @@ def frame_budget(text: str, cap: int) -> int:
     return max(FRAME_RATE, min(cap, int(FRAME_RATE * (1.0 + 0.12 * len(text)))))
 
 
+_TAG = re.compile(r"\[SPEAKER(\d+)\]\s*")
+
+
+class SpeakerTags:
+    """The speaker of each phrase in multi-speaker text: a phrase without a tag continues the last speaker."""
+
+    def __init__(self) -> None:
+        self.current = "[SPEAKER0]"
+
+    def tag(self, phrase: str) -> tuple[str, str]:
+        """(what the engine is asked to say, with its speaker tag; the words alone, for the transcript)."""
+        tags = _TAG.findall(phrase)
+        if not phrase.lstrip().startswith("[SPEAKER"):
+            phrase = f"{self.current} {phrase}"
+        if tags:
+            self.current = f"[SPEAKER{tags[-1]}]"
+        return phrase, " ".join(_TAG.sub(" ", phrase).split())
+
+
 def clip_reference(voice: VoiceReference) -> VoiceReference:
     if voice.frames <= MAX_REFERENCE_FRAMES:
         return voice
@@ -41,16 +65,22 @@ class PhraseSpeaker:
         self.sampling = sampling
         self.own_voice: VoiceReference | None = None  # set by the first phrase spoken without a reference
 
-    def prompt(self, text: str, voice: VoiceReference | None = None, scene: str | None = None) -> SpeechPrompt:
-        """What the engine is asked to say for `text` (the voice pinned, the delivery in the scene)."""
+    def prompt(self, text: str, voice: VoiceReference | None = None, scene: str | None = None,
+               speaker_voices: tuple[VoiceReference, ...] = ()) -> SpeechPrompt:
+        """What the engine is asked to say for `text` (the voice pinned, or one per speaker; the delivery in
+        the scene)."""
+        if speaker_voices:
+            return SpeechPrompt(text=text, speaker_voices=tuple(map(clip_reference, speaker_voices)), scene=scene)
         reference = voice or self.own_voice
         return SpeechPrompt(text=text, voice=None if reference is None else clip_reference(reference), scene=scene)
 
     async def speak(self, text: str, lease: Lease | None = None, voice: VoiceReference | None = None,
                     scene: str | None = None, max_frames: int | None = None,
-                    on_first_frame: Callable[[], None] | None = None) -> AsyncIterator[np.ndarray]:
-        """Yield float32 PCM chunks of `text` spoken in `voice` (or the session's own voice)."""
-        pinned = voice is not None or self.own_voice is not None
+                    on_first_frame: Callable[[], None] | None = None,
+                    speaker_voices: tuple[VoiceReference, ...] = ()) -> AsyncIterator[np.ndarray]:
+        """Yield float32 PCM chunks of `text` spoken in `voice` (or the session's own voice), or with a voice
+        per [SPEAKERn] tag."""
+        pinned = voice is not None or self.own_voice is not None or bool(speaker_voices)
         budget = frame_budget(text, self.sampling.max_frames if max_frames is None else max_frames)
         settings = replace(self.sampling, max_frames=budget)
 
@@ -60,7 +90,7 @@ class PhraseSpeaker:
                 on_first_frame, first = None, on_first_frame
                 first()
 
-        async with self.engine.stream(self.prompt(text, voice, scene), settings, lease=lease,
+        async with self.engine.stream(self.prompt(text, voice, scene, speaker_voices), settings, lease=lease,
                                       frames=True) as speech:
             async for chunk in speech.pcm(on_frame=on_frame):
                 yield chunk

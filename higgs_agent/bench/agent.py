@@ -80,9 +80,7 @@ def run_agent_bench(args: argparse.Namespace) -> dict:
         return run_concurrent_agent_bench(args)
     from higgs_agent.agent.responders.echo import EchoResponder
     from higgs_agent.bench.common import describe, load_bench_model
-    from higgs_agent.client import talk
     from higgs_agent.model.asr import Transcriber
-    from higgs_agent.server import serve_in_background
     from higgs_agent.streaming.engine import StreamingEngine
 
     bundle, model = load_bench_model(args)

@@ -118,11 +118,15 @@ class Transcriber:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="higgs-asr")
 
     async def transcribe_async(self, audio16k: np.ndarray, language: str | None = None,
-                               prompt: str | None = None) -> Transcript:
+                               prompt: str | None = None, task: str = "transcribe") -> Transcript:
         """`transcribe` on the ASR thread (the session context, hence its log id, goes along)."""
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: context.run(self.transcribe, audio16k, language, prompt))
+            self._executor, lambda: context.run(self.transcribe, audio16k, language, prompt, task))
+
+    def transcribe_on_thread(self, audio16k: np.ndarray) -> Transcript:
+        """For a thread that may block (not the event loop): waits for `transcribe` on the ASR thread."""
+        return self._executor.submit(self.transcribe, audio16k).result()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -147,10 +151,11 @@ class Transcriber:
         return not self.model.model.is_multilingual
 
     def transcribe(self, audio16k: np.ndarray, language: str | None = None, prompt: str | None = None,
-                   ) -> Transcript:
+                   task: str = "transcribe") -> Transcript:
         """16 kHz float32 mono (one turn) -> text. Greedy, temperature 0, no VAD filter: the same audio always
         gives the same text. `language` None lets a multilingual model detect it; English-only models say "en".
-        `prompt` is Whisper's initial prompt (names, spellings)."""
+        `prompt` is Whisper's initial prompt (names, spellings). `task="translate"`: Whisper's own translation
+        into English (multilingual models)."""
         audio = np.asarray(audio16k, dtype=np.float32).reshape(-1)
         duration = len(audio) / ASR_SAMPLE_RATE
         if self.english_only and language not in (None, "en"):
@@ -161,7 +166,7 @@ class Transcriber:
         with self._lock:
             started = time.perf_counter()
             segments, info = self.model.transcribe(
-                audio, language=language, beam_size=1, best_of=1, temperature=0.0,
+                audio, language=language, task=task, beam_size=1, best_of=1, temperature=0.0,
                 condition_on_previous_text=False, vad_filter=False, without_timestamps=True,
                 initial_prompt=prompt,
             )

@@ -80,11 +80,20 @@ class AudioField(_Strict):
     output: OutputField | None = None
 
 
+class TranslationField(_Strict):
+    """Speak every turn of the caller back translated (in their own voice unless the session sets another)."""
+
+    to: str = Field(min_length=2, max_length=16)  # the language to speak, e.g. "fr", "en"
+    source: str | None = Field(default=None, alias="from", min_length=2, max_length=16)  # the caller's, if known
+
+
 class HiggsField(_Strict):
     """Ours: what OpenAI's schema has no place for."""
 
     extension_events: bool | None = None  # send higgs.* events to this session
     responder: str | None = None  # echo | llm | native
+    speakers: list[str] | None = None  # voices for [SPEAKER0], [SPEAKER1], ...: multi-speaker replies
+    translation: TranslationField | None = None  # speech translation mode
 
 
 class SessionField(_Strict):

@@ -3,7 +3,9 @@
 Fields: `input` (required), `voice`, `response_format` (mp3 default, opus, aac, flac, wav, pcm), `instructions`
 (how to speak: our scene description), `speed` (only 1.0), `stream_format` ("audio": the encoded bytes;
 "sse": `speech.audio.delta` events with base64 chunks, then `speech.audio.done` with usage), plus ours:
-`seed`, `max_frames`. Every client mistake is a 4xx with OpenAI's error body {error: {message, type, param,
+`seed`, `max_frames`, `voices` (a voice per [SPEAKERn] of multi-speaker text). `voice` is a library voice or
+preset of the caller's tenant, the server's default, or one of OpenAI's stock names (the default). Every
+client mistake is a 4xx with OpenAI's error body {error: {message, type, param,
 code}}; 503 with Retry-After when every engine slot is busy.
 """
 
@@ -19,9 +21,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from higgs_agent.agent.services import AgentServices, UnknownVoiceError
+from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.model.prompts import SpeechPrompt, build_inputs
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import AtCapacityError, Speech
+from higgs_agent.transport.auth import principal_of
 from higgs_agent.transport.speech_formats import DEFAULT_FORMAT, FORMATS, StreamingEncoder
 
 MAX_BODY_BYTES = 64 << 10  # 4096 characters of input and of instructions, with room to spare
@@ -40,6 +44,7 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = "audio"
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     max_frames: int = Field(default=1500, ge=1, le=7500)
+    voices: list[str] | None = Field(default=None, min_length=1, max_length=8)  # ours: one per [SPEAKERn]
 
 
 class BodyTooLarge(ValueError):
@@ -102,14 +107,24 @@ def speech_endpoint(services: AgentServices) -> Callable[[Request], Awaitable[Re
     context = int(bundle.config.max_position_embeddings)
 
     async def speech(request: Request) -> Response:
+        principal = principal_of(request.scope)
+        tenant = principal.tenant if principal is not None else DEFAULT_TENANT
         try:
             body = await parse_request(request)
-            voice = services.resolve_voice(body.voice)
+            if body.voices is not None:
+                speakers = tuple([await services.voice_reference(name, tenant) for name in body.voices])
+                if not all(speakers):
+                    raise RequestError(400, "every voice in voices must be a library voice or preset", param="voices")
+                prompt = SpeechPrompt(body.input, scene=body.instructions, speaker_voices=speakers)
+            else:
+                prompt = SpeechPrompt(body.input, scene=body.instructions,
+                                      voice=await services.voice_reference(body.voice, tenant))
         except RequestError as exc:
             return exc.response()
         except UnknownVoiceError as exc:
-            return RequestError(400, str(exc), param="voice").response()
-        prompt = SpeechPrompt(body.input, scene=body.instructions, voice=voice)
+            return RequestError(400, str(exc), param="voices" if body.voices else "voice").response()
+        except ValueError as exc:  # e.g. [SPEAKER2] with two voices
+            return RequestError(400, str(exc), param="input").response()
         inputs = await engine.run(lambda: build_inputs(bundle.processor, prompt))  # the tokenizer: off the loop
         prompt_tokens = int(inputs.input_ids.shape[1])
         if prompt_tokens >= context:

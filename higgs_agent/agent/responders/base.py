@@ -28,6 +28,7 @@ from higgs_agent.agent.tools.calls import (
 from higgs_agent.agent.tools.spec import FunctionTool, ToolChoice
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 __all__ = [
@@ -65,6 +66,7 @@ class ReplyRequest:
     tools: Sequence[FunctionTool] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     parallel_tool_calls: bool | None = None
+    user_audio16k: np.ndarray | None = None  # the current user turn's audio (Whisper's own translation)
 
     def last_user_text(self) -> str:
         for message in reversed(self.messages):

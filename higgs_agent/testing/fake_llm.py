@@ -1,4 +1,5 @@
-"""A local OpenAI-compatible chat-completions server for tests: scripted replies, streamed in small deltas.
+"""A local OpenAI-compatible chat-completions server for tests and offline benchmarks: scripted replies,
+streamed in small deltas.
 
     with FakeLLM(reply="Hello there. Bye.", chunk_chars=3) as llm:
         responder = LLMResponder(llm.base_url, model="fake")
