@@ -6,6 +6,9 @@ Screenshots go to $HIGGS_TEST_ARTIFACTS (or pytest's tmp dir); each test prints 
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -77,22 +80,16 @@ def audible_ms_at(output: list[dict], at: float) -> float:
     return before[-1] if before else 0.0
 
 
-def require_webrtc(server: str) -> None:
-    answer = httpx.post(f"{server}/v1/realtime/calls", content=b"", headers={"Content-Type": "application/sdp"})
-    if answer.status_code in (404, 405):  # no route (405: the static files at "/" refusing a POST)
-        pytest.skip("the server has no POST /v1/realtime/calls yet")
-
-
 @pytest.mark.parametrize("transport", ["websocket", "webrtc"])
 async def test_a_spoken_turn_is_shown_and_played_and_talking_over_the_reply_stops_it(
         transport, server, conversation_mic, artifacts):
-    if transport == "webrtc":
-        require_webrtc(server)
     async with chromium(conversation_mic) as browser:
         chat = await ChatPage.open(browser, server, transport=transport)
         await chat.talk()
         await chat.wait_for("voiceChat.stats.transport !== null", timeout_s=20)
         assert (await chat.stats())["transport"] == transport
+        if transport == "webrtc":  # the call id, from the answer's Location header
+            assert (await chat.stats())["callId"].startswith("rtc_")
 
         # Both turns are heard and answered; the second reply plays out to its end.
         await chat.wait_for("voiceChat.stats.responses.filter((r) => r.doneAt).length >= 2", timeout_s=60)
@@ -155,6 +152,10 @@ async def test_a_spoken_turn_is_shown_and_played_and_talking_over_the_reply_stop
         print("phone:", await chat.screenshot(artifacts, f"{transport}-phone"))
         assert await chat.page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
+        if transport == "webrtc":  # hanging up ends the call on the server, and its session with it
+            await chat.talk()
+            await wait_until(lambda: httpx.get(f"{server}/health").json()["webrtc_calls"] == 0, 10, "the call ending")
+
 
 async def test_failures_get_a_message_that_says_what_to_do(services, bundle, transcriber, greeting_mic):
     async with chromium(greeting_mic) as browser:
@@ -166,6 +167,11 @@ async def test_failures_get_a_message_that_says_what_to_do(services, bundle, tra
             assert await failure(chat) == "key-refused"
             await chat.page.select_option("#transport", "auto")  # WebRTC first: the key goes to client_secrets
             assert await failure(chat) == "key-refused"
+            await chat.page.fill("#api-key", "sesame")  # the right key mints a client secret, which places the call
+            await chat.talk()
+            await chat.wait_for("document.querySelector('#status').dataset.state === 'listening'", 20)
+            assert (await chat.stats())["transport"] == "webrtc"
+            await chat.talk()  # hang up
             await chat.page.select_option("#transport", "websocket")
             await chat.page.fill("#api-key", "sesame")
             await chat.talk()
@@ -203,6 +209,13 @@ async def test_a_refused_microphone_says_how_to_allow_it(server):
         chat = await ChatPage.open(browser, server)
         assert await failure(chat) == "mic-denied"
         assert "Allow the microphone" in (await chat.error_banner())["text"]
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s} s"
+        await asyncio.sleep(0.1)
 
 
 async def failure(chat: ChatPage, press: bool = True, timeout_s: float = 20) -> str:
