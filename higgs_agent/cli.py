@@ -19,6 +19,7 @@ from higgs_agent.defaults import (
     DEFAULT_REALTIME_URL,
     DEFAULT_SLOTS,
 )
+from higgs_agent.transport.webrtc import add_webrtc_args  # argparse only: no aiortc at import
 
 
 def _env(name: str) -> str | None:
@@ -111,6 +112,7 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--emotion-model", default=None,
                        help="a speech-emotion audio-classification model (hub id or folder) reported beside the "
                             "prosody state (default: none)")
+    add_webrtc_args(serve)
     serve.add_argument("--extension-events", action="store_true",
                        help="send our higgs.* events (turn latency, caller context) to every session; by "
                             "default a session opts in with session.update {higgs: {extension_events: true}}")
@@ -160,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="transcript of each --voice recording, in the same order")
     speak.add_argument("--voices-dir", default=None, help="a voice library folder (as serve --voices-dir)")
     speak.add_argument("--voice-presets", default=None, help="a folder of preset voices: NAME.wav + NAME.txt")
+    speak.add_argument("--tenant", default="default", help="whose library voices --voice names (default: %(default)s)")
     speak.add_argument("--scene", help="scene description, e.g. 'Audio is recorded from a quiet room.'")
     speak.add_argument("--reference", action="store_true",
                        help="use transformers' generate() and a whole decode instead of the streaming engine")

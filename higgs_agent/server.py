@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # torch loads only when serving
     from higgs_agent.model.loader import HiggsBundle
     from higgs_agent.model.sampling import SamplingSettings
     from higgs_agent.streaming.engine import StreamingEngine
+    from higgs_agent.voices.library import VoiceLibrary
 
 log = logging.getLogger(__name__)
 WS_MAX_BYTES = 16 << 20  # frames past this are refused by the WebSocket layer itself (close 1009)
@@ -85,6 +86,7 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
     if args.voice:
         voice = encode_voice(bundle.processor, read_wav(args.voice), SAMPLE_RATE, args.voice_text)
     engine = StreamingEngine(bundle, slots=args.slots)
+    voices = voice_library(args.voices_dir, args.voice_presets, bundle, engine)
     analyzer = None
     if not args.no_understanding:
         from higgs_agent.understanding.analyzer import TurnAnalyzer
@@ -98,7 +100,18 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
                          default_responder=default_responder(args), sampling=sampling, voice=voice,
                          extension_events=args.extension_events, mcp_servers=mcp_servers(args),
                          allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout,
-                         analyzer=analyzer)
+                         analyzer=analyzer, voices=voices)
+
+
+def voice_library(root: str, presets: str | None, bundle: HiggsBundle, engine: StreamingEngine) -> VoiceLibrary:
+    """The voice library, its codes computed on the engine's model worker (callers wait in their own thread)."""
+    from higgs_agent.model.prompts import encode_voice
+    from higgs_agent.voices.library import VoiceLibrary
+
+    def encode(audio: Any, rate: int) -> Any:  # noqa: ANN401 - float audio in, codes out
+        return engine.worker.job(lambda: encode_voice(bundle.processor, audio, rate, "").codes).result()
+
+    return VoiceLibrary(root, encode=encode, presets=presets, codec_id=str(bundle.codec_source))
 
 
 def bind_listen_socket(host: str, port: int) -> socket.socket:
@@ -133,14 +146,18 @@ def serve_command(args: argparse.Namespace) -> int:
     from higgs_agent.commands import load_bundle, sampling_settings
     from higgs_agent.model.errors import ModelLoadError
     from higgs_agent.transport.app import create_agent_app
+    from higgs_agent.transport.webrtc import webrtc_settings
+    from higgs_agent.voices.tenants import TenantKeysError, build_authenticator
 
     problem = check_serve_args(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
+        webrtc = webrtc_settings(args)
+        authenticator = build_authenticator(args.api_key, args.api_keys)
         sock = bind_listen_socket(args.host, args.port)
-    except ServeError as exc:
+    except (ServeError, TenantKeysError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bundle = load_bundle(args, use_text_head=default_responder(args) == "native")
@@ -149,7 +166,8 @@ def serve_command(args: argparse.Namespace) -> int:
     except (ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_agent_app(services, api_key=args.api_key, cors_origins=_origins(args.cors_origins))
+    app = create_agent_app(services, cors_origins=_origins(args.cors_origins), authenticator=authenticator,
+                           webrtc=webrtc)
     log.info("serving on http://%s:%d (web page /, realtime ws://%s:%d/v1/realtime; responders: %s, default %s)",
              args.host, args.port, args.host, args.port, ", ".join(services.responders), services.default_responder)
     server = uvicorn.Server(uvicorn_config(app))
@@ -176,7 +194,7 @@ def _origins(value: str | None) -> list[str]:
 
 
 @contextmanager
-def serve_in_background(services: AgentServices, api_key: str | None = None, **app_options: Any) -> Iterator[str]:
+def serve_in_background(services: AgentServices, api_key: str | None = None, **app_options: Any) -> Iterator[str]:  # noqa: E501
     """The agent app on 127.0.0.1 (a free port) in a thread of this process, for tests and benchmarks that
     need a real socket and also the server's own objects; yields its base URL (http://...). `app_options` go
     to `create_agent_app`."""

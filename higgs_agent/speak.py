@@ -15,12 +15,11 @@ from tqdm import tqdm
 from higgs_agent import FRAME_RATE, SAMPLE_RATE
 from higgs_agent.audio import float_to_pcm16, read_wav
 from higgs_agent.model import HiggsBundle
-from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.model.prompts import SpeechPrompt, VoiceReference, build_inputs, encode_voice
-from higgs_agent.voices.library import VoiceLibrary, VoiceNotFound
 from higgs_agent.model.reference import synthesize_reference
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.voices.library import VoiceLibrary, VoiceNotFound
 
 _CHARS_PER_SECOND = 15  # rough speaking rate, only to size the progress bar
 
@@ -59,7 +58,7 @@ def _references(args: argparse.Namespace, bundle: HiggsBundle) -> list[VoiceRefe
             references.append(encode_voice(bundle.processor, read_wav(voice), SAMPLE_RATE, texts.pop(0)))
         elif library is not None:
             try:
-                references.append(library.reference(DEFAULT_TENANT, voice))
+                references.append(library.reference(args.tenant, voice))
             except VoiceNotFound:
                 raise SystemExit(f"--voice {voice}: no such file, and no voice of that id or name in the library") \
                     from None

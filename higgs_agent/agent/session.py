@@ -14,6 +14,7 @@ import base64
 import binascii
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,19 +27,19 @@ from higgs_agent.agent.reply import OutputClosed, Preparation, ReplyRun, Session
 from higgs_agent.agent.responders.base import ReplyRequest, Responder, tools_unsupported
 from higgs_agent.agent.responders.fixed import FixedReply
 from higgs_agent.agent.responders.translator import Translator
-from higgs_agent.agent.session_tools import SessionTools, tool_descriptions
-from higgs_agent.agent.tools.spec import ToolConfig
 from higgs_agent.agent.services import AgentServices
+from higgs_agent.agent.session_tools import SessionTools, tool_descriptions
 from higgs_agent.agent.speaker import PhraseSpeaker
+from higgs_agent.agent.tools.spec import ToolConfig
 from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.agent.vad import SpeechStarted
 from higgs_agent.audio import resample
 from higgs_agent.audio_formats import AudioFormatError, decode_audio
+from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError, new_id
-from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.understanding.context import context_line, delivery_scene
 from higgs_agent.voices.caller_voice import CallerClip, CallerVoice
 
@@ -207,6 +208,14 @@ class Session:
         self._queue(UserTurn(item, None, TurnTiming(), create_response=self._turns_create_responses,
                              epoch=self._epoch))
 
+    def configure(self, raw: Mapping[str, Any]) -> list[ProtocolError]:
+        """A session config applied before `open()` (a client secret's, a WebRTC call's form), as
+        session.update applies it but without events; returns the notes to report once open. ProtocolError
+        (nothing applied) for a bad value."""
+        self.config, notes = self.config.updated(dict(raw), self.offer)
+        self.input.reconfigure(self.config.input_format, self._vad_settings())
+        return notes
+
     async def _session_update(self, event: ce.SessionUpdate) -> None:
         raw = event.session
         tools = self.tools.config.updated(raw, "session") if "tools" in raw or "tool_choice" in raw else None
@@ -351,9 +360,11 @@ class Session:
         await self.send(se.InputAudioCleared())
 
     async def _clear_output(self, event: ce.OutputAudioBufferClear) -> None:
-        """The client stopped playback: cancel the reply, keep what was heard."""
+        """The client stopped playback: cancel the reply, or cut the one still playing; keep what was heard."""
         if self.reply is not None:
             await self.reply.cancel("client_cancelled")
+        elif (truncated := self._cut_playing_reply()) is not None:
+            await self.send(truncated)
 
     async def _item_create(self, event: ce.ConversationItemCreate) -> None:
         item = event.item

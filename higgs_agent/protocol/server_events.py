@@ -346,6 +346,27 @@ class OutputTranscriptDone(_PartEvent):
     transcript: str
 
 
+class OutputAudioBufferStarted(_Event):
+    """WebRTC: a response's first audio frame went to the encoder (the agent is audible from now)."""
+
+    type: Literal["output_audio_buffer.started"] = "output_audio_buffer.started"
+    response_id: str
+
+
+class OutputAudioBufferStopped(_Event):
+    """WebRTC: a response's last frame went out (always after its response.done: the track plays at real time)."""
+
+    type: Literal["output_audio_buffer.stopped"] = "output_audio_buffer.stopped"
+    response_id: str
+
+
+class OutputAudioBufferCleared(_Event):
+    """WebRTC: a barge-in or the client's output_audio_buffer.clear dropped what had not been sent."""
+
+    type: Literal["output_audio_buffer.cleared"] = "output_audio_buffer.cleared"
+    response_id: str
+
+
 class FunctionCallArgumentsDelta(_Event):
     type: Literal["response.function_call_arguments.delta"] = "response.function_call_arguments.delta"
     response_id: str

@@ -27,9 +27,11 @@ from higgs_agent.agent.reply import OutputClosed
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
 from higgs_agent.audio_formats import AudioFormat, StreamResampler, encode_audio
+from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.logs import session_id
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError
+from higgs_agent.transport.auth import principal_of
 from higgs_agent.transport.uvicorn_ws import ABORT_EXTENSION
 
 log = logging.getLogger(__name__)
@@ -188,13 +190,22 @@ async def realtime_endpoint(websocket: WebSocket, services: AgentServices) -> No
     session: Session | None = None
     output = WebSocketOutput(websocket, lambda: session.config.output_format,
                              slow_client_timeout_s=services.slow_client_timeout_s)
-    session = Session(services, output)
+    principal = principal_of(websocket.scope)
+    session = Session(services, output, tenant=principal.tenant if principal is not None else DEFAULT_TENANT)
     session_id.set(session.config.id)  # every line logged for this connection names the session
+    notes: list[ProtocolError] = []
+    if principal is not None and principal.session:  # a client secret's session config comes first
+        try:
+            notes = session.configure(principal.session)
+        except ProtocolError as exc:
+            notes = [exc]
     log.info("session opened from %s", websocket.client.host if websocket.client else "?")
     output.start()
     close_code, reason = 1000, ""
     try:
         await session.open()
+        for note in notes:
+            await session.report(note)
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
