@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 from higgs_agent.agent.config import OPENAI_VOICES, ServerOffer, SessionConfig, Transcription
 from higgs_agent.agent.responders.base import Responder
 from higgs_agent.agent.tools.spec import McpServerSpec
+from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.metrics import AgentMetrics
 from higgs_agent.model.asr import Transcriber
 from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import StreamingEngine
-from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.understanding.analyzer import TurnAnalyzer
 from higgs_agent.voices.library import VoiceLibrary, VoiceNotFound
 
