@@ -229,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     translate_bench.add_argument("--phrases", type=int, default=4, help="phrases spoken (default: %(default)s)")
     translate_bench.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
     translate_bench.add_argument("--max-frames", type=int, default=200, help="frame budget per phrase (default: %(default)s)")
+    soak = kinds.add_parser("soak", help="sessions talking (and misbehaving) in parallel for minutes against one "
+                            "serve process: turns, errors, server memory")
+    _add_bench_args(soak)
+    soak.add_argument("--sessions", type=int, default=4, help="sessions in parallel (default: %(default)s)")
+    soak.add_argument("--minutes", type=float, default=3.0, help="how long (default: %(default)s)")
+    soak.add_argument("--max-frames", type=int, default=100, help="frame budget per phrase (default: %(default)s)")
     understanding = kinds.add_parser("understanding", help="caller analysis per turn next to transcription")
     understanding.add_argument("--turns", type=int, default=10, help="espeak-ng turns (default: %(default)s)")
     understanding.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
@@ -284,6 +290,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         from higgs_agent.bench.translate import run_translate_bench as run
     elif args.bench == "understanding":
         from higgs_agent.bench.understanding import run_understanding_bench as run
+    elif args.bench == "soak":
+        from higgs_agent.bench.soak import run_soak_bench as run
     else:
         from higgs_agent.bench.agent import run_agent_bench as run
     print(json.dumps(run(args)))

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # torch loads only when serving
     from higgs_agent.voices.library import VoiceLibrary
 
 log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_S = 5.0  # on Ctrl-C: open HTTP bodies get this long, then the server stops regardless
 WS_MAX_BYTES = 16 << 20  # frames past this are refused by the WebSocket layer itself (close 1009)
 
 
@@ -185,6 +186,7 @@ def uvicorn_config(app: Any, **options: Any) -> Any:  # noqa: ANN401 - an ASGI a
 
     from higgs_agent.transport.uvicorn_ws import AbortableWebSocketProtocol
 
+    options.setdefault("timeout_graceful_shutdown", SHUTDOWN_GRACE_S)
     return uvicorn.Config(app, log_config=None, ws_max_size=WS_MAX_BYTES, ws=AbortableWebSocketProtocol,
                           lifespan="off", **options)
 
@@ -194,17 +196,19 @@ def _origins(value: str | None) -> list[str]:
 
 
 @contextmanager
-def serve_in_background(services: AgentServices, api_key: str | None = None, **app_options: Any) -> Iterator[str]:  # noqa: E501
-    """The agent app on 127.0.0.1 (a free port) in a thread of this process, for tests and benchmarks that
-    need a real socket and also the server's own objects; yields its base URL (http://...). `app_options` go
-    to `create_agent_app`."""
+def serve_app_in_background(app: Any, send_buffer: int | None = None) -> Iterator[str]:  # noqa: ANN401 - ASGI
+    """Any ASGI app on 127.0.0.1 (a free port) in a thread of this process, run as `serve` runs it
+    (`uvicorn_config`), for tests and benchmarks that need a real socket and also the server's own objects;
+    yields its base URL (http://...). `send_buffer` sets the kernel send buffer of every connection
+    (SO_SNDBUF, inherited from the listening socket): a slow network path, where a peer that stops reading
+    blocks the server after kilobytes, not megabytes."""
     import uvicorn
 
-    from higgs_agent.transport.app import create_agent_app
-
-    server = uvicorn.Server(uvicorn_config(create_agent_app(services, api_key=api_key, **app_options),
-                                           host="127.0.0.1", port=0))
-    thread = threading.Thread(target=server.run, daemon=True)
+    sock = bind_listen_socket("127.0.0.1", 0)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    server = uvicorn.Server(uvicorn_config(app))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="test-server")
     thread.start()
     deadline = time.monotonic() + 30
     while not (server.started and server.servers):
@@ -212,7 +216,18 @@ def serve_in_background(services: AgentServices, api_key: str | None = None, **a
             raise RuntimeError("the in-process server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def serve_in_background(services: AgentServices, api_key: str | None = None, send_buffer: int | None = None,
+                        **app_options: Any) -> Iterator[str]:
+    """The whole agent app (`create_agent_app(services, api_key, **app_options)`) in the background, as
+    `serve_app_in_background`."""
+    from higgs_agent.transport.app import create_agent_app
+
+    with serve_app_in_background(create_agent_app(services, api_key=api_key, **app_options), send_buffer) as base:
+        yield base

@@ -80,3 +80,13 @@ def test_bench_translate_reports_per_phrase_latency(tiny_dir):
     assert figures["phrases"] == figures["translated"] == 2
     assert len(figures["phrase_to_first_audio_ms"]) == 2 and figures["phrase_to_first_audio_ms_p50"] > 0
     assert figures["first_phrase_heard_before_speaker_finished"] is True and figures["engine_ttfa_ms_p50"] > 0
+
+
+def test_bench_soak_keeps_a_misbehaved_server_up_and_reports_its_memory(tiny_dir):
+    figures = bench_json("soak", "--model", str(tiny_dir), "--sessions", "2", "--minutes", "0.25")
+    assert figures["turns_completed"] >= 4 and figures["reconnects"] >= 1 and figures["client_failures"] == []
+    assert figures["server_errors"] == 0 and figures["server_tracebacks"] == 0 and figures["server_alive_after"]
+    assert set(figures["client_errors"]) <= {"invalid_value", "invalid_json", "unknown_event", "invalid_base64"}
+    assert sum(figures["client_errors"].values()) >= 2  # every malformed event was answered
+    assert 0 < figures["rss_mb_start"] <= figures["rss_mb_max"] and figures["rss_mb_end"] <= figures["rss_mb_max"]
+

@@ -86,6 +86,43 @@ async def test_control_events_overtake_queued_audio_but_a_responses_own_events_s
     await output.close()
 
 
+async def test_dropping_queued_audio_wakes_a_producer_waiting_for_room():
+    socket = StuckSocket()
+    output = WebSocketOutput(socket, lambda: PCM16_24K, max_messages=4, slow_client_timeout_s=30)
+    output.start()
+    for _ in range(5):  # one in the sender's hands, four queued: the outbox is full
+        await output.send_audio("r1", "old", np.zeros(960, dtype=np.float32))
+        await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(output.send_event(se.InputAudioCleared()))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # no room
+    output.discard_audio("old")  # the barge-in drops the queued reply ...
+    await asyncio.wait_for(waiting, 1.0)  # ... and the producer goes on at once, not after 30 s
+    await output.close()
+
+
+class BrokenSocket(StuckSocket):
+    """A connection that fails on the second send (the peer reset it)."""
+
+    async def send_text(self, text: str) -> None:
+        if self.sent:
+            raise RuntimeError("Unexpected ASGI message 'websocket.send', after sending 'websocket.close'")
+        self.sent.append(text)
+
+
+async def test_a_failed_send_fails_every_producer_at_once_and_says_so_in_the_log(caplog):
+    output = WebSocketOutput(BrokenSocket(), lambda: PCM16_24K, max_messages=4, slow_client_timeout_s=30)
+    output.start()
+    started = asyncio.get_running_loop().time()
+    with caplog.at_level("INFO"), pytest.raises(OutputClosed, match="failed while sending"):
+        for _ in range(100):
+            await output.send_audio("r1", "item", np.zeros(960, dtype=np.float32))
+            await asyncio.sleep(0)
+    assert asyncio.get_running_loop().time() - started < 1.0  # not the slow-client timeout
+    assert "sending failed (RuntimeError" in caplog.text
+    await output.close()
+
+
 def test_the_playout_clock_counts_a_stall_as_not_heard():
     from higgs_agent.agent.playout import PlayoutClock
 

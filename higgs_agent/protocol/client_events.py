@@ -8,12 +8,11 @@ fields `session_fields` checks one by one.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from higgs_agent.protocol.errors import ProtocolError
+from higgs_agent.protocol.errors import ProtocolError, loads_strict
 
 
 class _Strict(BaseModel):
@@ -154,7 +153,7 @@ def parse_client_event(raw: str | bytes, max_bytes: int) -> ClientEvent:
         raise ProtocolError("message_too_large", f"message of {size} bytes exceeds the limit of {max_bytes} "
                             "bytes; send audio in smaller input_audio_buffer.append chunks")
     try:
-        data = json.loads(raw)
+        data = loads_strict(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, an int past Python's digit limit
         raise ProtocolError("invalid_json", f"message is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 
@@ -21,3 +22,13 @@ class ProtocolError(Exception):
         self.param = param
         self.event_id = event_id
         self.type = type
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def loads_strict(raw: str | bytes) -> object:
+    """`json.loads` without Python's extensions: `NaN`, `Infinity` and `-Infinity` are refused, as every
+    other JSON parser (a browser's, OpenAI's) refuses them, instead of becoming floats nothing can handle."""
+    return json.loads(raw, parse_constant=_no_constant)

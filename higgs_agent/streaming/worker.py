@@ -191,6 +191,10 @@ class ModelWorker:
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("the model worker is still busy %g s after close; leaving it", timeout_s)
+            else:
+                log.info("model worker stopped")
 
     @property
     def closed(self) -> bool:

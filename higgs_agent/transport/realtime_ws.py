@@ -32,7 +32,7 @@ from higgs_agent.logs import session_id
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError
 from higgs_agent.transport.auth import principal_of
-from higgs_agent.transport.uvicorn_ws import ABORT_EXTENSION
+from higgs_agent.transport.uvicorn_ws import abort_connection
 
 log = logging.getLogger(__name__)
 SUBPROTOCOL = "realtime"
@@ -169,9 +169,7 @@ class WebSocketOutput:
 async def close_unresponsive(websocket: WebSocket, code: int, reason: str) -> None:
     """Drop the connection now where the server allows it (ours: `uvicorn_ws`), else try a close frame with a
     deadline."""
-    if ABORT_EXTENSION in websocket.scope.get("extensions", {}):
-        with contextlib.suppress(Exception):
-            await websocket.send({"type": ABORT_EXTENSION})
+    if abort_connection(websocket.scope):
         return
     with contextlib.suppress(Exception):
         await asyncio.wait_for(websocket.close(code, reason), 1.0)
@@ -222,6 +220,7 @@ async def realtime_endpoint(websocket: WebSocket, services: AgentServices) -> No
     except (WebSocketDisconnect, RuntimeError) as exc:  # the client vanished mid-send or mid-receive
         log.info("client gone: %s", type(exc).__name__)
     finally:
+        reason = reason or output.closed_reason or ""  # e.g. cut off as too slow while the reply was sending
         await session.close()
         services.metrics.audio_seconds_out.inc(output.audio_seconds_sent)
         await output.close()

@@ -24,6 +24,7 @@ from higgs_agent.agent.services import AgentServices, UnknownVoiceError
 from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.model.prompts import SpeechPrompt, build_inputs
 from higgs_agent.model.sampling import SamplingSettings
+from higgs_agent.protocol.errors import loads_strict
 from higgs_agent.streaming.engine import AtCapacityError, Speech
 from higgs_agent.transport.auth import principal_of
 from higgs_agent.transport.speech_formats import DEFAULT_FORMAT, FORMATS, StreamingEncoder
@@ -77,7 +78,7 @@ async def parse_request(request: Request) -> SpeechRequest:
     if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
         raise RequestError(413, f"the body exceeds {MAX_BODY_BYTES} bytes", code="body_too_large")
     try:
-        data = json.loads(await _body(request))
+        data = loads_strict(await _body(request))
     except BodyTooLarge as exc:
         raise RequestError(413, str(exc), code="body_too_large") from None
     except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, ints past Python's digit limit, nesting

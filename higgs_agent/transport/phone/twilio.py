@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Annotated, ClassVar, Literal
 
 import numpy as np
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
 from higgs_agent.audio_formats import PCMU, AudioFormat, decode_audio, encode_audio
+from higgs_agent.protocol.errors import loads_strict
 from higgs_agent.transport.phone.serializer import (
     DTMF_DIGITS,
     CallerAudio,
@@ -255,8 +255,8 @@ class TwilioSerializer:
 def _json_object(message: WireMessage) -> dict:
     try:
         text = message.decode("utf-8") if isinstance(message, bytes) else message
-        raw = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = loads_strict(text)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, not JSON, NaN, nesting past the stack
         raise MalformedMessageError(f"not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise MalformedMessageError(f"expected a JSON object, got {type(raw).__name__}")

@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from higgs_agent.protocol.errors import loads_strict
 
 MAX_SDP_BYTES = 64 * 1024  # a browser's offer is a few KB
 
@@ -64,8 +65,8 @@ async def _read_form(request: Request) -> CallRequest:
     session = None
     if session_text is not None and session_text.strip():
         try:
-            session = json.loads(session_text)
-        except ValueError:
+            session = loads_strict(session_text)
+        except (ValueError, RecursionError):
             raise ApiError(400, "the 'session' part is not valid JSON", "invalid_json", param="session") from None
         if not isinstance(session, dict):
             raise ApiError(400, "the 'session' part must be a JSON object (a session config)", "invalid_type",

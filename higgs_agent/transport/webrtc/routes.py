@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -19,7 +18,7 @@ from starlette.routing import Route
 
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.logs import session_id
-from higgs_agent.protocol.errors import ProtocolError
+from higgs_agent.protocol.errors import ProtocolError, loads_strict
 from higgs_agent.transport.auth import OPEN_TENANT, Principal, principal_of
 from higgs_agent.transport.webrtc.calls import Call, CallRegistry
 from higgs_agent.transport.webrtc.client_secrets import (
@@ -100,8 +99,8 @@ def _principal(request: Request) -> Principal:
 def _client_secret_request(body: bytes) -> tuple[int, dict[str, Any] | None]:
     """`{expires_after: {anchor: "created_at", seconds}, session}` -> (lifetime in seconds, session)."""
     try:
-        request = json.loads(body) if body.strip() else {}
-    except ValueError:
+        request = loads_strict(body) if body.strip() else {}
+    except (ValueError, RecursionError):
         raise ApiError(400, "the body is not valid JSON", "invalid_json") from None
     if not isinstance(request, dict):
         raise ApiError(400, "the body must be a JSON object", "invalid_type")

@@ -1,0 +1,204 @@
+"""`higgs-agent bench soak`: several sessions talking to one `serve` process for minutes, some of them badly.
+
+The server is the real `higgs-agent serve` in a process of its own (its memory is measured from outside, as
+an operator would). Each session loops until the time is up: a spoken turn (espeak-ng speech, sent faster
+than real time, ended by the server's VAD) and its reply; every 4th turn it first sends a malformed event
+(which must come back as an `error`, never `server_error`); every 5th turn it talks over the reply
+(barge-in); every 6th turn it hangs up without a close handshake and dials again. Reported: turns
+completed, responses by status, every error by code, the server's own `server_error` count (from
+/metrics), and the server's RSS after the warm-up turn, at the end and at its highest; `rss_end_vs_start`
+is the ratio against the start of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from higgs_agent import SAMPLE_RATE
+
+SPEEDUP = 4.0  # turns are sent this much faster than real time: more turns per minute of soak
+MALFORMED = ['{"type": "session.update", "session": {"output_modalities": 5}}', "{not json",
+             '{"type": "no.such.event"}', '{"type": "input_audio_buffer.append", "audio": "***"}']
+
+
+@dataclass
+class SessionTally:
+    statuses: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    reconnects: int = 0
+    failures: list[str] = field(default_factory=list)  # what went wrong on the client's side, if anything
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _audio_events(audio: np.ndarray, chunk_ms: int = 100) -> list[str]:
+    step = SAMPLE_RATE * chunk_ms // 1000
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    return [json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i:i + step].tobytes())
+                        .decode()}) for i in range(0, len(pcm), step)]
+
+
+async def _send_paced(ws: Any, events: list[str], chunk_s: float) -> None:  # noqa: ANN401 - a websocket
+    for event in events:
+        await ws.send(event)
+        await asyncio.sleep(chunk_s / SPEEDUP)
+
+
+async def _session(url: str, turn: list[str], deadline: float, tally: SessionTally) -> None:
+    import websockets
+
+    n = 0
+    while time.monotonic() < deadline:
+        ws = await websockets.connect(url, max_size=16 << 20)
+        try:
+            await ws.recv()  # session.created
+            while time.monotonic() < deadline:
+                n += 1
+                if n % 4 == 0:
+                    await ws.send(MALFORMED[n // 4 % len(MALFORMED)])
+                await _send_paced(ws, turn, 0.1)
+                status = await _reply(ws, tally, barge_in=turn if n % 5 == 0 else None)
+                tally.statuses[status] += 1
+                if n % 6 == 0:
+                    ws.transport.abort()  # hang up without a word; dial again
+                    tally.reconnects += 1
+                    break
+        except (OSError, asyncio.TimeoutError, websockets.ConnectionClosed) as exc:
+            tally.failures.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            ws.transport.abort()
+
+
+async def _reply(ws: Any, tally: SessionTally, barge_in: list[str] | None) -> str:  # noqa: ANN401
+    """Read until this turn's response is done; with `barge_in`, talk over it at its first audio."""
+    talking: asyncio.Task | None = None
+    while True:
+        event = json.loads(await asyncio.wait_for(ws.recv(), 120))
+        kind = event["type"]
+        if kind == "error":
+            tally.errors[event["error"]["code"]] += 1
+        elif kind == "response.output_audio.delta" and barge_in is not None and talking is None:
+            talking = asyncio.create_task(_send_paced(ws, barge_in, 0.1))
+        elif kind == "response.done":
+            if talking is not None:  # the barge-in's own turn is answered too: read that reply as well
+                await talking
+                tally.statuses[event["response"]["status"]] += 1
+                barge_in, talking = None, None
+                continue
+            return event["response"]["status"]
+
+
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def _server_errors(base: str) -> float:
+    import httpx
+
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    found = re.search(r'^higgs_client_errors_total\{code="server_error"\} ([0-9.e+]+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def run_soak_bench(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    from higgs_agent.bench.agent import UTTERANCE, espeak
+    from higgs_agent.bench.common import note
+    from higgs_agent.model.tiny import make_tiny_model
+
+    speech = espeak(UTTERANCE)
+    turn = _audio_events(np.concatenate([speech, np.zeros(SAMPLE_RATE * 3 // 2, dtype=np.float32)]))
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = args.model
+        if model_dir is None:
+            note("making a tiny model (random weights) ...")
+            model_dir = str(make_tiny_model(Path(scratch) / "tiny", size="tiny", seed=0))
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "higgs_agent", "serve", "--model", model_dir, "--port", str(port),
+                   "--no-understanding", "--max-frames", str(args.max_frames), "--slots", str(max(2, args.sessions))]
+        log = open(Path(scratch) / "serve.log", "w+")  # noqa: SIM115 - read after the server stops
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        try:
+            _wait_for(base, server, log)
+            url = f"ws://127.0.0.1:{port}/v1/realtime"
+            warm = SessionTally()
+            asyncio.run(_session(url, turn, time.monotonic() + 1, warm))  # first-turn costs out of the figures
+            rss = [_rss_mb(server.pid)]
+            note(f"soaking: {args.sessions} sessions for {args.minutes:g} min (server RSS {rss[0]:.0f} MB) ...")
+            tallies = [SessionTally() for _ in range(args.sessions)]
+            deadline = time.monotonic() + args.minutes * 60
+
+            async def soak() -> None:
+                async def sample() -> None:
+                    while time.monotonic() < deadline:
+                        await asyncio.sleep(5)
+                        rss.append(_rss_mb(server.pid))
+
+                await asyncio.gather(sample(), *(_session(url, turn, deadline, t) for t in tallies))
+
+            asyncio.run(soak())
+            time.sleep(1.0)  # the last sessions' teardown
+            rss.append(_rss_mb(server.pid))
+            server_errors = _server_errors(base)
+            alive = httpx.get(f"{base}/health", timeout=10).status_code == 200
+        finally:
+            server.terminate()
+            server.wait(30)
+        log.seek(0)
+        tracebacks = log.read().count("Traceback")
+        log.close()
+    statuses = sum((t.statuses for t in tallies), Counter())
+    errors = sum((t.errors for t in tallies), Counter())
+    turns = statuses["completed"]
+    return {
+        "sessions": args.sessions, "minutes": args.minutes, "turns_completed": turns,
+        "turns_per_minute": round(turns / args.minutes, 1),
+        "responses": dict(statuses), "client_errors": dict(errors),
+        "reconnects": sum(t.reconnects for t in tallies),
+        "client_failures": [f for t in tallies for f in t.failures][:10],
+        "server_errors": server_errors, "server_tracebacks": tracebacks, "server_alive_after": alive,
+        "rss_mb_start": round(rss[0], 1), "rss_mb_end": round(rss[-1], 1), "rss_mb_max": round(max(rss), 1),
+        "rss_end_vs_start": round(rss[-1] / rss[0], 3),
+        "model": args.model or "tiny (made on the fly)",
+    }
+
+
+def _wait_for(base: str, server: subprocess.Popen, log: Any) -> None:  # noqa: ANN401 - a text file
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"higgs-agent serve exited at start-up:\n{log.read()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit("higgs-agent serve did not answer within 300 s")
