@@ -20,6 +20,7 @@ from higgs_agent.defaults import (
     DEFAULT_SLOTS,
 )
 from higgs_agent.transport.webrtc import add_webrtc_args  # argparse only: no aiortc at import
+from higgs_agent.transport.phone.cli import add_phone_args  # argparse and dataclasses only
 
 
 def _env(name: str) -> str | None:
@@ -113,6 +114,7 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                        help="a speech-emotion audio-classification model (hub id or folder) reported beside the "
                             "prosody state (default: none)")
     add_webrtc_args(serve)
+    add_phone_args(serve)
     serve.add_argument("--extension-events", action="store_true",
                        help="send our higgs.* events (turn latency, caller context) to every session; by "
                             "default a session opts in with session.update {higgs: {extension_events: true}}")
@@ -229,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     translate_bench.add_argument("--phrases", type=int, default=4, help="phrases spoken (default: %(default)s)")
     translate_bench.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
     translate_bench.add_argument("--max-frames", type=int, default=200, help="frame budget per phrase (default: %(default)s)")
+    phone = kinds.add_parser("phone", help="phone-call turn latency (simulated Twilio) vs the same turn over "
+                             "WebSocket")
+    _add_bench_args(phone)
+    phone.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
+    phone.add_argument("--turns", type=int, default=5,
+                       help="calls (and WebSocket sessions) of one turn each (default: %(default)s)")
+    phone.add_argument("--max-frames", type=int, default=100, help="frame budget per phrase (default: %(default)s)")
     soak = kinds.add_parser("soak", help="sessions talking (and misbehaving) in parallel for minutes against one "
                             "serve process: turns, errors, server memory")
     _add_bench_args(soak)
@@ -290,6 +299,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         from higgs_agent.bench.translate import run_translate_bench as run
     elif args.bench == "understanding":
         from higgs_agent.bench.understanding import run_understanding_bench as run
+    elif args.bench == "phone":
+        from higgs_agent.bench.phone import run_phone_bench as run
     elif args.bench == "soak":
         from higgs_agent.bench.soak import run_soak_bench as run
     else:

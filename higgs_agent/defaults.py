@@ -8,3 +8,5 @@ DEFAULT_PORT = 8000
 DEFAULT_SLOTS = 8
 DEFAULT_REALTIME_URL = f"ws://{DEFAULT_HOST}:{DEFAULT_PORT}/v1/realtime"
 DEFAULT_TENANT = "default"  # the one tenant of a server with one API key, or none
+PHONE_BUSY_MESSAGE = "Sorry, all our lines are busy right now. Please call again in a few minutes."
+PHONE_LEAD_MS = 160  # reply audio sent ahead of playback on a call: the most a barge-in leaves to drop

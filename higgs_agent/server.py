@@ -147,6 +147,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from higgs_agent.commands import load_bundle, sampling_settings
     from higgs_agent.model.errors import ModelLoadError
     from higgs_agent.transport.app import create_agent_app
+    from higgs_agent.transport.phone.cli import phone_settings
     from higgs_agent.transport.webrtc import webrtc_settings
     from higgs_agent.voices.tenants import TenantKeysError, build_authenticator
 
@@ -156,6 +157,7 @@ def serve_command(args: argparse.Namespace) -> int:
         return 2
     try:
         webrtc = webrtc_settings(args)
+        phone = phone_settings(args)
         authenticator = build_authenticator(args.api_key, args.api_keys)
         sock = bind_listen_socket(args.host, args.port)
     except (ServeError, TenantKeysError, ValueError) as exc:
@@ -168,7 +170,9 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     app = create_agent_app(services, cors_origins=_origins(args.cors_origins), authenticator=authenticator,
-                           webrtc=webrtc)
+                           webrtc=webrtc, phone=phone)
+    if phone is not None:
+        log.info("phone line: set the Twilio number's voice webhook to POST %s", phone.twilio.webhook_url)
     log.info("serving on http://%s:%d (web page /, realtime ws://%s:%d/v1/realtime; responders: %s, default %s)",
              args.host, args.port, args.host, args.port, ", ".join(services.responders), services.default_responder)
     server = uvicorn.Server(uvicorn_config(app))

@@ -90,3 +90,11 @@ def test_bench_soak_keeps_a_misbehaved_server_up_and_reports_its_memory(tiny_dir
     assert sum(figures["client_errors"].values()) >= 2  # every malformed event was answered
     assert 0 < figures["rss_mb_start"] <= figures["rss_mb_max"] and figures["rss_mb_end"] <= figures["rss_mb_max"]
 
+
+def test_bench_phone_compares_a_call_with_the_same_turn_over_websocket(tiny_dir):
+    figures = bench_json("phone", "--model", str(tiny_dir), "--turns", "1", "--max-frames", "60")
+    assert figures["turns"] == 1 and figures["phone_protocol_violations"] == 0
+    assert figures["phone_first_frame_ms_p50"] > 0 and figures["websocket_first_audio_ms_p50"] > 0
+    assert figures["phone_minus_websocket_ms"] == round(figures["phone_first_frame_ms_p50"]
+                                                        - figures["websocket_first_audio_ms_p50"], 1)
+    assert "weather" in figures["phone_transcripts"][0].lower()  # the call's audio was heard, through G.711

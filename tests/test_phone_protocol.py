@@ -36,9 +36,8 @@ from starlette.websockets import WebSocket
 from twilio.request_validator import RequestValidator
 
 from higgs_agent.audio import resample
-from higgs_agent.transport.phone import (
-    AnsweredCalls,
-    AudioPacer,
+from higgs_agent.transport.phone.pacer import AudioPacer
+from higgs_agent.transport.phone.serializer import (
     CallerAudio,
     CallStarted,
     CallStopped,
@@ -46,20 +45,23 @@ from higgs_agent.transport.phone import (
     DtmfDigit,
     MalformedMessageError,
     MarkEchoed,
-    MediaSocketGate,
-    MediaSocketRefusedError,
     MediaStreamError,
     MediaStreamSerializer,
     OutgoingAudio,
     OutgoingMark,
-    TwilioSerializer,
-    TwilioSettings,
-    TwilioSignatures,
     UnknownEventError,
     UnsupportedMediaFormatError,
     WrongStreamError,
-    connect_stream_twiml,
     encode,
+)
+from higgs_agent.transport.phone.twilio import TwilioSerializer
+from higgs_agent.transport.phone.twiml import (
+    AnsweredCalls,
+    MediaSocketGate,
+    MediaSocketRefusedError,
+    TwilioSettings,
+    TwilioSignatures,
+    connect_stream_twiml,
     voice_webhook_route,
 )
 

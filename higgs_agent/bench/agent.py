@@ -23,7 +23,6 @@ import numpy as np
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.audio import read_wav
-from higgs_agent.model.sampling import SamplingSettings
 
 UTTERANCE = "hello, can you tell me the weather forecast for tomorrow"
 
@@ -78,16 +77,9 @@ def run_concurrent_agent_bench(args: argparse.Namespace) -> dict:
 def run_agent_bench(args: argparse.Namespace) -> dict:
     if getattr(args, "sessions", 1) > 1:
         return run_concurrent_agent_bench(args)
-    from higgs_agent.agent.responders.echo import EchoResponder
-    from higgs_agent.bench.common import describe, load_bench_model
-    from higgs_agent.model.asr import Transcriber
-    from higgs_agent.streaming.engine import StreamingEngine
+    from higgs_agent.bench.common import describe, echo_agent_services
 
-    bundle, model = load_bench_model(args)
-    services = AgentServices(engine=StreamingEngine(bundle), transcriber=Transcriber.load(args.asr_model),
-                             responders={"echo": EchoResponder()}, default_responder="echo",
-                             sampling=SamplingSettings(greedy=True, max_frames=args.max_frames))
-    services.transcriber.warmup()
+    services, bundle, model = echo_agent_services(args)
     speech = espeak(UTTERANCE)
     turns = _turns(services, speech, args.turns)
     said = turns[-1]["transcript_text"] or UTTERANCE

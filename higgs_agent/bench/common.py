@@ -7,10 +7,14 @@ import argparse
 import os
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
 from higgs_agent.model import load_higgs
 from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.tiny import make_tiny_model
+
+if TYPE_CHECKING:
+    from higgs_agent.agent.services import AgentServices
 
 
 def note(message: str) -> None:
@@ -43,3 +47,20 @@ def describe(bundle: HiggsBundle, model_name: str) -> dict[str, str | int]:
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads{gpu}",
     }
+
+
+def echo_agent_services(args: argparse.Namespace) -> tuple[AgentServices, HiggsBundle, str]:
+    """The agent the latency benchmarks measure: `--model` (or a mini one), Whisper (`--asr-model`) warmed
+    up, the echo responder, greedy phrases of at most `--max-frames`; with the bundle and the model's name."""
+    from higgs_agent.agent.responders.echo import EchoResponder
+    from higgs_agent.agent.services import AgentServices
+    from higgs_agent.model.asr import Transcriber
+    from higgs_agent.model.sampling import SamplingSettings
+    from higgs_agent.streaming.engine import StreamingEngine
+
+    bundle, model = load_bench_model(args)
+    services = AgentServices(engine=StreamingEngine(bundle), transcriber=Transcriber.load(args.asr_model),
+                             responders={"echo": EchoResponder()}, default_responder="echo",
+                             sampling=SamplingSettings(greedy=True, max_frames=args.max_frames))
+    services.transcriber.warmup()
+    return services, bundle, model

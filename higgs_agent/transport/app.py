@@ -19,6 +19,8 @@ from starlette.websockets import WebSocket
 
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.transport.auth import ApiKeyMiddleware, Authenticator, principal_of
+from higgs_agent.transport.phone.cli import PhoneSettings
+from higgs_agent.transport.phone.routes import twilio_routes
 from higgs_agent.transport.realtime_ws import realtime_endpoint
 from higgs_agent.transport.speech_http import speech_endpoint
 from higgs_agent.transport.webrtc.calls import CallRegistry
@@ -35,8 +37,10 @@ WEB_ROOT = Path(__file__).resolve().parents[2] / "clients" / "web"
 
 
 def create_agent_app(services: AgentServices, api_key: str | None = None, cors_origins: list[str] | None = None,
-                     authenticator: Authenticator | None = None, webrtc: WebRTCSettings | None = None) -> ASGIApp:
-    """`authenticator` (keys -> tenants) overrides `api_key`; `webrtc`: ICE and client-secret settings."""
+                     authenticator: Authenticator | None = None, webrtc: WebRTCSettings | None = None,
+                     phone: PhoneSettings | None = None) -> ASGIApp:
+    """`authenticator` (keys -> tenants) overrides `api_key`; `webrtc`: ICE and client-secret settings;
+    `phone`: a Twilio number's webhook and media stream (their own routes, checked by Twilio's signatures)."""
     bundle = services.bundle
     webrtc = webrtc or WebRTCSettings()
     include_loopback(webrtc.loopback)
@@ -73,6 +77,8 @@ def create_agent_app(services: AgentServices, api_key: str | None = None, cors_o
         *([Mount("/", StaticFiles(directory=WEB_ROOT, html=True), name="web")] if WEB_ROOT.is_dir() else []),
     ])
     app = ApiKeyMiddleware(app, authenticator or Authenticator.single(api_key), ephemeral=client_secrets)
+    if phone is not None:  # Twilio proves itself by signatures, not by our keys: its routes sit outside the check
+        app = Starlette(routes=[*twilio_routes(services, phone.twilio, phone.calls), Mount("/", app=app)])
     if cors_origins:  # outermost: a browser's preflight carries no key
         app = CORSMiddleware(app, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"],
                              expose_headers=["Location"], max_age=600)

@@ -5,45 +5,14 @@
 - `twiml`: the voice webhook's TwiML answer, Twilio signature checks, the calls we answered, the media
   socket's admission check.
 - `pacer`: reply audio -> whole 20 ms frames sent at real time with a small lead, marks, clear.
+- `call`: how the agent behaves on a call (`CallSettings`) and each call's record (`CallLog`).
+- `output`: `PhoneOutput`, the `SessionOutput` of a call (reply audio through the pacer, barge-in by marks).
+- `busy`: the apology a call hears at capacity, spoken ahead of need.
+- `media`: `PhoneCall`, one call's media WebSocket between the carrier and a `Session`.
+- `routes`: `PhoneLine` and `twilio_routes(services, settings, calls)`: the webhook and media routes.
+- `cli`: `add_phone_args(parser)`, `phone_settings(args)`.
+- `simulator`: Twilio's side of a call over real sockets (tests, benchmarks, trials without an account).
+
+Nothing is imported here: `serve --help` reads `cli` alone, and the modules from `output` on load the agent
+(and torch). Import each name from its module.
 """
-
-from higgs_agent.transport.phone.pacer import AudioPacer, ClearReport, PacerStoppedError, Playback, ReplyPlayback
-from higgs_agent.transport.phone.serializer import (
-    CallerAudio,
-    CallStarted,
-    CallStopped,
-    ClearAudio,
-    DtmfDigit,
-    IncomingMessage,
-    MalformedMessageError,
-    MarkEchoed,
-    MediaStreamError,
-    MediaStreamSerializer,
-    OutgoingAudio,
-    OutgoingMark,
-    OutgoingMessage,
-    UnknownEventError,
-    UnsupportedMediaFormatError,
-    WrongStreamError,
-    encode,
-)
-from higgs_agent.transport.phone.twilio import TwilioSerializer
-from higgs_agent.transport.phone.twiml import (
-    AnsweredCall,
-    AnsweredCalls,
-    MediaSocketGate,
-    MediaSocketRefusedError,
-    TwilioSettings,
-    TwilioSignatures,
-    connect_stream_twiml,
-    voice_webhook_route,
-)
-
-__all__ = [
-    "AnsweredCall", "AnsweredCalls", "AudioPacer", "CallStarted", "CallStopped", "CallerAudio", "ClearAudio",
-    "ClearReport", "DtmfDigit", "IncomingMessage", "MalformedMessageError", "MarkEchoed", "MediaSocketGate",
-    "MediaSocketRefusedError", "MediaStreamError", "MediaStreamSerializer", "OutgoingAudio", "OutgoingMark",
-    "OutgoingMessage", "PacerStoppedError", "Playback", "ReplyPlayback", "TwilioSerializer", "TwilioSettings",
-    "TwilioSignatures", "UnknownEventError", "UnsupportedMediaFormatError", "WrongStreamError",
-    "connect_stream_twiml", "encode", "voice_webhook_route",
-]

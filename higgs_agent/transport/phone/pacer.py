@@ -197,6 +197,17 @@ class AudioPacer:
         self._check_running()
 
     @property
+    def stopped(self) -> bool:
+        """Sending failed (the socket is gone): nothing more goes out."""
+        return self._failure is not None
+
+    def holds(self, reply_id: str) -> bool:
+        """Whether audio of the reply still waits here: queued frames, or a reply still being framed."""
+        if self._framing is not None and self._framing.reply_id == reply_id:
+            return True
+        return any(isinstance(entry, _Frame) and entry.reply_id == reply_id for entry in self._queue)
+
+    @property
     def queued_ms(self) -> int:
         """Reply audio queued here, not yet sent."""
         return sum(self.frame_ms for entry in self._queue if isinstance(entry, _Frame))
@@ -365,7 +376,7 @@ class AudioPacer:
         progress = self._progress.setdefault(frame.reply_id, _Progress())
         progress.sent_ms += self.frame_ms
         progress.play_end = self._play_end
-        await self._send(OutgoingAudio(frame.samples))
+        await self._send(OutgoingAudio(frame.samples, frame.reply_id))
 
     def _stop(self, failure: Exception) -> None:
         self._failure = failure

@@ -94,6 +94,7 @@ IncomingMessage = CallStarted | CallerAudio | DtmfDigit | MarkEchoed | CallStopp
 @dataclass(frozen=True, eq=False)
 class OutgoingAudio:
     samples: np.ndarray  # float32 mono at the carrier's rate; the pacer sends one 20 ms frame each
+    reply_id: str | None = None  # the reply it belongs to (for the transport's timing; not on the wire)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket
 from twilio.request_validator import SIGNATURE_HEADER, RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from higgs_agent.logs import session_id
 from higgs_agent.transport.phone.serializer import CallStarted
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class TwilioSettings:
     """
 
     public_url: str
-    auth_token: str | None = None
+    auth_token: str | None = field(default=None, repr=False)  # a secret: kept out of logs and reprs
     allow_unsigned: bool = False
     voice_path: str = "/twilio/voice"
     media_path: str = "/twilio/media"
@@ -230,9 +231,11 @@ def stream_parameters(settings: TwilioSettings, form: Mapping[str, str]) -> dict
     return parameters
 
 
-def voice_webhook_route(settings: TwilioSettings, calls: AnsweredCalls) -> Route:
+def voice_webhook_route(settings: TwilioSettings, calls: AnsweredCalls,
+                        before_answer: Callable[[], Awaitable[None]] | None = None) -> Route:
     """`POST settings.voice_path`: check Twilio's signature, remember the call, answer with the TwiML that
-    connects it to its own media-stream URL."""
+    connects it to its own media-stream URL. `before_answer` runs for each signed call before the answer
+    (the phone line readies its busy message there, while no session of this call holds a slot)."""
     signatures = TwilioSignatures(settings.auth_token) if settings.auth_token else None
 
     async def voice(request: Request) -> Response:
@@ -247,9 +250,13 @@ def voice_webhook_route(settings: TwilioSettings, calls: AnsweredCalls) -> Route
         if not call_sid:
             return PlainTextResponse("missing CallSid: this endpoint answers Twilio voice webhooks",
                                      status_code=400)
+        session_id.set(call_sid)  # the webhook's log lines name the call, as its stream's will
+        if before_answer is not None:
+            await before_answer()
         fields = {key: str(value) for key, value in form.items()}
         account_sid = fields.get("AccountSid") or None
         call = calls.answer(call_sid, account_sid, stream_parameters(settings, fields))
+        log.info("answered: connecting the call to its media stream")
         twiml = connect_stream_twiml(settings.media_url(call.token), call.parameters, settings.stream_name)
         return Response(twiml, media_type="application/xml")
 
