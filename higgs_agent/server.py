@@ -149,7 +149,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from higgs_agent.transport.app import create_agent_app
     from higgs_agent.transport.phone.cli import phone_settings
     from higgs_agent.transport.webrtc import webrtc_settings
-    from higgs_agent.voices.tenants import TenantKeysError, build_authenticator
+    from higgs_agent.transport.tenants import TenantKeysError, build_authenticator
 
     problem = check_serve_args(args)
     if problem:

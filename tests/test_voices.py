@@ -19,6 +19,14 @@ from starlette.applications import Starlette
 
 from higgs_agent.audio import read_wav, write_wav
 from higgs_agent.model.prompts import SpeechPrompt, build_inputs, encode_voice
+from higgs_agent.transport.auth import ApiKeyMiddleware
+from higgs_agent.transport.tenants import (
+    DEFAULT_TENANT,
+    TenantKeysError,
+    build_authenticator,
+    parse_keys,
+    tenant_of,
+)
 from higgs_agent.voices import (
     CallerVoice,
     ClipError,
@@ -33,14 +41,6 @@ from higgs_agent.voices import (
 )
 from higgs_agent.voices.caller_voice import MAX_PAUSE_MS, speech_only
 from higgs_agent.voices.http import voice_routes
-from higgs_agent.transport.auth import ApiKeyMiddleware
-from higgs_agent.voices.tenants import (
-    DEFAULT_TENANT,
-    TenantKeysError,
-    build_authenticator,
-    parse_keys,
-    tenant_of,
-)
 
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed")
 

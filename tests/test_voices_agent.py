@@ -22,7 +22,7 @@ from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.server import voice_library
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.testing.fake_llm import FakeLLM
-from higgs_agent.voices.tenants import build_authenticator
+from higgs_agent.transport.tenants import build_authenticator
 
 pytestmark = pytest.mark.timeout(300)
 ACME, GLOBEX = "sk-acme", "sk-globex"

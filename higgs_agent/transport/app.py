@@ -23,6 +23,7 @@ from higgs_agent.transport.phone.cli import PhoneSettings
 from higgs_agent.transport.phone.routes import twilio_routes
 from higgs_agent.transport.realtime_ws import realtime_endpoint
 from higgs_agent.transport.speech_http import speech_endpoint
+from higgs_agent.transport.tenants import tenant_of
 from higgs_agent.transport.webrtc.calls import CallRegistry
 from higgs_agent.transport.webrtc.client_secrets import ClientSecrets
 from higgs_agent.transport.webrtc.ice import include_loopback
@@ -30,7 +31,6 @@ from higgs_agent.transport.webrtc.routes import webrtc_routes
 from higgs_agent.transport.webrtc.settings import WebRTCSettings
 from higgs_agent.transport.webrtc.sideband import CALL_ID_PARAM, sideband_endpoint
 from higgs_agent.voices.http import voice_routes
-from higgs_agent.voices.tenants import tenant_of
 
 # The browser client (clients/web: plain files, no build step), served at `/`.
 WEB_ROOT = Path(__file__).resolve().parents[2] / "clients" / "web"

@@ -3,13 +3,18 @@
 - `library.VoiceLibrary`: voices on disk, encoded once; read-only presets; `reference()` gives the codes
   for a `SpeechPrompt`.
 - `clip_check`: decode an upload and refuse what would clone badly, each with its own error code.
-- `tenants`: the keys file (one tenant per key) for `transport.auth.Authenticator`, and `tenant_of`.
 - `http.voice_routes`: `/v1/voices` (upload, list, get, delete).
 - `caller_voice`: the caller's speech at its wire rate, gathered across turns for "reply in my voice".
 """
 
 from higgs_agent.voices.caller_voice import CallerClip, CallerVoice, WireAudioTape
-from higgs_agent.voices.clip_check import CheckedClip, ClipError, ClipLimits, check_clip, check_clip_bytes
+from higgs_agent.voices.clip_check import (
+    CheckedClip,
+    ClipError,
+    ClipLimits,
+    check_clip,
+    check_clip_bytes,
+)
 from higgs_agent.voices.library import (
     PresetReadOnly,
     Voice,
@@ -19,9 +24,7 @@ from higgs_agent.voices.library import (
     VoiceNameTaken,
     VoiceNotFound,
 )
-from higgs_agent.voices.tenants import DEFAULT_TENANT, TenantKeysError, build_authenticator, tenant_of
 
-__all__ = ["DEFAULT_TENANT", "CallerClip", "CallerVoice", "CheckedClip", "ClipError", "ClipLimits",
-           "PresetReadOnly", "TenantKeysError", "Voice", "VoiceLibrary", "VoiceLibraryError", "VoiceLimitReached",
-           "VoiceNameTaken", "VoiceNotFound", "WireAudioTape", "build_authenticator", "check_clip",
-           "check_clip_bytes", "tenant_of"]
+__all__ = ["CallerClip", "CallerVoice", "CheckedClip", "ClipError", "ClipLimits", "PresetReadOnly", "Voice",
+           "VoiceLibrary", "VoiceLibraryError", "VoiceLimitReached", "VoiceNameTaken", "VoiceNotFound",
+           "WireAudioTape", "check_clip", "check_clip_bytes"]

@@ -1,0 +1,35 @@
+"""The package's shape, checked on its import graph (grimp, import-linter's engine): no import circles at any
+level, and the layers only look down - transport -> agent -> streaming -> model (#11). Imports made only for
+type checking are left out: they never run."""
+
+import grimp
+import pytest
+
+LAYERS = ("higgs_agent.transport", "higgs_agent.agent", "higgs_agent.streaming", "higgs_agent.model")
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph("higgs_agent", cache_dir=None, exclude_type_checking_imports=True)
+
+
+def test_no_package_or_module_imports_itself_round_a_circle(graph):
+    packages = sorted(module for module in graph.modules if graph.find_children(module))
+    assert "higgs_agent.streaming" in packages and len(packages) >= 10
+    circles = {package: sorted(breakers) for package in packages
+               if (breakers := graph.nominate_cycle_breakers(package))}
+    assert circles == {}, f"imports to remove to cut the circles: {circles}"
+
+
+def test_layers_only_import_downwards(graph):
+    illegal = graph.find_illegal_dependencies_for_layers(layers=LAYERS)
+    assert not illegal, [(d.importer, d.imported, d.routes) for d in illegal]
+
+
+def test_the_circle_check_sees_a_circle():
+    """The check itself: an import that closes a circle is found."""
+    graph = grimp.build_graph("higgs_agent", cache_dir=None, exclude_type_checking_imports=True)
+    graph.add_import(importer="higgs_agent.streaming.scheduler", imported="higgs_agent.streaming.worker")
+    assert graph.nominate_cycle_breakers("higgs_agent.streaming")
+    graph.add_import(importer="higgs_agent.model.prompts", imported="higgs_agent.agent.session")
+    assert graph.find_illegal_dependencies_for_layers(layers=LAYERS)
