@@ -94,41 +94,51 @@ def _server_main(conn: Any, model_dir: str, threads: int | None, max_frames: int
 
 async def _caller(url: str, audio: np.ndarray, speech_end_s: float, start_at: float,
                   timeout_s: float) -> CallerResult:
+    """One session: sends `audio` at real-time pace while a reader plays the reply as it arrives (reading only
+    after sending would hold every early delta in the socket and make the first audio look late)."""
     import websockets
 
     result = CallerResult()
     async with websockets.connect(url, max_size=16 << 20) as ws:
         await ws.recv()  # session.created
         await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
-        step = SAMPLE_RATE * CHUNK_MS // 1000
         t0 = time.perf_counter()
         speech_end = t0 + speech_end_s
-        for i, start in enumerate(range(0, len(audio), step)):  # real-time pace, like a microphone
-            await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.perf_counter()))
-            pcm = (np.clip(audio[start:start + step], -1, 1) * 32767).astype("<i2").tobytes()
-            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}))
-        first: float | None = None
-        played_until = 0.0
-        deadline = time.perf_counter() + timeout_s
-        while time.perf_counter() < deadline:
-            event = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.perf_counter()))
-            now = time.perf_counter()
-            if event["type"] == "response.output_audio.delta":
-                seconds = len(base64.b64decode(event["delta"])) / 2 / SAMPLE_RATE
-                if first is None:
-                    first, played_until = now, now
-                    result.ttfa_ms = (now - speech_end) * 1000.0
-                if now > played_until:  # the listener heard silence since the last chunk ran out
-                    if result.audio_s > 0:
-                        result.underruns.append((now - played_until) * 1000.0)
-                    played_until = now
-                played_until += seconds
-                result.audio_s += seconds
-            elif event["type"] == "conversation.item.input_audio_transcription.completed":
-                result.transcript = event["transcript"]
-            elif event["type"] == "response.done":
-                result.status = event["response"]["status"]
-                break
+
+        async def send() -> None:
+            step = SAMPLE_RATE * CHUNK_MS // 1000
+            for i, start in enumerate(range(0, len(audio), step)):  # real-time pace, like a microphone
+                await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.perf_counter()))
+                pcm = (np.clip(audio[start:start + step], -1, 1) * 32767).astype("<i2").tobytes()
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(pcm).decode()}))
+
+        async def listen() -> None:
+            first: float | None = None
+            played_until = 0.0
+            while True:
+                event = json.loads(await ws.recv())
+                now = time.perf_counter()
+                if event["type"] == "response.output_audio.delta":
+                    seconds = len(base64.b64decode(event["delta"])) / 2 / SAMPLE_RATE
+                    if first is None:
+                        first, played_until = now, now
+                        result.ttfa_ms = (now - speech_end) * 1000.0
+                    if now > played_until:  # the listener heard silence since the last chunk ran out
+                        if result.audio_s > 0:
+                            result.underruns.append((now - played_until) * 1000.0)
+                        played_until = now
+                    played_until += seconds
+                    result.audio_s += seconds
+                elif event["type"] == "conversation.item.input_audio_transcription.completed":
+                    result.transcript = event["transcript"]
+                elif event["type"] == "response.done":
+                    result.status = event["response"]["status"]
+                    return
+
+        listener = asyncio.create_task(listen())
+        await send()
+        await asyncio.wait_for(listener, timeout_s)
     return result
 
 
