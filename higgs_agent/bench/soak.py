@@ -32,6 +32,7 @@ import numpy as np
 
 from higgs_agent import SAMPLE_RATE
 
+SAMPLE_EVERY_S = 15.0  # the server's RSS is read this often: growth that levels off is warm-up, not a leak
 SPEEDUP = 4.0  # turns are sent this much faster than real time: more turns per minute of soak
 MALFORMED = ['{"type": "session.update", "session": {"output_modalities": 5}}', "{not json",
              '{"type": "no.such.event"}', '{"type": "input_audio_buffer.append", "audio": "***"}']
@@ -156,7 +157,7 @@ def run_soak_bench(args: argparse.Namespace) -> dict[str, Any]:
             async def soak() -> None:
                 async def sample() -> None:
                     while time.monotonic() < deadline:
-                        await asyncio.sleep(5)
+                        await asyncio.sleep(min(SAMPLE_EVERY_S, max(0.0, deadline - time.monotonic())))
                         rss.append(_rss_mb(server.pid))
 
                 await asyncio.gather(sample(), *(_session(url, turn, deadline, t) for t in tallies))
@@ -184,6 +185,8 @@ def run_soak_bench(args: argparse.Namespace) -> dict[str, Any]:
         "server_errors": server_errors, "server_tracebacks": tracebacks, "server_alive_after": alive,
         "rss_mb_start": round(rss[0], 1), "rss_mb_end": round(rss[-1], 1), "rss_mb_max": round(max(rss), 1),
         "rss_end_vs_start": round(rss[-1] / rss[0], 3),
+        "rss_mb_every_15s": [round(value) for value in rss],
+        "rss_mb_growth_last_half": round(rss[-1] - rss[len(rss) // 2], 1),
         "model": args.model or "tiny (made on the fly)",
     }
 
