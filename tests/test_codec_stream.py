@@ -135,7 +135,8 @@ def test_first_chunk_arrives_after_first_chunk_plus_lookahead_frames(codec: Higg
 
 
 def test_chunks_ramp_up_to_chunk_frames(codec: HiggsAudioV2TokenizerModel) -> None:
-    decoder = StreamingCodecDecoder(codec, first_chunk_frames=1, chunk_frames=12, lookahead_frames=2)
+    decoder = StreamingCodecDecoder(codec, first_chunk_frames=1, chunk_frames=12, lookahead_frames=2,
+                                    max_chunk_growth=2)
     arrivals = []
     frames = random_codes(60, seed=4).T
     for i in range(frames.shape[0]):
@@ -146,7 +147,7 @@ def test_chunks_ramp_up_to_chunk_frames(codec: HiggsAudioV2TokenizerModel) -> No
 
 def test_big_push_emits_several_chunks_at_once(codec: HiggsAudioV2TokenizerModel) -> None:
     decoder = StreamingCodecDecoder(codec, first_chunk_frames=2, chunk_frames=5, left_context_frames=4,
-                                    lookahead_frames=4)
+                                    lookahead_frames=4, max_chunk_growth=2)
     chunks = decoder.push(random_codes(40, seed=4).T)
     assert [c.size // HOP_LENGTH for c in chunks] == [2, 4] + [5] * 6  # 36 frames, 4 held back as look-ahead
     assert decoder.state.frames_received == 40
