@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--sessions", type=int, default=4, help="sessions in parallel (default: %(default)s)")
     soak.add_argument("--minutes", type=float, default=3.0, help="how long (default: %(default)s)")
     soak.add_argument("--max-frames", type=int, default=100, help="frame budget per phrase (default: %(default)s)")
+    soak.add_argument("--server-log", default=None, metavar="PATH",
+                      help="keep the server's log there (default: thrown away with the scratch folder)")
     understanding = kinds.add_parser("understanding", help="caller analysis per turn next to transcription")
     understanding.add_argument("--turns", type=int, default=10, help="espeak-ng turns (default: %(default)s)")
     understanding.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")

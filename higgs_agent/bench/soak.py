@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import numpy as np
 from higgs_agent import SAMPLE_RATE
 
 SAMPLE_EVERY_S = 15.0  # the server's RSS is read this often: growth that levels off is warm-up, not a leak
+REPLY_TIMEOUT_S = 120.0  # a turn with no event for this long is a failure (the server dropped it)
 SPEEDUP = 4.0  # turns are sent this much faster than real time: more turns per minute of soak
 MALFORMED = ['{"type": "session.update", "session": {"output_modalities": 5}}', "{not json",
              '{"type": "no.such.event"}', '{"type": "input_audio_buffer.append", "audio": "***"}']
@@ -71,6 +72,7 @@ async def _session(url: str, turn: list[str], deadline: float, tally: SessionTal
     n = 0
     while time.monotonic() < deadline:
         ws = await websockets.connect(url, max_size=16 << 20)
+        seen: deque[str] = deque(maxlen=12)  # the last events of this connection, for a failure's report
         try:
             await ws.recv()  # session.created
             while time.monotonic() < deadline:
@@ -78,24 +80,28 @@ async def _session(url: str, turn: list[str], deadline: float, tally: SessionTal
                 if n % 4 == 0:
                     await ws.send(MALFORMED[n // 4 % len(MALFORMED)])
                 await _send_paced(ws, turn, 0.1)
-                status = await _reply(ws, tally, barge_in=turn if n % 5 == 0 else None)
+                status = await _reply(ws, tally, seen, barge_in=turn if n % 5 == 0 else None)
                 tally.statuses[status] += 1
                 if n % 6 == 0:
                     ws.transport.abort()  # hang up without a word; dial again
                     tally.reconnects += 1
                     break
         except (OSError, asyncio.TimeoutError, websockets.ConnectionClosed) as exc:
-            tally.failures.append(f"{type(exc).__name__}: {exc}")
+            kind = "barge-in" if n % 5 == 0 else "malformed first" if n % 4 == 0 else "plain"
+            tally.failures.append(f"{type(exc).__name__}: {exc} (turn {n}, {kind}; last events: {', '.join(seen)})")
         finally:
             ws.transport.abort()
 
 
-async def _reply(ws: Any, tally: SessionTally, barge_in: list[str] | None) -> str:  # noqa: ANN401
+async def _reply(ws: Any, tally: SessionTally, seen: deque[str],  # noqa: ANN401 - a websocket
+                 barge_in: list[str] | None) -> str:
     """Read until this turn's response is done; with `barge_in`, talk over it at its first audio."""
     talking: asyncio.Task | None = None
     while True:
-        event = json.loads(await asyncio.wait_for(ws.recv(), 120))
+        event = json.loads(await asyncio.wait_for(ws.recv(), REPLY_TIMEOUT_S))
         kind = event["type"]
+        if not seen or seen[-1] != kind:
+            seen.append(kind)
         if kind == "error":
             tally.errors[event["error"]["code"]] += 1
         elif kind == "response.output_audio.delta" and barge_in is not None and talking is None:
@@ -171,8 +177,11 @@ def run_soak_bench(args: argparse.Namespace) -> dict[str, Any]:
             server.terminate()
             server.wait(30)
         log.seek(0)
-        tracebacks = log.read().count("Traceback")
+        server_log = log.read()
+        tracebacks = server_log.count("Traceback")
         log.close()
+        if args.server_log:
+            Path(args.server_log).write_text(server_log)
     statuses = sum((t.statuses for t in tallies), Counter())
     errors = sum((t.errors for t in tallies), Counter())
     turns = statuses["completed"]
