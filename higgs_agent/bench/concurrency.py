@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from higgs_agent import SAMPLE_RATE
+from higgs_agent.audio import float_to_pcm16
 
 PROBE_INTERVAL_S = 0.005
 CHUNK_MS = 20
@@ -109,7 +110,7 @@ async def _caller(url: str, audio: np.ndarray, speech_end_s: float, start_at: fl
             step = SAMPLE_RATE * CHUNK_MS // 1000
             for i, start in enumerate(range(0, len(audio), step)):  # real-time pace, like a microphone
                 await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.perf_counter()))
-                pcm = (np.clip(audio[start:start + step], -1, 1) * 32767).astype("<i2").tobytes()
+                pcm = float_to_pcm16(audio[start:start + step])
                 await ws.send(json.dumps({"type": "input_audio_buffer.append",
                                           "audio": base64.b64encode(pcm).decode()}))
 

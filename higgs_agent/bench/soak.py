@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from higgs_agent import SAMPLE_RATE
+from higgs_agent.audio import float_to_pcm16
 
 SAMPLE_EVERY_S = 15.0  # the server's RSS is read this often: growth that levels off is warm-up, not a leak
 REPLY_TIMEOUT_S = 120.0  # a turn with no event for this long is a failure (the server dropped it)
@@ -55,9 +56,9 @@ def _free_port() -> int:
 
 def _audio_events(audio: np.ndarray, chunk_ms: int = 100) -> list[str]:
     step = SAMPLE_RATE * chunk_ms // 1000
-    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
-    return [json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i:i + step].tobytes())
-                        .decode()}) for i in range(0, len(pcm), step)]
+    return [json.dumps({"type": "input_audio_buffer.append",
+                        "audio": base64.b64encode(float_to_pcm16(audio[i:i + step])).decode()})
+            for i in range(0, len(audio), step)]
 
 
 async def _send_paced(ws: Any, events: list[str], chunk_s: float) -> None:  # noqa: ANN401 - a websocket
