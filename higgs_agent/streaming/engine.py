@@ -24,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import ModelInputs, SpeechPrompt, build_inputs, encode_voice
 from higgs_agent.model.sampling import SamplingSettings
@@ -55,12 +58,24 @@ from higgs_agent.streaming.worker import (
     SyncSink,
 )
 
-__all__ = ["AtCapacityError", "ConsumerStalled", "EngineClosed", "Generation", "GenerationCancelled", "Lease",
-           "Speech", "StepOutput", "StreamingEngine"]
+__all__ = ["AtCapacityError", "ConsumerStalled", "EngineClosed", "EngineLimits", "Generation", "GenerationCancelled",
+           "Lease", "Speech", "StageTimeout", "StepOutput", "StreamingEngine"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _RELEASE_WAIT_S = 10.0  # how long leaving a stream waits for the worker to let go of it
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """How long the event loop waits on the worker before it gives up with StageTimeout (nothing waits on it
+    forever: a lost or stuck piece of work becomes a failed reply, never a silent one). Generous: a busy CPU
+    worker answers a command within one step and a job within a few, and delivers a stream's next item within
+    one prefill chunk per stream."""
+
+    admission_s: float = 10.0  # a lease, a stream's start (commands: run before the next step)
+    item_s: float = 30.0  # between two items of a stream (its first one included)
+    job_s: float = 30.0  # an encode, a tokenizer call, a text-head step (jobs: one between two steps)
 
 
 class Speech:
@@ -80,8 +95,11 @@ class Speech:
 
     async def items(self) -> AsyncIterator[Pcm | Frame | Row]:
         """Every item until the stream ends; raises the stream's error (not for a cancel by its consumer)."""
+        first = True
         while not self.ended:
-            item = await self.sink.get()
+            bound = self.engine.limits.item_s + (self.engine.queue_wait_s if first else 0.0)
+            item = await within("engine_audio", bound, self.sink.get())
+            first = False
             if isinstance(item, End):
                 self.ended = True
                 if item.error is not None:
@@ -125,8 +143,10 @@ class StreamingEngine:
                  prefill_chunk_tokens: int | None = None, max_queue: int = 0,
                  queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S, context_tokens: int = DEFAULT_CONTEXT_TOKENS,
                  batch_codec: bool | None = None, codec_params: StreamParams | None = None,
-                 stall_timeout_s: float = 10.0, max_unread_s: float = 5.0) -> None:
+                 stall_timeout_s: float = 10.0, max_unread_s: float = 5.0,
+                 limits: EngineLimits | None = None) -> None:
         self.bundle = bundle
+        self.limits = limits or EngineLimits()
         self.scheduler = BatchScheduler(bundle, slots=slots, prefill_chunk_tokens=prefill_chunk_tokens,
                                         max_queue=max_queue, queue_timeout_s=queue_timeout_s,
                                         context_tokens=context_tokens)
@@ -138,6 +158,11 @@ class StreamingEngine:
     @property
     def slots(self) -> int:
         return self.scheduler.slots
+
+    @property
+    def queue_wait_s(self) -> float:
+        """The longest a stream may wait in the queue for a slot before its first item (0: no queue)."""
+        return self.scheduler.queue_timeout_s if self.scheduler.max_queue else 0.0
 
     @property
     def active_streams(self) -> int:
@@ -154,8 +179,14 @@ class StreamingEngine:
     @asynccontextmanager
     async def lease(self, name: str = "response") -> AsyncIterator[Lease]:
         """Capacity for a whole response, decided once (AtCapacityError when every slot is busy): the streams
-        started under it run whatever else arrives meanwhile."""
-        lease = await asyncio.wrap_future(self.worker.command(lambda: self.scheduler.reserve(name)))
+        started under it run whatever else arrives meanwhile; StageTimeout("lease") when the worker does not
+        answer in time). A caller cancelled while the worker grants it never holds the lease: it is released."""
+        granted = self.worker.command(lambda: self.scheduler.reserve(name))
+        try:
+            lease = await within("lease", self.limits.admission_s, asyncio.wrap_future(granted))
+        except BaseException:
+            granted.add_done_callback(self._release_unclaimed)
+            raise
         try:
             yield lease
         finally:
@@ -167,26 +198,63 @@ class StreamingEngine:
         """Start a stream (AtCapacityError, or ValueError for a prompt longer than the context, on entry)."""
         wants = frozenset({"pcm"} if pcm else set()) | (frozenset({"frames"}) if frames else frozenset())
         speech = Speech(self, AsyncSink(asyncio.get_running_loop(), wants))
-        speech.generation = await asyncio.wrap_future(
-            self.worker.command(lambda: self._start(prompt, settings, lease, speech.sink)))
+        started = self.worker.command(lambda: self._start(prompt, settings, lease, speech.sink))
+        try:
+            speech.generation = await within("stream_start", self.limits.admission_s, asyncio.wrap_future(started))
+        except BaseException:
+            started.add_done_callback(self._cancel_unclaimed)
+            raise
+        stalled = False
         try:
             yield speech
+        except StageTimeout:
+            stalled = True  # the worker is not answering: waiting for it to let go would only add to the stall
+            raise
         finally:
             speech.cancel()
-            try:  # shielded: a task cancelled while leaving still waits for the slot to be let go of
-                await asyncio.wait_for(asyncio.shield(speech._wait_released()), _RELEASE_WAIT_S)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
+            if not stalled:
+                await self._let_go(speech)
 
-    async def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
+    async def _let_go(self, speech: Speech) -> None:
+        """Wait (bounded) until the worker has let go of the stream, so its slot is free when the block is left.
+        A cancel that lands meanwhile is not lost: the wait finishes, then the cancel goes on up."""
+        released = asyncio.ensure_future(speech._wait_released())
+        deadline = asyncio.get_running_loop().time() + _RELEASE_WAIT_S
+        cancelled = False
+        while not released.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(released), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.CancelledError:
+                cancelled = True
+            except TimeoutError:
+                released.cancel()
+                log.warning("%s: the worker had not let go of the stream %g s after it was left",
+                            speech.generation.request_id if speech.generation else "a stream", _RELEASE_WAIT_S)
+                break
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _release_unclaimed(self, granted: Future) -> None:
+        """A lease granted to a caller that stopped waiting for it (cancelled, timed out): give it back."""
+        if not granted.cancelled() and granted.exception() is None:
+            lease = granted.result()
+            self.worker.command(lambda: self.scheduler.release(lease))
+
+    def _cancel_unclaimed(self, started: Future) -> None:
+        """A stream started for a caller that stopped waiting for it: cancel it (the worker frees its slot)."""
+        if not started.cancelled() and started.exception() is None:
+            self.worker.cancel(started.result())
+
+    async def encode(self, audio: np.ndarray, sample_rate: int, stage: str = "encode") -> torch.Tensor:
         """Audio (any rate, mono float) -> codec codes (num_codebooks, frames), as the processor encodes."""
         processor = self.bundle.processor
-        reference = await self.run(lambda: encode_voice(processor, audio, sample_rate, ""))
+        reference = await self.run(lambda: encode_voice(processor, audio, sample_rate, ""), stage=stage)
         return reference.codes
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        """Any other model-thread work (tokenizer calls, the text head), between two steps."""
-        return await asyncio.wrap_future(self.worker.job(fn))
+    async def run(self, fn: Callable[[], T], stage: str = "engine_job") -> T:
+        """Any other model-thread work (tokenizer calls, the text head), between two steps; StageTimeout(stage)
+        when it has not run within the job bound (it is then dropped if it had not started)."""
+        return await within(stage, self.limits.job_s, asyncio.wrap_future(self.worker.job(fn)))
 
     # -- synchronous callers (tests, benchmarks, the CLI's reference path) --------------------------
 

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from higgs_agent.streaming.codec_stream import (
     plan_windows,
 )
 from higgs_agent.streaming.generation import Generation, StepOutput
+from higgs_agent.streaming.mailbox import EngineClosed, Mailbox
 from higgs_agent.streaming.scheduler import BatchScheduler, StepReport
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ _FAILED_STEP_BACKOFF_S = 0.05  # after a step raised: a fault outside any stream
 
 class ConsumerStalled(RuntimeError):
     """The stream's consumer stopped reading; the stream was cancelled to free its slot."""
-
-
-class EngineClosed(RuntimeError):
-    """The engine was closed (server shutdown)."""
 
 
 @dataclass
@@ -154,11 +150,8 @@ class ModelWorker:
         self.stall_timeout_s = stall_timeout_s
         self.max_unread_samples = int(max_unread_s * SAMPLE_RATE)
         self.steps_failed = 0
-        self._cond = threading.Condition()
-        self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
-        self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
+        self.mailbox = Mailbox()
         self._streams: dict[Generation, _Stream] = {}
-        self._closed = False
         self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
@@ -166,11 +159,11 @@ class ModelWorker:
 
     def command(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` on the worker before its next step (quick bookkeeping: start, reserve, release)."""
-        return self._queue(self._commands, fn)
+        return self.mailbox.put("command", fn)
 
     def job(self, fn: Callable[[], Any]) -> Future:
         """Run `fn` on the worker between two steps, one job per step (encodes, tokenizer, text head)."""
-        return self._queue(self._jobs, fn)
+        return self.mailbox.put("job", fn)
 
     def attach(self, generation: Generation, sink: Sink) -> None:
         """On the worker (inside a command): route `generation`'s outputs to `sink`."""
@@ -181,14 +174,12 @@ class ModelWorker:
         self.wake()
 
     def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        with self.mailbox.cond:
+            self.mailbox.cond.notify_all()
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Cancel every stream, end their consumers, fail pending work, stop the thread."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self.mailbox.close()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
@@ -198,41 +189,30 @@ class ModelWorker:
 
     @property
     def closed(self) -> bool:
-        return self._closed
-
-    def _queue(self, queue: deque, fn: Callable[[], Any]) -> Future:
-        future: Future = Future()
-        with self._cond:
-            if self._closed:
-                future.set_exception(EngineClosed("the streaming engine is closed"))
-                return future
-            queue.append((fn, future))
-            self._cond.notify_all()
-        return future
+        return self.mailbox.closed
 
     # -- the worker thread -----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        mailbox = self.mailbox
         while True:
-            with self._cond:
-                while not (self._closed or self._commands or self._jobs or self._busy()):
-                    self._cond.wait(_IDLE_WAIT_S)
+            with mailbox.cond:
+                while not (mailbox.closed or mailbox.has_work() or self._busy()):
+                    mailbox.cond.wait(_IDLE_WAIT_S)
                     self._check_stalls()
                     if self.scheduler.has_work():  # a queued request's wait may have run out
                         break
-                commands, self._commands = list(self._commands), deque()
-                closed = self._closed
-            for fn, future in commands:
-                _settle(future, fn)
+                closed = mailbox.closed
+            for command, future in mailbox.take_commands():
+                _settle(future, command)
             if closed:
                 self._shut_down()
                 return
             if self.scheduler.has_work():
                 self._step()
             self._decode()
-            if self._jobs:
-                with self._cond:
-                    fn, future = self._jobs.popleft()
+            if (job := mailbox.take_job()) is not None:
+                fn, future = job
                 _settle(future, fn)
             self._check_stalls()
 
@@ -320,11 +300,7 @@ class ModelWorker:
                 stream.generation.cancel()
 
     def _shut_down(self) -> None:
-        with self._cond:
-            pending = list(self._commands) + list(self._jobs)
-            self._commands.clear()
-            self._jobs.clear()
-        for _, future in pending:
+        for _, future in self.mailbox.drain():
             if future.set_running_or_notify_cancel():
                 future.set_exception(EngineClosed("the streaming engine is closed"))
         for stream in list(self._streams.values()):
