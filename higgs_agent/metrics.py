@@ -27,6 +27,9 @@ class AgentMetrics:
                                  registry=self.registry)
         self.errors = Counter("higgs_client_errors", "Error events sent to clients, by code", ["code"],
                               registry=self.registry)
+        self.reply_stalls = Counter("higgs_reply_stalls", "Replies (or steps a reply could do without) that "
+                                    "stopped waiting at a stage that did not finish within its bound", ["stage"],
+                                    registry=self.registry)
         self.audio_seconds_out = Counter("higgs_audio_out_seconds", "Reply audio sent", registry=self.registry)
 
     def observe_turn(self, latency_ms: dict[str, float | None]) -> None:

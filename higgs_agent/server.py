@@ -110,7 +110,9 @@ def voice_library(root: str, presets: str | None, bundle: HiggsBundle, engine: S
     from higgs_agent.voices.library import VoiceLibrary
 
     def encode(audio: Any, rate: int) -> Any:  # noqa: ANN401 - float audio in, codes out
-        return engine.worker.job(lambda: encode_voice(bundle.processor, audio, rate, "").codes).result()
+        # bounded: a library lookup in a thread must not wait for ever on a stuck worker
+        return engine.worker.job(lambda: encode_voice(bundle.processor, audio, rate, "").codes).result(
+            engine.limits.job_s)
 
     return VoiceLibrary(root, encode=encode, presets=presets, codec_id=str(bundle.codec_source))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ from higgs_agent.agent.tools.calls import (
 )
 from higgs_agent.agent.tools.chat_history import function_call_message, function_output_message
 from higgs_agent.agent.turn_timing import TurnTiming
+from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import new_id
@@ -67,6 +69,20 @@ class SessionOutput(Protocol):
         """How much of the item's audio the listener has heard by now."""
 
 
+@dataclass(frozen=True)
+class ReplyLimits:
+    """Bounds on what a reply waits for outside the engine (the engine bounds its own: `EngineLimits`). A reply
+    whose stage runs past its bound ends as `failed` with a `reply_stalled` error naming the stage."""
+
+    responder_s: float = 30.0  # the responder's next event (its first words included)
+    voice_reference_s: float = 15.0  # a library voice's codes (a preset is encoded on first use)
+    tools_listing_s: float = 15.0  # the operator's MCP servers, listed when the session opened
+    caller_voice_s: float = 15.0  # the clone of the caller's voice being made
+    transcription_s: float = 30.0  # a user turn's words (before its reply; a stall fails the transcription)
+    understanding_s: float = 15.0  # who spoke and how (the reply goes on without it)
+    previous_reply_s: float = 60.0  # a reply before this turn that shows no progress (no event, no audio)
+
+
 @dataclass
 class Preparation:
     """What a response needs that may take a while to get (the user's codec codes): fetched inside the
@@ -78,6 +94,10 @@ class Preparation:
     voice: VoiceReference | None = None
     scene: str | None = None
     speaker_voices: tuple[VoiceReference, ...] = ()  # one per [SPEAKERn]: multi-speaker replies
+
+
+def _stalled_message(stall: StageTimeout) -> str:
+    return f"the reply stalled: {stall}; the session goes on, try again"
 
 
 @dataclass
@@ -109,6 +129,9 @@ class ReplyRun:
     max_output_tokens: int | str = "inf"  # our audio tokens are codec frames
     on_latency: Callable[[ReplyRun, dict[str, float | None]], Awaitable[None]] | None = None
     count_tokens: Callable[[str], Awaitable[int]] | None = None
+    limits: ReplyLimits = field(default_factory=ReplyLimits)
+    on_stall: Callable[[ReplyRun, StageTimeout], None] | None = None  # counted and logged by the session
+    progress_at: float = field(default_factory=time.monotonic)  # the last event or audio sent
     id: str = field(default_factory=lambda: new_id("resp"))
     status: str = "in_progress"
     status_details: se.StatusDetails | None = None
@@ -123,6 +146,9 @@ class ReplyRun:
     _latency_sent: bool = False
     _audio_open: bool = False  # `item` still takes phrases (no call has come after it)
     _tags: SpeakerTags = field(default_factory=SpeakerTags)
+    finishing: bool = False  # response.done is on its way
+    _stall: StageTimeout | None = None  # why the session abandoned it
+    _failed_by_stall: bool = False
 
     def start(self, on_done: Callable[[ReplyRun], None]) -> asyncio.Task:
         """Run the response as a task; `on_done` runs when it ends, even if cancelled before it ran."""
@@ -139,6 +165,20 @@ class ReplyRun:
         if self.task is not None:
             await asyncio.wait({self.task})
 
+    async def wait_progressing(self) -> None:
+        """Until the response is done, as long as it makes progress; StageTimeout("previous_reply") once it has
+        sent nothing for `limits.previous_reply_s` (every stage inside is bounded, so this is a last guard)."""
+        bound = self.limits.previous_reply_s
+        while self.task is not None and not self.task.done():
+            idle = time.monotonic() - self.progress_at
+            if idle >= bound:
+                raise StageTimeout("previous_reply", bound, f"{self.id} sent nothing for {idle:.1f} s")
+            await asyncio.wait({self.task}, timeout=bound - idle)
+
+    async def _send(self, event: se.ServerEvent) -> None:
+        await self.output.send_event(event)
+        self.progress_at = time.monotonic()
+
     def stop(self, reason: str) -> bool:
         """Stop now, without waiting: drop the reply audio the output still holds, note what the listener
         has heard, and cancel the task (its engine stream is let go of at the next step). False if the
@@ -150,6 +190,18 @@ class ReplyRun:
         if self.item is not None:
             self.output.discard_audio(self.item.id)
             self.heard_ms_at_cancel = self.output.heard_ms(self.item.id)
+        assert self.task is not None
+        self.task.cancel()
+        return True
+
+    def abandon(self, stall: StageTimeout) -> bool:
+        """Stop a response that stopped making progress: it ends as `failed` with a `reply_stalled` error
+        naming the stage. False if it was already over."""
+        if self.done or self.status != "in_progress":
+            return False
+        self._stall = stall
+        if self.item is not None:
+            self.output.discard_audio(self.item.id)
         assert self.task is not None
         self.task.cancel()
         return True
@@ -168,7 +220,7 @@ class ReplyRun:
 
     async def _run(self) -> None:
         try:
-            await self.output.send_event(se.ResponseCreated(response=self.response(with_output=False)))
+            await self._send(se.ResponseCreated(response=self.response(with_output=False)))
             async with self.engine.lease(self.id) as lease:
                 prepared = await self.prepare()
                 self._request = prepared.request
@@ -176,8 +228,16 @@ class ReplyRun:
             if self.status == "in_progress":
                 self.status = "completed"
         except asyncio.CancelledError:
-            self.status = "cancelled"
-            self.status_details = self.status_details or se.StatusDetails(type="cancelled", reason="client_cancelled")
+            if self._stall is not None:  # abandoned by the session: already counted there
+                await self._fail("reply_stalled", _stalled_message(self._stall))
+            else:
+                self.status = "cancelled"
+                self.status_details = self.status_details or se.StatusDetails(type="cancelled",
+                                                                              reason="client_cancelled")
+        except StageTimeout as exc:
+            self._stalled(exc)
+            self._failed_by_stall = True  # the worker may be what stalled: no more work for it (usage)
+            await self._fail("reply_stalled", _stalled_message(exc))
         except (ResponderError, AtCapacityError) as exc:
             log.warning("%s failed: %s", self.id, exc)
             code = "at_capacity" if isinstance(exc, AtCapacityError) else "responder_error"
@@ -194,12 +254,18 @@ class ReplyRun:
         with contextlib.suppress(OutputClosed):
             await self._finish()
 
+    def _stalled(self, exc: StageTimeout) -> None:
+        if self.on_stall is not None:
+            self.on_stall(self, exc)
+        else:
+            log.error("%s stalled at %s: %s", self.id, exc.stage, exc)
+
     async def _fail(self, code: str, message: str) -> None:
         self.status = "failed"
         self.status_details = se.StatusDetails(type="failed", error=se.StatusError(type="server_error", code=code,
                                                                                     message=message))
         with contextlib.suppress(OutputClosed):
-            await self.output.send_event(se.Error(error=se.ErrorDetail(type="server_error", code=code,
+            await self._send(se.Error(error=se.ErrorDetail(type="server_error", code=code,
                                                                         message=message)))
 
     async def _converse(self, lease: Lease, prepared: Preparation) -> None:
@@ -225,7 +291,7 @@ class ReplyRun:
         outcome = _Round()
         calls: dict[str, ConversationItem | None] = {}  # call_id -> its item (None: awaiting approval)
         try:
-            while (event := await events.get()) is not None:
+            while (event := await within("responder", self.limits.responder_s, events.get())) is not None:
                 if isinstance(event, BaseException):
                     raise event
                 if isinstance(event, str):
@@ -270,16 +336,16 @@ class ReplyRun:
         self.conversation.add(item)
         self.items.append(item)
         index = len(self.items) - 1
-        await self.output.send_event(se.OutputItemAdded(response_id=self.id, output_index=index,
+        await self._send(se.OutputItemAdded(response_id=self.id, output_index=index,
                                                         item=item.to_item()))
-        await self.output.send_event(se.ItemAdded(previous_item_id=self.conversation.previous_id(item),
+        await self._send(se.ItemAdded(previous_item_id=self.conversation.previous_id(item),
                                                   item=item.to_item()))
         return index
 
     async def _item_done(self, item: ConversationItem) -> None:
-        await self.output.send_event(se.OutputItemDone(response_id=self.id, output_index=self.items.index(item),
+        await self._send(se.OutputItemDone(response_id=self.id, output_index=self.items.index(item),
                                                        item=item.to_item()))
-        await self.output.send_event(se.ItemDone(previous_item_id=self.conversation.previous_id(item),
+        await self._send(se.ItemDone(previous_item_id=self.conversation.previous_id(item),
                                                  item=item.to_item()))
 
     def _part(self, item: ConversationItem) -> dict[str, Any]:
@@ -289,7 +355,7 @@ class ReplyRun:
     async def _open_audio(self) -> ConversationItem:
         item = ConversationItem(new_id("item"), "assistant", "output_audio", text="", status="in_progress")
         await self._add_item(item)
-        await self.output.send_event(se.ContentPartAdded(**self._part(item), part=se.AudioPart(type="audio",
+        await self._send(se.ContentPartAdded(**self._part(item), part=se.AudioPart(type="audio",
                                                                                                transcript="")))
         self.item, self._audio_open = item, True
         return item
@@ -304,9 +370,9 @@ class ReplyRun:
             item.text = item.spoken_text
             item.status = status  # type: ignore[assignment]
         part = self._part(item)
-        await self.output.send_event(se.OutputAudioDone(**part))
-        await self.output.send_event(se.OutputTranscriptDone(**part, transcript=item.text or ""))
-        await self.output.send_event(se.ContentPartDone(**part, part=se.AudioPart(type="audio",
+        await self._send(se.OutputAudioDone(**part))
+        await self._send(se.OutputTranscriptDone(**part, transcript=item.text or ""))
+        await self._send(se.ContentPartDone(**part, part=se.AudioPart(type="audio",
                                                                                    transcript=item.text)))
         await self._item_done(item)
 
@@ -328,7 +394,7 @@ class ReplyRun:
         if prepared.speaker_voices:
             phrase, said = self._tags.tag(phrase)
         start_ms = item.audio_ms
-        await self.output.send_event(se.OutputTranscriptDelta(**self._part(item), delta=said if not item.phrases
+        await self._send(se.OutputTranscriptDelta(**self._part(item), delta=said if not item.phrases
                                                               else " " + said))
         samples = 0
         item.phrases.append(SpokenPhrase(said, start_ms, start_ms))  # the timeline grows as audio goes out
@@ -338,6 +404,7 @@ class ReplyRun:
         async with contextlib.aclosing(speech):  # a cancel here ends the stream at once, not at GC
             async for chunk in speech:
                 await self.output.send_audio(self.id, item.id, chunk)
+                self.progress_at = time.monotonic()
                 samples += len(chunk)
                 self.frames_out += len(chunk) // HOP_LENGTH
                 item.phrases[-1] = SpokenPhrase(said, start_ms, start_ms + samples * 1000.0 / SAMPLE_RATE)
@@ -366,11 +433,11 @@ class ReplyRun:
         item.call.arguments += event.delta
         index = self.items.index(item)
         if item.kind == "function_call":
-            await self.output.send_event(se.FunctionCallArgumentsDelta(
+            await self._send(se.FunctionCallArgumentsDelta(
                 response_id=self.id, item_id=item.id, output_index=index, call_id=item.call.call_id,
                 delta=event.delta))
         else:
-            await self.output.send_event(se.McpCallArgumentsDelta(response_id=self.id, item_id=item.id,
+            await self._send(se.McpCallArgumentsDelta(response_id=self.id, item_id=item.id,
                                                                   output_index=index, delta=event.delta))
 
     async def _call_done(self, item: ConversationItem | None, event: FunctionCallDone, request: ReplyRequest,
@@ -388,14 +455,14 @@ class ReplyRun:
         item.call.arguments = event.arguments
         index = self.items.index(item)
         if item.kind == "function_call":
-            await self.output.send_event(se.FunctionCallArgumentsDone(
+            await self._send(se.FunctionCallArgumentsDone(
                 response_id=self.id, item_id=item.id, output_index=index, call_id=item.call.call_id,
                 name=item.call.name, arguments=event.arguments))
             item.status = "completed"
             await self._item_done(item)
             outcome.client_calls += 1
             return
-        await self.output.send_event(se.McpCallArgumentsDone(response_id=self.id, item_id=item.id,
+        await self._send(se.McpCallArgumentsDone(response_id=self.id, item_id=item.id,
                                                              output_index=index, arguments=event.arguments))
         assert tool is not None
         await self.run_mcp(item, tool, event.parsed)
@@ -405,17 +472,17 @@ class ReplyRun:
         """Run an MCP call item on its server (a timeout and a failure are results the model speaks about)."""
         assert self.tools is not None and item.call is not None
         index = self.items.index(item)
-        await self.output.send_event(se.McpCallInProgress(item_id=item.id, output_index=index))
+        await self._send(se.McpCallInProgress(item_id=item.id, output_index=index))
         result = await self.tools.run(tool, arguments)
         if result.ok:
             item.call.output = result.output
             item.status = "completed"
-            await self.output.send_event(se.McpCallCompleted(item_id=item.id, output_index=index))
+            await self._send(se.McpCallCompleted(item_id=item.id, output_index=index))
         else:
             item.call.error = result.error.to_dict() if result.error is not None else {"message": "failed"}
             item.status = "incomplete"
             log.warning("%s: MCP call %s failed: %s", self.id, item.call.name, item.call.error)
-            await self.output.send_event(se.McpCallFailed(item_id=item.id, output_index=index))
+            await self._send(se.McpCallFailed(item_id=item.id, output_index=index))
         await self._item_done(item)
 
     async def _run_approved_calls(self, request: ReplyRequest) -> bool:
@@ -459,7 +526,7 @@ class ReplyRun:
         if item is not None:
             item.status = "incomplete"
             await self._item_done(item)
-        await self.output.send_event(se.Error(error=se.ErrorDetail(
+        await self._send(se.Error(error=se.ErrorDetail(
             type="server_error", code="invalid_tool_call", message=event.error)))
         outcome.retry_messages += [function_call_message(event.call_id, event.name, event.arguments or "{}"),
                                    function_output_message(event.call_id, f"Error: {event.error}")]
@@ -480,7 +547,7 @@ class ReplyRun:
                 heard = self.heard_ms_at_cancel
                 heard = self.output.heard_ms(item.id) if heard is None else heard
                 item.text = heard_text(item.phrases, heard)
-                await self.output.send_event(se.ItemTruncated(item_id=item.id, content_index=0,
+                await self._send(se.ItemTruncated(item_id=item.id, content_index=0,
                                                               audio_end_ms=int(heard)))
             item.status = "incomplete"
         await self._close_audio(status="completed" if self.status in ("completed", "in_progress") else "incomplete")
@@ -490,17 +557,22 @@ class ReplyRun:
         if not self._latency_sent:
             await self._send_latency()
         self.usage = await self._usage()
-        await self.output.send_event(se.ResponseDone(response=self.response()))
+        self.finishing = True  # from here a client that read response.done may create the next response
+        await self._send(se.ResponseDone(response=self.response()))
 
     async def _usage(self) -> se.Usage:
         """Tokens in and out as OpenAI counts them: text tokens (the Higgs model's own tokenizer) and audio
         tokens (codec frames: 25 a second, in the user's turn and in the reply)."""
         text_in = text_out = 0
-        if self.count_tokens is not None:
-            with contextlib.suppress(Exception):  # usage is a report: never fail the response over it
+        if self.count_tokens is not None and self._stall is None and not self._failed_by_stall:
+            try:  # usage is a report: never fail the response over it, nor hold up a failed one
                 if self._request is not None:
                     text_in = await self.count_tokens("\n".join(str(m.get("content") or "")
                                                                 for m in self._request.messages))
                 spoken = " ".join(item.text or "" for item in self.items if item.kind == "message")
                 text_out = await self.count_tokens(spoken)
+            except StageTimeout as exc:
+                self._stalled(exc)
+            except Exception:  # noqa: BLE001
+                log.exception("%s: counting tokens for usage failed", self.id)
         return se.Usage.of(text_in, int(round(self.user_audio_s * FRAME_RATE)), text_out, self.frames_out)

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from higgs_agent.agent.config import OPENAI_VOICES, ServerOffer, SessionConfig, Transcription
+from higgs_agent.agent.reply import ReplyLimits
 from higgs_agent.agent.responders.base import Responder
 from higgs_agent.agent.tools.spec import McpServerSpec
 from higgs_agent.defaults import DEFAULT_TENANT
@@ -43,6 +44,7 @@ class AgentServices:
     mcp_call_timeout_s: float = 20.0
     analyzer: TurnAnalyzer | None = None  # who speaks and how, per user turn (None: not analyzed)
     voices: VoiceLibrary | None = None  # uploaded voices and presets (None: the server voice only)
+    reply_limits: ReplyLimits = field(default_factory=ReplyLimits)  # every wait of a reply is bounded
 
     def __post_init__(self) -> None:
         if self.default_responder not in self.responders:

@@ -35,6 +35,7 @@ from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.agent.vad import SpeechStarted
 from higgs_agent.audio import resample
 from higgs_agent.audio_formats import AudioFormatError, decode_audio
+from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol import client_events as ce
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # as the reference server: shorter buffers are refused
 MAX_PENDING_TURNS = 4  # turns waiting to be understood; past this a commit is refused, not queued
 DTMF_PAUSE_S = 1.5  # keypad digits this close together make one turn
+_CANCEL_WAIT_S = 5.0  # a stalled reply that was stopped gets this long to end before the next turn goes on
 
 
 @dataclass(frozen=True)
@@ -180,8 +182,7 @@ class Session:
     async def say(self, text: str) -> None:
         """Speak fixed words as a response of their own (a greeting when a call connects, an apology): they
         enter the conversation as the assistant's, so the responder knows they were said."""
-        if self.reply is not None:
-            await self.reply.wait()
+        await self._after_reply()
         if not self.closed:
             self._respond(UserTurn(None, None, TurnTiming(), create_response=True), responder=FixedReply(text))
 
@@ -442,7 +443,8 @@ class Session:
         await self.send(se.ItemRetrieved(item=self.conversation.get(event.item_id).to_item()))
 
     async def _response_create(self, event: ce.ResponseCreate) -> None:
-        busy = self.reply.id if self.reply is not None else ("a queued response" if self._pending else None)
+        reply = self.reply if self.reply is not None and not self.reply.finishing else None
+        busy = reply.id if reply is not None else ("a queued response" if self._pending else None)
         if busy:  # one response at a time writes to the conversation, as the reference server enforces
             raise ProtocolError("conversation_already_has_active_response",
                                 f"{busy} is still in progress; cancel it or wait for response.done")
@@ -500,10 +502,32 @@ class Session:
             return
         if self._spoke_on(turn):
             return  # the user spoke on after this turn: the next turn answers both
-        if self.reply is not None:  # a reply the user did not interrupt: let it finish first
-            await self.reply.wait()
+        await self._after_reply()  # a reply the user did not interrupt: let it finish first
         if not self.closed and not self._spoke_on(turn):
             self._respond(turn)
+
+    async def _after_reply(self) -> None:
+        """Wait for the reply in flight to end while it makes progress; one that stalls is stopped, and given
+        up on if it does not end soon after, so the next turn is answered whatever became of it."""
+        reply = self.reply
+        if reply is None:
+            return
+        try:
+            await reply.wait_progressing()
+        except StageTimeout as exc:
+            self._stalled(reply, exc)
+            if reply.abandon(exc):
+                try:
+                    await within("previous_reply_cancel", _CANCEL_WAIT_S, reply.wait())
+                except StageTimeout as late:
+                    self._stalled(reply, late)
+            if self.reply is reply:
+                self.reply = None
+
+    def _stalled(self, reply: ReplyRun | None, exc: StageTimeout) -> None:
+        """A stage that ran past its bound: named in the log and counted (higgs_reply_stalls_total{stage})."""
+        self.services.metrics.reply_stalls.labels(stage=exc.stage).inc()
+        log.error("%s stalled at %s: %s", reply.id if reply is not None else self.config.id, exc.stage, exc)
 
     def _spoke_on(self, turn: UserTurn) -> bool:
         detection = self.config.turn_detection
@@ -516,9 +540,12 @@ class Session:
         analysis = (self.services.analyzer.start(turn.audio, self.caller)
                     if self.services.analyzer is not None and self.caller is not None else None)
         try:
-            transcript = await self.services.transcriber.transcribe_async(turn.audio, settings.language,
-                                                                          settings.prompt)
+            transcript = await within("transcription", self.services.reply_limits.transcription_s,
+                                      self.services.transcriber.transcribe_async(turn.audio, settings.language,
+                                                                                 settings.prompt))
         except Exception as exc:  # noqa: BLE001 - reported against the item, the session goes on
+            if isinstance(exc, StageTimeout):
+                self._stalled(None, exc)
             log.exception("transcription failed")
             item.text = ""
             await self.send(se.TranscriptionFailed(item_id=item.id, error=se.ErrorDetail(
@@ -562,7 +589,11 @@ class Session:
 
     async def _understand(self, item: ConversationItem, analysis: Any, language: str) -> None:  # noqa: ANN401
         try:
-            item.context = await analysis.finish(item.text or "", language)
+            item.context = await within("understanding", self.services.reply_limits.understanding_s,
+                                        analysis.finish(item.text or "", language))
+        except StageTimeout as exc:  # the turn goes on without the caller's context
+            self._stalled(None, exc)
+            return
         except Exception:  # noqa: BLE001 - the turn goes on without the caller's context
             log.exception("understanding the turn failed")
             return
@@ -577,7 +608,9 @@ class Session:
         self._last_audio = None  # encoded (or not): the audio is not needed any more
         if len(wire.samples) >= wire.rate // 10:
             try:
-                item.codes = await self.services.engine.encode(wire.samples, wire.rate)
+                item.codes = await self.services.engine.encode(wire.samples, wire.rate, stage="user_codes")
+            except StageTimeout as exc:  # the reply goes on without hearing the audio
+                self._stalled(self.reply, exc)
             except Exception:  # noqa: BLE001 - the reply goes on without hearing the audio
                 log.exception("encoding the user's audio failed")
         return item.codes
@@ -603,9 +636,11 @@ class Session:
         def history() -> list[dict[str, Any]]:
             return self.conversation.chat_messages(steer)
 
+        limits = self.services.reply_limits
+
         async def prepare() -> Preparation:
             if self._listing is not None:  # the operator's tools are offered once listed
-                await asyncio.shield(self._listing)
+                await within("tools_listing", limits.tools_listing_s, asyncio.shield(self._listing))
             codes = await self._user_codes(user) if wants_codes else None
             box = self.tools.toolbox(override) if getattr(responder, "supports_tools", False) else None
             request = ReplyRequest(messages=history(), user_audio_codes=codes,
@@ -613,13 +648,17 @@ class Session:
                                    tools=box.tools if box else (),
                                    tool_choice=box.tool_choice if box else ToolConfig().tool_choice)
             if caller_voice and self._recloning is not None and not self._recloning.done():
-                await asyncio.shield(self._recloning)  # the reply speaks in the newest clone
+                # the reply speaks in the newest clone
+                await within("caller_voice", limits.caller_voice_s, asyncio.shield(self._recloning))
             if caller_voice:  # the gathered clone, else this very turn (a first turn has nothing else yet)
                 reference = self.caller_reference or (
                     VoiceReference(codes=codes, transcript=user.text or "") if codes is not None and user else None)
             else:
-                reference = await self.services.voice_reference(self.config.voice, self.tenant)
-            speakers = tuple([await self.services.voice_reference(name, self.tenant) for name in self.config.speakers])
+                reference = await within("voice_reference", limits.voice_reference_s,
+                                         self.services.voice_reference(self.config.voice, self.tenant))
+            speakers = tuple([await within("voice_reference", limits.voice_reference_s,
+                                           self.services.voice_reference(name, self.tenant))
+                              for name in self.config.speakers])
             return Preparation(request, history, reference,
                                scene=delivery_scene(context) if context is not None else None,
                                speaker_voices=speakers if all(speakers) else ())
@@ -628,7 +667,8 @@ class Session:
         engine = self.services.engine
 
         async def count_tokens(text: str) -> int:
-            return await engine.run(lambda: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+            return await engine.run(lambda: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+                                    stage="count_tokens")
 
         self.reply = ReplyRun(self.output, engine, responder, self.speaker, timing, self.conversation, prepare,
                               tools=self.tools, user_item_id=user.id if user is not None else None,
@@ -637,7 +677,8 @@ class Session:
                               max_output_tokens=(params.max_output_tokens if params is not None
                                                  and params.max_output_tokens is not None
                                                  else self.config.max_output_tokens),
-                              on_latency=self._latency, count_tokens=count_tokens)
+                              on_latency=self._latency, count_tokens=count_tokens, limits=limits,
+                              on_stall=self._stalled)
         self.reply.start(on_done=self._reply_done)
 
     def _responder(self) -> Responder:
