@@ -36,6 +36,7 @@ class RawWebSocket:
 
     def __init__(self, base: str, path: str = "/v1/realtime", window: int = SMALL_WINDOW) -> None:
         self.sock = stalled_socket(base, window)
+        self.ports = (self.sock.getsockname()[1], self.sock.getpeername()[1])  # (ours, the server's)
         self.protocol = ClientProtocol(parse_uri(base.replace("http://", "ws://") + path), max_size=None)
         self.protocol.send_request(self.protocol.connect())
         self._flush()
@@ -105,3 +106,25 @@ class RawWebSocket:
         for chunk in self.protocol.data_to_send():
             if chunk:
                 self.sock.sendall(chunk)
+
+
+_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+               "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN",
+               "0B": "CLOSING"}
+
+
+def server_side_state(ports: tuple[int, int]) -> str | None:
+    """The state of the server's end of a peer's TCP connection (`RawWebSocket.ports`), as the kernel has it
+    (/proc/net/tcp): 'ESTABLISHED' while the server holds it open, None once the server's socket is gone."""
+    local_port, server_port = ports
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if int(local.rsplit(":", 1)[1], 16) == server_port and int(remote.rsplit(":", 1)[1], 16) == local_port:
+                return _TCP_STATES.get(state, state)
+    return None

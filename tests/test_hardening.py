@@ -22,7 +22,7 @@ import httpx
 import pytest
 import websockets
 from agent_server import Client, running_server, ws_url
-from raw_peer import RawWebSocket, stalled_socket
+from raw_peer import RawWebSocket, server_side_state, stalled_socket
 from speech import pad, synthesize
 
 from higgs_agent.agent.responders.echo import EchoResponder
@@ -109,8 +109,12 @@ def test_a_client_that_stops_reading_mid_reply_is_cut_off_and_its_session_and_sl
     assert wait_until(lambda: sessions_active(services) == 0 and services.engine.active_streams == 0, 60) \
         is not None, "the session of a client that stopped reading was never closed"
     assert f"client read nothing for {SLOW_CLIENT_S:g} s" in caplog.text
+    # The server's end of the connection is gone within the promised 10 s, while the peer still reads nothing
+    # (a socket left closing would wait for ever to flush to a peer that does not read).
+    assert wait_until(lambda: server_side_state(peer.ports) in (None, "CLOSE", "TIME_WAIT"), 10) is not None, \
+        f"the server still holds the connection: {server_side_state(peer.ports)}"
     assert peer.drain(10), "the TCP connection stayed open"  # what was in flight, then the end
-    assert peer.texts()[-1]["type"] == "response.output_audio.delta"  # cut mid-reply: it never finished
+    assert "response.done" not in [event["type"] for event in peer.texts()]  # cut mid-reply: it never finished
     peer.close()
 
 
@@ -236,6 +240,33 @@ async def test_truncating_a_content_part_that_does_not_exist_is_refused_not_echo
         error = (await client.until("error"))["error"]
         assert (error["code"], error["param"]) == ("invalid_value", "content_index"), error
     assert "conversation.item.truncated" not in client.types()
+    await client.close()
+
+
+async def test_a_lone_surrogate_is_an_error_event_and_the_session_stays_open(server):
+    """`{"type":"\\ud800"}` is valid JSON but not valid Unicode: echoing it back used to fail the send and end
+    the session. It is refused with an error, and the session goes on."""
+    client = await Client.connect(server)
+    for raw in ('{"type":"\\ud800"}', '{"type":"session.update","event_id":"\\udfff","session":{}}',
+                '{"type":"conversation.item.create","item":{"type":"message","role":"user","content":'
+                '[{"type":"input_text","text":"a\\ud83d"}]}}'):
+        await client.socket.send(raw)
+        error = (await client.until("error"))["error"]
+        assert error["code"] == "invalid_json" and "surrogate" in error["message"], error
+    await client.send(text_item("still here"))
+    await client.until("conversation.item.done")
+    await client.close()
+
+
+async def test_truncating_a_user_item_says_only_assistant_audio_can_be(server):
+    client = await Client.connect(server)
+    await client.send({**text_item("my words"), "item": {**text_item("")["item"], "id": "item_mine",
+                                                         "content": [{"type": "input_text", "text": "mine"}]}})
+    await client.until("conversation.item.done")
+    await client.send({"type": "conversation.item.truncate", "item_id": "item_mine", "content_index": 0,
+                       "audio_end_ms": 0})
+    error = (await client.until("error"))["error"]
+    assert error["code"] == "invalid_value" and "only assistant audio" in error["message"], error
     await client.close()
 
 

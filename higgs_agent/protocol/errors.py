@@ -31,4 +31,25 @@ def _no_constant(name: str) -> float:
 def loads_strict(raw: str | bytes) -> object:
     """`json.loads` without Python's extensions: `NaN`, `Infinity` and `-Infinity` are refused, as every
     other JSON parser (a browser's, OpenAI's) refuses them, instead of becoming floats nothing can handle."""
-    return json.loads(raw, parse_constant=_no_constant)
+    data = json.loads(raw, parse_constant=_no_constant)
+    _check_unicode(data)
+    return data
+
+
+def _check_unicode(value: object) -> None:
+    """JSON lets a string escape a lone UTF-16 surrogate (`"\\ud800"`); Python decodes it into a str that no
+    UTF-8 encoder takes, so echoing it back (an error naming the bad type, an id) would fail the send. Such a
+    message is not valid Unicode: refused here (a ValueError, like any other invalid JSON)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone UTF-16 surrogate escape (such as \\ud800): not valid "
+                             "Unicode") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key)
+            _check_unicode(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_unicode(item)

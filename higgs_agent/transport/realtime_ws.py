@@ -32,7 +32,7 @@ from higgs_agent.logs import session_id
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError
 from higgs_agent.transport.auth import principal_of
-from higgs_agent.transport.uvicorn_ws import abort_connection
+from higgs_agent.transport.uvicorn_ws import close_gracefully, close_unresponsive
 
 log = logging.getLogger(__name__)
 SUBPROTOCOL = "realtime"
@@ -166,15 +166,6 @@ class WebSocketOutput:
         asyncio.get_running_loop().create_task(close_unresponsive(self.websocket, 1008, reason))
 
 
-async def close_unresponsive(websocket: WebSocket, code: int, reason: str) -> None:
-    """Drop the connection now where the server allows it (ours: `uvicorn_ws`), else try a close frame with a
-    deadline."""
-    if abort_connection(websocket.scope):
-        return
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(websocket.close(code, reason), 1.0)
-
-
 def chosen_subprotocol(offered: list[str]) -> str | None:
     """`realtime` when offered; else the first offered (a browser that offers only its key subprotocol
     refuses a handshake that selects none)."""
@@ -227,6 +218,5 @@ async def realtime_endpoint(websocket: WebSocket, services: AgentServices) -> No
         if close_code == 1008:
             await close_unresponsive(websocket, close_code, reason)
         else:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(websocket.close(close_code, reason), 2.0)
+            await close_gracefully(websocket, close_code, reason)
         log.info("session closed (%s)", reason or "client left")

@@ -13,12 +13,18 @@ so a message of our own would never reach the server. Under another server the k
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+import struct
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 ABORT_EXTENSION = "higgs.websocket.abort"
+CLOSE_GRACE_S = 2.0  # a peer that reads gets its close frame within this; one that does not is dropped after it
 
 
 class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -27,8 +33,18 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().run_asgi()
 
     def _abort(self) -> None:
-        if not self.transport.is_closing():
-            self.transport.abort()  # connection_lost follows: blocked sends and receives end at once
+        # Even when already closing: a transport that began a close waits for ever to flush its buffer to a
+        # peer that does not read (the socket stayed ESTABLISHED); abort drops the buffer and the connection.
+        # On a connection already lost it does nothing.
+        # And a reset, not a FIN: a plain close leaves the kernel holding the socket in FIN_WAIT1 behind the
+        # unsent bytes, probing a zero window for minutes; SO_LINGER 0 makes the close send RST and drop them.
+        if self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()  # connection_lost follows: blocked sends and receives end at once
 
 
 def abort_connection(scope: MutableMapping[str, Any]) -> bool:
@@ -38,3 +54,21 @@ def abort_connection(scope: MutableMapping[str, Any]) -> bool:
         return False
     abort()
     return True
+
+
+async def close_unresponsive(websocket: WebSocket, code: int, reason: str) -> None:
+    """Drop the connection now where the server allows it (ours), else try a close frame with a deadline."""
+    if abort_connection(websocket.scope):
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(websocket.close(code, reason), 1.0)
+
+
+async def close_gracefully(websocket: WebSocket, code: int = 1000, reason: str = "",
+                           grace_s: float = CLOSE_GRACE_S) -> None:
+    """Send a close frame (waiting at most `grace_s`), and make sure the connection is gone `grace_s` later
+    whatever the peer does: one that reads has finished the handshake by then (the abort finds nothing to
+    do), one that does not is dropped instead of being held open by an unflushable buffer."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(websocket.close(code, reason), grace_s)
+    asyncio.get_running_loop().call_later(grace_s, abort_connection, websocket.scope)

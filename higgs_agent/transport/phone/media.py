@@ -15,7 +15,6 @@ that stops reading), the session closes at once, and with it any reply and its e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -43,7 +42,7 @@ from higgs_agent.transport.phone.serializer import (
 )
 from higgs_agent.transport.phone.twilio import TwilioSerializer
 from higgs_agent.transport.phone.twiml import AnsweredCall, MediaSocketRefusedError
-from higgs_agent.transport.realtime_ws import close_unresponsive
+from higgs_agent.transport.uvicorn_ws import close_gracefully, close_unresponsive
 
 if TYPE_CHECKING:
     from higgs_agent.transport.phone.routes import PhoneLine
@@ -246,5 +245,4 @@ class PhoneCall:
             self.call_log.frame_sent(message.reply_id)
 
     async def _close(self, code: int) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.websocket.close(code), 2.0)
+        await close_gracefully(self.websocket, code)

@@ -19,7 +19,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from higgs_agent.logs import session_id
 from higgs_agent.transport.auth import principal_of
-from higgs_agent.transport.realtime_ws import chosen_subprotocol, close_unresponsive
+from higgs_agent.transport.realtime_ws import chosen_subprotocol
+from higgs_agent.transport.uvicorn_ws import close_gracefully, close_unresponsive
 from higgs_agent.transport.webrtc.calls import CallRegistry
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,7 @@ class SidebandLink:
         if code == 1008:
             await close_unresponsive(self.websocket, code, reason)
         else:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.websocket.close(code, reason), 2.0)
+            await close_gracefully(self.websocket, code, reason)
 
 
 async def sideband_endpoint(websocket: WebSocket, calls: CallRegistry) -> None:
