@@ -244,8 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--sessions", type=int, default=4, help="sessions in parallel (default: %(default)s)")
     soak.add_argument("--minutes", type=float, default=3.0, help="how long (default: %(default)s)")
     soak.add_argument("--max-frames", type=int, default=100, help="frame budget per phrase (default: %(default)s)")
+    soak.add_argument("--turns", type=int, default=None,
+                      help="each session stops after this many turns instead of at --minutes (a fixed workload: "
+                           "every 4th turn follows a malformed event, every 5th is talked over, every 6th hangs up)")
     soak.add_argument("--server-log", default=None, metavar="PATH",
                       help="keep the server's log there (default: thrown away with the scratch folder)")
+    startup = kinds.add_parser("startup", help="a new serve: a wrong folder's error, health, the first spoken "
+                               "turn's reply, against importing torch + transformers alone")
+    _add_bench_args(startup)
+    startup.add_argument("--runs", type=int, default=3, help="starts to take the median of (default: %(default)s)")
     understanding = kinds.add_parser("understanding", help="caller analysis per turn next to transcription")
     understanding.add_argument("--turns", type=int, default=10, help="espeak-ng turns (default: %(default)s)")
     understanding.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
@@ -305,6 +312,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         from higgs_agent.bench.phone import run_phone_bench as run
     elif args.bench == "soak":
         from higgs_agent.bench.soak import run_soak_bench as run
+    elif args.bench == "startup":
+        from higgs_agent.bench.startup import run_startup_bench as run
     else:
         from higgs_agent.bench.agent import run_agent_bench as run
     print(json.dumps(run(args)))

@@ -94,9 +94,10 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
 
         started = time.perf_counter()
         analyzer = TurnAnalyzer.load(args.speaker_model, args.emotion_model, args.speaker_threshold)
-        analyzer.warmup()
-        log.info("understanding: speaker %s, emotion %s (%.1f s)", args.speaker_model or "Resemblyzer GE2E",
-                 args.emotion_model or "prosody rules", time.perf_counter() - started)
+        analyzer.warm_up_in_background()  # seconds of librosa/numba first calls: not before serving
+        log.info("understanding: speaker %s, emotion %s (%.1f s; still warming up in the background)",
+                 args.speaker_model or "Resemblyzer GE2E", args.emotion_model or "prosody rules",
+                 time.perf_counter() - started)
     return AgentServices(engine=engine, transcriber=transcriber, responders=build_responders(args, bundle, engine),
                          default_responder=default_responder(args), sampling=sampling, voice=voice,
                          extension_events=args.extension_events, mcp_servers=mcp_servers(args),
@@ -144,10 +145,17 @@ class ServeError(RuntimeError):
 
 def serve_command(args: argparse.Namespace) -> int:
     """`higgs-agent serve`: check the arguments and the port, load the models, serve until interrupted."""
+    from higgs_agent.model.errors import ModelLoadError
+    from higgs_agent.model.sources import precheck
+
+    try:  # a wrong folder is said at once, before torch and transformers take seconds to import
+        precheck(args.model, args.codec)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     import uvicorn
 
     from higgs_agent.commands import load_bundle, sampling_settings
-    from higgs_agent.model.errors import ModelLoadError
     from higgs_agent.transport.app import create_agent_app
     from higgs_agent.transport.phone.cli import phone_settings
     from higgs_agent.transport.webrtc import webrtc_settings

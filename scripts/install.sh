@@ -37,6 +37,9 @@ source scripts/uv.sh
 extras=()
 [ -n "$test_extra" ] && extras=(--extra test)
 # --frozen: install uv.lock as it is, never re-resolve (a fresh machine gets the same versions as CI).
-UV_PROJECT_ENVIRONMENT="$venv" "$UV" sync --frozen --quiet "${extras[@]}" --python "${PYTHON:-python3}"
+# --compile-bytecode: every module compiled once, here; where Python may not write .pyc files (containers set
+# PYTHONDONTWRITEBYTECODE) each start would otherwise recompile transformers and torch: `serve` imported its
+# model code in 16-19 s instead of 6 s on 2 cores.
+UV_PROJECT_ENVIRONMENT="$venv" "$UV" sync --frozen --compile-bytecode --quiet "${extras[@]}" --python "${PYTHON:-python3}"
 "$venv/bin/python" -m higgs_agent.install_check
 echo "installed into $venv"

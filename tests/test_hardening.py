@@ -8,11 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +30,7 @@ from higgs_agent.model.prompts import SpeechPrompt
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.testing.fake_llm import FakeLLM
+from higgs_agent.testing.serve_process import running_serve
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parents[1]
@@ -386,29 +384,20 @@ def free_port() -> int:
 
 
 async def test_serve_shuts_down_mid_reply_closing_sessions_and_the_engine(tiny_dir):
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "higgs_agent", "serve", "--model", str(tiny_dir),
-                                "--port", str(port), "--no-understanding", "--max-frames", "1500"],
-                               env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        assert await asyncio.to_thread(wait_until, lambda: _answers(base), 120) is not None, "serve did not start"
-        socket_ = await websockets.connect(ws_url(base), max_size=None)
+    with running_serve(["--model", str(tiny_dir), "--no-understanding", "--max-frames", "1500"],
+                       env={"PYTHONPATH": str(ROOT)}) as serve:
+        socket_ = await websockets.connect(ws_url(serve.base), max_size=None)
         await socket_.send(json.dumps(text_item("word " * 300)))
         await socket_.send(json.dumps({"type": "response.create"}))
         while json.loads(await socket_.recv())["type"] != "response.output_audio.delta":
             pass
-        process.send_signal(signal.SIGINT)  # Ctrl-C mid-reply
+        serve.process.send_signal(signal.SIGINT)  # Ctrl-C mid-reply
         with pytest.raises(websockets.ConnectionClosed) as closed:
             while True:
                 await asyncio.wait_for(socket_.recv(), 20)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012  # "service restart"
-        code = await asyncio.to_thread(process.wait, 30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    log = process.stderr.read()
+        code = await asyncio.to_thread(serve.process.wait, 30)
+        log = serve.log()
     assert code == 130, log  # uvicorn re-raises the Ctrl-C once it has shut down: the shell's 128 + SIGINT
     assert "model worker stopped" in log, log
 

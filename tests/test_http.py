@@ -1,39 +1,17 @@
 """The HTTP server over a real socket: health, streamed speech, bad requests."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from higgs_agent.testing.serve_process import running_serve
 
 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "higgs_agent", "serve", "--model", str(tiny_dir),
-                             "--port", str(port)], stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError(proc.stderr.read().decode())
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with running_serve(["--model", str(tiny_dir)]) as serve:
+        yield serve.base
 
 
 def test_health(server):

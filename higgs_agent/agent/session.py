@@ -537,8 +537,9 @@ class Session:
         """The turn's words, and (alongside, on its own thread) who spoke them and how."""
         item = turn.item
         settings = self.config.transcription
-        analysis = (self.services.analyzer.start(turn.audio, self.caller)
-                    if self.services.analyzer is not None and self.caller is not None else None)
+        analyzer = self.services.analyzer
+        analysis = (analyzer.start(turn.audio, self.caller)  # not behind a warm-up: this turn goes without
+                    if analyzer is not None and self.caller is not None and not analyzer.warming else None)
         try:
             transcript = await within("transcription", self.services.reply_limits.transcription_s,
                                       self.services.transcriber.transcribe_async(turn.audio, settings.language,

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import base64
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter, deque
@@ -32,6 +29,7 @@ import numpy as np
 
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.audio import float_to_pcm16
+from higgs_agent.testing.serve_process import running_serve
 
 SAMPLE_EVERY_S = 15.0  # the server's RSS is read this often: growth that levels off is warm-up, not a leak
 REPLY_TIMEOUT_S = 120.0  # a turn with no event for this long is a failure (the server dropped it)
@@ -48,12 +46,6 @@ class SessionTally:
     failures: list[str] = field(default_factory=list)  # what went wrong on the client's side, if anything
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _audio_events(audio: np.ndarray, chunk_ms: int = 100) -> list[str]:
     step = SAMPLE_RATE * chunk_ms // 1000
     return [json.dumps({"type": "input_audio_buffer.append",
@@ -67,16 +59,23 @@ async def _send_paced(ws: Any, events: list[str], chunk_s: float) -> None:  # no
         await asyncio.sleep(chunk_s / SPEEDUP)
 
 
-async def _session(url: str, turn: list[str], deadline: float, tally: SessionTally) -> None:
+async def _session(url: str, turn: list[str], deadline: float, tally: SessionTally,
+                   max_turns: int | None = None) -> None:
+    """Turns until `deadline` (or `max_turns`): every 4th after a malformed event, every 5th talked over, every
+    6th followed by a hang-up without a word and a new connection."""
     import websockets
 
     n = 0
-    while time.monotonic() < deadline:
+
+    def going_on() -> bool:
+        return time.monotonic() < deadline and (max_turns is None or n < max_turns)
+
+    while going_on():
         ws = await websockets.connect(url, max_size=16 << 20)
         seen: deque[str] = deque(maxlen=12)  # the last events of this connection, for a failure's report
         try:
             await ws.recv()  # session.created
-            while time.monotonic() < deadline:
+            while going_on():
                 n += 1
                 if n % 4 == 0:
                     await ws.send(MALFORMED[n // 4 % len(MALFORMED)])
@@ -122,6 +121,19 @@ def _rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def _idle_health(base: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    """/health once the last sessions' teardown is over (no session, no slot busy), or as it is after `timeout_s`
+    (then what it says is what leaked)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        health = httpx.get(f"{base}/health", timeout=10).json()
+        if (health.get("sessions") == 0 and health.get("busy_slots") == 0) or time.monotonic() > deadline:
+            return health
+        time.sleep(0.2)
+
+
 def _server_errors(base: str) -> float:
     import httpx
 
@@ -144,51 +156,50 @@ def run_soak_bench(args: argparse.Namespace) -> dict[str, Any]:
         if model_dir is None:
             note("making a tiny model (random weights) ...")
             model_dir = str(make_tiny_model(Path(scratch) / "tiny", size="tiny", seed=0))
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "higgs_agent", "serve", "--model", model_dir, "--port", str(port),
-                   "--no-understanding", "--max-frames", str(args.max_frames), "--slots", str(max(2, args.sessions))]
-        log = open(Path(scratch) / "serve.log", "w+")  # noqa: SIM115 - read after the server stops
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        try:
-            _wait_for(base, server, log)
-            url = f"ws://127.0.0.1:{port}/v1/realtime"
+        flags = ["--model", model_dir, "--no-understanding", "--max-frames", str(args.max_frames),
+                 "--slots", str(max(2, args.sessions))]
+        with running_serve(flags, log_path=Path(scratch) / "serve.log") as server:
+            base, url = server.base, server.ws_url
             warm = SessionTally()
             asyncio.run(_session(url, turn, time.monotonic() + 1, warm))  # first-turn costs out of the figures
-            rss = [_rss_mb(server.pid)]
+            rss = [_rss_mb(server.process.pid)]
             note(f"soaking: {args.sessions} sessions for {args.minutes:g} min (server RSS {rss[0]:.0f} MB) ...")
             tallies = [SessionTally() for _ in range(args.sessions)]
-            deadline = time.monotonic() + args.minutes * 60
+            started = time.monotonic()
+            deadline = started + (args.minutes * 60 if args.turns is None else 24 * 3600)
 
             async def soak() -> None:
-                async def sample() -> None:
-                    while time.monotonic() < deadline:
-                        await asyncio.sleep(min(SAMPLE_EVERY_S, max(0.0, deadline - time.monotonic())))
-                        rss.append(_rss_mb(server.pid))
+                async def sample(done: asyncio.Event) -> None:
+                    while not done.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(done.wait(), SAMPLE_EVERY_S)
+                        if not done.is_set():
+                            rss.append(_rss_mb(server.process.pid))
 
-                await asyncio.gather(sample(), *(_session(url, turn, deadline, t) for t in tallies))
+                done = asyncio.Event()
+                sampler = asyncio.create_task(sample(done))
+                await asyncio.gather(*(_session(url, turn, deadline, t, args.turns) for t in tallies))
+                done.set()
+                await sampler
 
             asyncio.run(soak())
-            time.sleep(1.0)  # the last sessions' teardown
-            rss.append(_rss_mb(server.pid))
+            soaked_s = time.monotonic() - started
+            health = _idle_health(base)  # every session gone: nothing may still hold a slot
+            rss.append(_rss_mb(server.process.pid))
             server_errors = _server_errors(base)
             alive = httpx.get(f"{base}/health", timeout=10).status_code == 200
-        finally:
-            server.terminate()
-            server.wait(30)
-        log.seek(0)
-        server_log = log.read()
+            server_log = server.log()
         tracebacks = server_log.count("Traceback")
-        log.close()
         if args.server_log:
             Path(args.server_log).write_text(server_log)
+    at_10 = int(10 * 60 / SAMPLE_EVERY_S) if len(rss) > 10 * 60 / SAMPLE_EVERY_S + 1 else None
     statuses = sum((t.statuses for t in tallies), Counter())
     errors = sum((t.errors for t in tallies), Counter())
     turns = statuses["completed"]
+    minutes = args.minutes if args.turns is None else soaked_s / 60
     return {
-        "sessions": args.sessions, "minutes": args.minutes, "turns_completed": turns,
-        "turns_per_minute": round(turns / args.minutes, 1),
+        "sessions": args.sessions, "minutes": round(minutes, 2), "turns_completed": turns,
+        "turns_per_minute": round(turns / minutes, 1),
         "responses": dict(statuses), "client_errors": dict(errors),
         "reconnects": sum(t.reconnects for t in tallies),
         "client_failures": [f for t in tallies for f in t.failures][:10],
@@ -197,21 +208,11 @@ def run_soak_bench(args: argparse.Namespace) -> dict[str, Any]:
         "rss_end_vs_start": round(rss[-1] / rss[0], 3),
         "rss_mb_every_15s": [round(value) for value in rss],
         "rss_mb_growth_last_half": round(rss[-1] - rss[len(rss) // 2], 1),
+        # The goal's window: from minute 10 (warm-up and caches settled) to the end.
+        "rss_mb_at_10_min": round(rss[at_10], 1) if at_10 is not None else None,
+        "rss_end_vs_10_min": round(rss[-1] / rss[at_10], 3) if at_10 is not None else None,
+        "stuck_turns": sum(1 for t in tallies for f in t.failures if f.startswith("TimeoutError")),
+        "sessions_after": health.get("sessions"), "busy_slots_after": health.get("busy_slots"),
+        "health_after": health,
         "model": args.model or "tiny (made on the fly)",
     }
-
-
-def _wait_for(base: str, server: subprocess.Popen, log: Any) -> None:  # noqa: ANN401 - a text file
-    import httpx
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            log.seek(0)
-            raise SystemExit(f"higgs-agent serve exited at start-up:\n{log.read()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit("higgs-agent serve did not answer within 300 s")

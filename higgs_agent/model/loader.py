@@ -6,10 +6,8 @@ One entry point, `load_higgs`, takes a hub id or a local folder for each part. A
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,20 +28,22 @@ from higgs_agent.model.errors import (
     ModelLoadError,
     ModelNotFoundError,
     OutOfGPUMemoryError,
-    WrongModelTypeError,
+)
+from higgs_agent.model.sources import (
+    CODEC_TYPE,
+    DEFAULT_CODEC,
+    DEFAULT_MODEL,
+    MODEL_TYPE,
+    check_folder,
+    is_hub_id,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
-DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
-MODEL_TYPE = "higgs_audio_v2"
-CODEC_TYPE = "higgs_audio_v2_tokenizer"
 CODEC_SUBFOLDER = "audio_tokenizer"  # where a tiny model folder keeps its codec
 CHAT_TEMPLATE_FILE = Path(__file__).with_name("chat_template.jinja")
 TEXT_HEAD_WEIGHT = "text_lm_head.weight"
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
 
 
 class TextHeadMissingFromCheckpoint(ModelLoadError):
@@ -106,35 +106,6 @@ def set_cpu_threads(threads: int | None = None) -> int:
     return count
 
 
-def is_hub_id(source: str) -> bool:
-    """Only `org/name` goes to the hub, and only when no local folder could be meant: not an existing path,
-    and not `a/b` whose `a` is a local folder (`models/tinyy`, a typo of `models/tiny`, is a missing folder,
-    not a hub repository)."""
-    if os.path.exists(source) or not _HUB_ID.match(source):
-        return False
-    return not os.path.isdir(source.split("/")[0])
-
-
-def _check_folder(source: str, expected_type: str, what: str) -> Path:
-    """The folder, or a clear error: missing, no config.json, or a folder holding some other model."""
-    folder = Path(source).expanduser()
-    if not folder.is_dir():
-        raise ModelNotFoundError(
-            f"the {what} folder {str(folder)!r} does not exist. Pass a folder holding a saved one "
-            f"(config.json + weights), a hub id such as {DEFAULT_MODEL!r}, or make a tiny offline one with "
-            f"`higgs-agent make-tiny-model DIR`."
-        )
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise WrongModelTypeError(f"{str(folder)!r} has no config.json, so it holds no saved {what}.")
-    found = json.loads(config_file.read_text()).get("model_type")
-    if found != expected_type:
-        raise WrongModelTypeError(
-            f"{str(folder)!r} holds a model of type {found!r}, not the {what} ({expected_type!r}) expected here."
-        )
-    return folder
-
-
 def _download(repo_id: str, what: str, flag: str, progress: Callable[[str], None]) -> str:
     """A hub repository -> its local snapshot (downloaded once, with progress bars; cached after). One
     download instead of one hub round trip per component: offline, that is one fast, clear error."""
@@ -158,7 +129,7 @@ def resolve_source(source: str, expected_type: str, what: str, flag: str,
                    progress: Callable[[str], None] = log.info) -> str:
     """A hub id or a local folder -> a checked local folder."""
     folder = _download(source, what, flag, progress) if is_hub_id(source) else source
-    return str(_check_folder(folder, expected_type, what))
+    return str(check_folder(folder, expected_type, what))
 
 
 def _folder_size(folder: str | Path) -> str:

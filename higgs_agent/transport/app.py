@@ -54,7 +54,10 @@ def create_agent_app(services: AgentServices, api_key: str | None = None, cors_o
         return JSONResponse({"status": "ok", "model": bundle.model_source, "device": str(bundle.device),
                              "responders": sorted(services.responders), "asr": services.transcriber.name,
                              "sessions": int(services.metrics.sessions_active._value.get()),
-                             "slots": services.engine.slots, "busy_slots": services.engine.active_streams,
+                             "slots": services.engine.slots,
+                             # capacity in use: each response's lease and each stream outside one
+                             "busy_slots": services.engine.busy_slots, "leases": services.engine.scheduler.leases,
+                             "streams": services.engine.active_streams,
                              "webrtc_calls": len(calls)})
 
     async def metrics(_: Request) -> Response:

@@ -42,7 +42,7 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):  # ValueError: uvloop's socket whose fd is gone
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()  # connection_lost follows: blocked sends and receives end at once
 

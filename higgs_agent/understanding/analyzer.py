@@ -114,6 +114,7 @@ class TurnAnalyzer:
         self.speaker_threshold = speaker_threshold if speaker_threshold is not None else \
             speaker_encoder.default_threshold
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=THREAD_NAME)
+        self._warming: Future | None = None  # a warm-up in the background, while the server already serves
 
     @classmethod
     def load(cls, speaker_model: str | None = None, emotion_model: str | None = None,
@@ -140,6 +141,24 @@ class TurnAnalyzer:
         features = measure_prosody(audio)
         model = self.emotion_classifier.classify(audio) if self.emotion_classifier is not None else None
         return AudioReading(embedding, features, model, (time.perf_counter() - started) * 1000)
+
+    @property
+    def warming(self) -> bool:
+        """A background warm-up is still running: a turn analyzed now would wait seconds behind it."""
+        return self._warming is not None and not self._warming.done()
+
+    def warm_up_in_background(self) -> Future:
+        """Warm up on the analyzer's thread while the server starts serving; `warming` says when it is done."""
+        self._warming = self._executor.submit(self._warm_up_logged)
+        return self._warming
+
+    def _warm_up_logged(self) -> float:
+        started = time.perf_counter()
+        self._read_audio(_voiced_tone())
+        elapsed = (time.perf_counter() - started) * 1000
+        log.info("turn analyzer warmed up in %.0f ms (in the background; turns before it go without speaker "
+                 "and emotion)", elapsed)
+        return elapsed
 
     def warmup(self) -> float:
         """Analyze one synthetic voiced second so the first real turn does not pay for lazy initialisation

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from higgs_agent.model.errors import ModelLoadError, ModelNotFoundError
-from higgs_agent.model.loader import is_hub_id
+from higgs_agent.model.sources import is_hub_id
 from higgs_agent.understanding.prosody import SAMPLE_RATE, ProsodyFeatures
 
 log = logging.getLogger(__name__)

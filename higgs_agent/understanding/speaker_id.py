@@ -40,7 +40,7 @@ from typing import Protocol
 import numpy as np
 
 from higgs_agent.model.errors import ModelLoadError, ModelNotFoundError
-from higgs_agent.model.loader import is_hub_id
+from higgs_agent.model.sources import is_hub_id
 
 log = logging.getLogger(__name__)
 

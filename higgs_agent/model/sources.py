@@ -1,0 +1,55 @@
+"""Where a model comes from: a hub id or a local folder, checked with the standard library alone, so a wrong
+path is reported at once (before torch and transformers take seconds to import)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from higgs_agent.model.errors import ModelNotFoundError, WrongModelTypeError
+
+DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
+DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
+MODEL_TYPE = "higgs_audio_v2"
+CODEC_TYPE = "higgs_audio_v2_tokenizer"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
+
+
+def is_hub_id(source: str) -> bool:
+    """Only `org/name` goes to the hub, and only when no local folder could be meant: not an existing path,
+    and not `a/b` whose `a` is a local folder (`models/tinyy`, a typo of `models/tiny`, is a missing folder,
+    not a hub repository)."""
+    if os.path.exists(source) or not _HUB_ID.match(source):
+        return False
+    return not os.path.isdir(source.split("/")[0])
+
+
+def check_folder(source: str, expected_type: str, what: str) -> Path:
+    """The folder, or a clear error: missing, no config.json, or a folder holding some other model."""
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise ModelNotFoundError(
+            f"the {what} folder {str(folder)!r} does not exist. Pass a folder holding a saved one "
+            f"(config.json + weights), a hub id such as {DEFAULT_MODEL!r}, or make a tiny offline one with "
+            f"`higgs-agent make-tiny-model DIR`."
+        )
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise WrongModelTypeError(f"{str(folder)!r} has no config.json, so it holds no saved {what}.")
+    found = json.loads(config_file.read_text()).get("model_type")
+    if found != expected_type:
+        raise WrongModelTypeError(
+            f"{str(folder)!r} holds a model of type {found!r}, not the {what} ({expected_type!r}) expected here."
+        )
+    return folder
+
+
+def precheck(model: str | None, codec: str | None = None) -> None:
+    """What can be known about `--model` and `--codec` without loading anything (hub ids are fetched later)."""
+    if model and not is_hub_id(model):
+        check_folder(model, MODEL_TYPE, "Higgs Audio v2 model")
+    if codec and not is_hub_id(codec):
+        check_folder(codec, CODEC_TYPE, "Higgs Audio v2 codec (audio tokenizer)")
