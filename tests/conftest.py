@@ -52,3 +52,18 @@ def utterance():
         pytest.fail("espeak-ng is not installed: run scripts/install.sh --test as root")
     audio, _ = synthesize(SAMPLE_TEXT, sample_rate=16_000)
     return SAMPLE_TEXT, audio
+
+
+# -- the slow end-to-end modules: real servers, browsers, third-party clients, benchmarks -----------------------
+# `pytest -m "not slow"` runs the rest in a few minutes; the full suite (CI, the README's command) runs all.
+SLOW_MODULES = {
+    "test_bench", "test_fuzz", "test_hardening", "test_model_thread", "test_phone_call", "test_realtime",
+    "test_third_party_clients", "test_tool_calls", "test_translation", "test_understanding_agent",
+    "test_voices_agent", "test_web_page", "test_webrtc",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
