@@ -240,3 +240,29 @@ async def test_a_reply_that_stops_progressing_is_given_up_before_the_next_turn(m
     second = await until(out, "response.done", 2)
     assert second["response"]["status"] == "completed"
     await session.close()
+
+
+async def test_encoding_the_users_turn_that_never_ends_is_counted_and_the_reply_goes_on(make_session, monkeypatch):
+    """The caller's own voice needs the turn's codes; a stuck encode is given up on and the reply speaks anyway."""
+    session, out = await make_session(engine_limits=EngineLimits(admission_s=30, item_s=30, job_s=BOUND_S))
+    engine = session.services.engine
+    gate = make_session.gate()
+    run = engine.run
+
+    def stalled_run(fn, stage="engine_job"):  # noqa: ANN001, ANN202
+        return run((lambda: (gate.stall(), fn())[1]) if stage == "user_codes" else fn, stage=stage)
+
+    monkeypatch.setattr(engine, "run", stalled_run)
+    gate.armed = True
+    await send(session, type="session.update", session={"audio": {"input": {"turn_detection": None},
+                                                                   "output": {"voice": "caller"}}})
+    await commit_silence(session)
+    await send(session, type="response.create")
+    while not stalls(session, "user_codes"):  # the encode was given up on ...
+        await asyncio.sleep(0.01)
+    gate.armed = False
+    gate.open.set()  # ... and the worker freed: the reply goes on without the codes, in the default voice
+    done = await until(out, "response.done")
+    assert done["response"]["status"] == "completed", done
+    assert out.samples > 0
+    await session.close()
