@@ -190,7 +190,11 @@ def serve_command(args: argparse.Namespace) -> int:
         server.run(sockets=[sock])
     finally:
         asyncio.run(services.aclose())
-    return 0
+    # uvicorn re-raises the signal that stopped it, but inside asyncio.run, whose own SIGINT handler turns it
+    # into a cancel that can land after the serving task has finished, so Ctrl-C sometimes ended with 0. The
+    # shell's 128 + signal, whichever way the race went:
+    captured = getattr(server, "_captured_signals", [])
+    return 128 + int(captured[-1]) if captured else 0
 
 
 def uvicorn_config(app: Any, **options: Any) -> Any:  # noqa: ANN401 - an ASGI app, a uvicorn.Config

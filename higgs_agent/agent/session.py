@@ -475,7 +475,7 @@ class Session:
                 turn.create_response = False
             self._pending.clear()
             return
-        if self.reply is None or (event.response_id and event.response_id != self.reply.id):
+        if self.reply is None or self.reply.finishing or (event.response_id and event.response_id != self.reply.id):
             raise ProtocolError("response_cancel_not_active", "there is no active response to cancel",
                                 param="response_id")
         await self.reply.cancel("client_cancelled")

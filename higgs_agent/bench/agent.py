@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,9 +78,18 @@ def run_concurrent_agent_bench(args: argparse.Namespace) -> dict:
 def run_agent_bench(args: argparse.Namespace) -> dict:
     if getattr(args, "sessions", 1) > 1:
         return run_concurrent_agent_bench(args)
-    from higgs_agent.bench.common import describe, echo_agent_services
+    from higgs_agent.bench.common import echo_agent_services
 
     services, bundle, model = echo_agent_services(args)
+    try:
+        return _agent_bench(args, services, bundle, model)
+    finally:  # the engine's and Whisper's threads end before the interpreter does (no native teardown race)
+        asyncio.run(services.aclose())
+
+
+def _agent_bench(args: argparse.Namespace, services: AgentServices, bundle: Any, model: str) -> dict:  # noqa: ANN401
+    from higgs_agent.bench.common import describe
+
     speech = espeak(UTTERANCE)
     turns = _turns(services, speech, args.turns)
     said = turns[-1]["transcript_text"] or UTTERANCE

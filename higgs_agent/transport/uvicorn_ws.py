@@ -24,7 +24,8 @@ from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 ABORT_EXTENSION = "higgs.websocket.abort"
-CLOSE_GRACE_S = 2.0  # a peer that reads gets its close frame within this; one that does not is dropped after it
+CLOSE_GRACE_S = 2.0  # how long a graceful close waits to hand its close frame over
+DROP_AFTER_S = 10.0  # a connection still open this long after its close is reset: the slow-client promise
 
 
 class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -65,10 +66,12 @@ async def close_unresponsive(websocket: WebSocket, code: int, reason: str) -> No
 
 
 async def close_gracefully(websocket: WebSocket, code: int = 1000, reason: str = "",
-                           grace_s: float = CLOSE_GRACE_S) -> None:
-    """Send a close frame (waiting at most `grace_s`), and make sure the connection is gone `grace_s` later
-    whatever the peer does: one that reads has finished the handshake by then (the abort finds nothing to
-    do), one that does not is dropped instead of being held open by an unflushable buffer."""
+                           grace_s: float = CLOSE_GRACE_S, drop_after_s: float = DROP_AFTER_S) -> None:
+    """Send a close frame (waiting at most `grace_s` to hand it over), and make sure the connection is gone
+    `drop_after_s` later whatever the peer does: one that reads has long finished the handshake by then (the
+    abort finds nothing to do), one that does not is reset instead of being held open for ever by an
+    unflushable buffer. Not sooner: a reset makes the peer's kernel drop what it has not read yet, the close
+    frame included, and a loaded client may read late."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(websocket.close(code, reason), grace_s)
-    asyncio.get_running_loop().call_later(grace_s, abort_connection, websocket.scope)
+    asyncio.get_running_loop().call_later(drop_after_s, abort_connection, websocket.scope)
