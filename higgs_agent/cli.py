@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--turns", type=int, default=None,
                       help="each session stops after this many turns instead of at --minutes (a fixed workload: "
                            "every 4th turn follows a malformed event, every 5th is talked over, every 6th hangs up)")
+    soak.add_argument("--preload", default=None, metavar="LIB",
+                      help="LD_PRELOAD for the server, e.g. /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 to compare "
+                           "allocators (default: none, glibc's malloc)")
     soak.add_argument("--server-log", default=None, metavar="PATH",
                       help="keep the server's log there (default: thrown away with the scratch folder)")
     startup = kinds.add_parser("startup", help="a new serve: a wrong folder's error, health, the first spoken "

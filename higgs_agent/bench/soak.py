@@ -158,7 +158,8 @@ def run_soak_bench(args: argparse.Namespace) -> dict[str, Any]:
             model_dir = str(make_tiny_model(Path(scratch) / "tiny", size="tiny", seed=0))
         flags = ["--model", model_dir, "--no-understanding", "--max-frames", str(args.max_frames),
                  "--slots", str(max(2, args.sessions))]
-        with running_serve(flags, log_path=Path(scratch) / "serve.log") as server:
+        env = {"LD_PRELOAD": args.preload} if args.preload else None  # another allocator, to compare
+        with running_serve(flags, log_path=Path(scratch) / "serve.log", env=env) as server:
             base, url = server.base, server.ws_url
             warm = SessionTally()
             asyncio.run(_session(url, turn, time.monotonic() + 1, warm))  # first-turn costs out of the figures
@@ -214,5 +215,5 @@ def run_soak_bench(args: argparse.Namespace) -> dict[str, Any]:
         "stuck_turns": sum(1 for t in tallies for f in t.failures if f.startswith("TimeoutError")),
         "sessions_after": health.get("sessions"), "busy_slots_after": health.get("busy_slots"),
         "health_after": health,
-        "model": args.model or "tiny (made on the fly)",
+        "model": args.model or "tiny (made on the fly)", "preload": args.preload,
     }
