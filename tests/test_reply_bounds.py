@@ -78,6 +78,17 @@ def make_session(bundle):
         engine.close()
 
 
+def stall_jobs(engine: StreamingEngine, stalled: str, gate: Gate, monkeypatch) -> Gate:  # noqa: ANN001
+    """The engine's jobs of stage `stalled` sit on the worker thread (behind `gate`) instead of running."""
+    run = engine.run
+
+    def stalled_run(fn, stage="engine_job"):  # noqa: ANN001, ANN202
+        return run((lambda: (gate.stall(), fn())[1]) if stage == stalled else fn, stage=stage)
+
+    monkeypatch.setattr(engine, "run", stalled_run)
+    return gate
+
+
 def stalls(session: Session, stage: str) -> float:
     return session.services.metrics.registry.get_sample_value("higgs_reply_stalls_total", {"stage": stage}) or 0.0
 
@@ -195,14 +206,7 @@ async def test_a_stream_whose_audio_never_comes_fails_the_reply(make_session, mo
 
 async def test_token_counting_that_never_ends_is_counted_and_the_reply_completes(make_session, monkeypatch):
     session, out = await make_session(engine_limits=EngineLimits(admission_s=30, item_s=30, job_s=BOUND_S))
-    engine = session.services.engine
-    gate = make_session.gate()
-    run = engine.run
-
-    def stalled_run(fn, stage="engine_job"):  # noqa: ANN001, ANN202 - the count's job sits on the worker
-        return run((lambda: (gate.stall(), fn())[1]) if stage == "count_tokens" else fn, stage=stage)
-
-    monkeypatch.setattr(engine, "run", stalled_run)
+    gate = stall_jobs(session.services.engine, "count_tokens", make_session.gate(), monkeypatch)
     gate.armed = True
     await ask(session)
     done = await until(out, "response.done")
@@ -245,14 +249,7 @@ async def test_a_reply_that_stops_progressing_is_given_up_before_the_next_turn(m
 async def test_encoding_the_users_turn_that_never_ends_is_counted_and_the_reply_goes_on(make_session, monkeypatch):
     """The caller's own voice needs the turn's codes; a stuck encode is given up on and the reply speaks anyway."""
     session, out = await make_session(engine_limits=EngineLimits(admission_s=30, item_s=30, job_s=BOUND_S))
-    engine = session.services.engine
-    gate = make_session.gate()
-    run = engine.run
-
-    def stalled_run(fn, stage="engine_job"):  # noqa: ANN001, ANN202
-        return run((lambda: (gate.stall(), fn())[1]) if stage == "user_codes" else fn, stage=stage)
-
-    monkeypatch.setattr(engine, "run", stalled_run)
+    gate = stall_jobs(session.services.engine, "user_codes", make_session.gate(), monkeypatch)
     gate.armed = True
     await send(session, type="session.update", session={"audio": {"input": {"turn_detection": None},
                                                                    "output": {"voice": "caller"}}})

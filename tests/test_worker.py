@@ -131,6 +131,16 @@ def test_commands_jobs_and_leases_from_many_threads_all_complete_while_streams_r
     assert engine.busy_slots == 0
 
 
+async def cancel_while_on_the_worker(reply, entered: threading.Event, gate: threading.Event) -> None:  # noqa: ANN001
+    """Run `reply()`, cancel it while its command sits on the worker (`entered`), then let the command finish."""
+    task = asyncio.create_task(reply())
+    assert await asyncio.to_thread(entered.wait, 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.set()
+
+
 async def test_a_reply_cancelled_while_the_worker_grants_its_lease_gives_the_lease_back(engine, monkeypatch):
     entered, gate = threading.Event(), threading.Event()
     reserve = engine.scheduler.reserve
@@ -146,12 +156,7 @@ async def test_a_reply_cancelled_while_the_worker_grants_its_lease_gives_the_lea
         async with engine.lease("reply"):
             raise AssertionError("the cancelled reply must not get its lease")
 
-    task = asyncio.create_task(reply())
-    assert await asyncio.to_thread(entered.wait, 30)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    gate.set()
+    await cancel_while_on_the_worker(reply, entered, gate)
     for _ in range(2):  # the release is queued by the grant; one round trip later it has run
         await asyncio.wrap_future(engine.worker.command(lambda: None))
     assert engine.scheduler.leases == 0
@@ -202,12 +207,7 @@ async def test_a_stream_started_for_a_reply_that_was_cancelled_meanwhile_is_canc
         async with engine.stream(prompt, SETTINGS):
             raise AssertionError("unreachable")
 
-    task = asyncio.create_task(reply())
-    assert await asyncio.to_thread(entered.wait, 30)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    gate.set()
+    await cancel_while_on_the_worker(reply, entered, gate)
     await asyncio.wrap_future(engine.worker.command(lambda: None))
     assert started and started[0].cancelled
     while engine.active_streams:  # the worker lets go of it at its next step
