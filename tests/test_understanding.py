@@ -362,3 +362,31 @@ def test_bench_measures_analysis_next_to_transcription_and_calibrates_on_a_corpu
     states = figures["read_speech_states"]
     assert states["turns"] == 4  # turns 3 and 4 of each enrolled speaker
     assert sum(states["states_pct"].values()) == pytest.approx(100, abs=0.2)
+
+
+class _HeldEncoder:
+    """A speaker encoder whose first embedding waits until released (a slow warm-up)."""
+
+    default_threshold = 0.75
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def embed(self, audio: np.ndarray) -> np.ndarray:
+        assert self.release.wait(30)
+        return np.ones(256, dtype=np.float32) / 16.0
+
+
+def test_a_background_warm_up_is_reported_until_it_is_done():
+    """`serve` warms the analyzer up while it already serves; turns skip the analysis while `warming`."""
+    encoder = _HeldEncoder()
+    analyzer = TurnAnalyzer(encoder)
+    try:
+        assert not analyzer.warming  # no warm-up asked for: ready as it is
+        done = analyzer.warm_up_in_background()
+        assert analyzer.warming
+        encoder.release.set()
+        assert done.result(60) > 0
+        assert not analyzer.warming
+    finally:
+        analyzer.close()
