@@ -87,6 +87,7 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
     if args.voice:
         voice = encode_voice(bundle.processor, read_wav(args.voice), SAMPLE_RATE, args.voice_text)
     engine = StreamingEngine(bundle, slots=args.slots)
+    _warm_up_engine(engine, sampling)
     voices = voice_library(args.voices_dir, args.voice_presets, bundle, engine)
     analyzer = None
     if not args.no_understanding:
@@ -103,6 +104,23 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
                          extension_events=args.extension_events, mcp_servers=mcp_servers(args),
                          allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout,
                          analyzer=analyzer, voices=voices)
+
+
+def _warm_up_engine(engine: StreamingEngine, sampling: SamplingSettings) -> None:
+    """One short phrase through the engine and the codec while the server starts serving: the first caller
+    does not pay for first-call initialisation (measured by `bench startup`)."""
+    from dataclasses import replace
+
+    from higgs_agent.model.prompts import SpeechPrompt
+
+    started = time.perf_counter()
+    warm = engine.warm_up(SpeechPrompt(text="Hello."), replace(sampling, max_frames=12))
+
+    def report() -> None:
+        if warm.done.wait(60):
+            log.info("engine warmed up in %.0f ms (in the background)", (time.perf_counter() - started) * 1000)
+
+    threading.Thread(target=report, name="higgs-warm-up", daemon=True).start()
 
 
 def voice_library(root: str, presets: str | None, bundle: HiggsBundle, engine: StreamingEngine) -> VoiceLibrary:

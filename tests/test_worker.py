@@ -235,3 +235,11 @@ async def test_a_stuck_worker_times_the_lease_out_and_the_late_grant_is_released
         assert engine.scheduler.leases == 0
     finally:
         engine.close()
+
+
+def test_a_warm_up_speaks_through_the_codec_and_frees_its_slot(engine, prompt):
+    """`serve` warms the engine up in the background: a whole phrase down to PCM, then nothing left held."""
+    sink = engine.warm_up(prompt, SamplingSettings(greedy=True, max_frames=12))
+    assert sink.done.wait(60)
+    assert any(type(item).__name__ == "Pcm" and len(item.samples) for item in sink.items)
+    assert engine.worker.command(lambda: engine.busy_slots).result(10) == 0

@@ -271,6 +271,13 @@ class StreamingEngine:
             raise end.error
         return [item.output for item in sink.items if isinstance(item, Row)]
 
+    def warm_up(self, prompt: SpeechPrompt, settings: SamplingSettings) -> SyncSink:
+        """Speak `prompt` once through the whole path (prefill, steps, codec decode) on the worker, so the first
+        caller does not pay for first-call initialisation. Returns at once; the sink's `done` is set at the end."""
+        sink = SyncSink(frozenset({"pcm"}))
+        self.worker.command(lambda: self._start(prompt, settings, None, sink))
+        return sink
+
     def close(self) -> None:
         """Stop the worker; running streams end with EngineClosed, new requests are refused."""
         self.worker.close()
