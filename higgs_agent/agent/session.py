@@ -568,6 +568,11 @@ class Session:
         """Gather the caller's clean speech at its wire rate; once enough more has come, clone it afresh (in
         the background: the turn does not wait for it)."""
         self.caller_voice.add_turn(wire.samples, wire.rate, words)
+        if self.config.voice != CALLER_VOICE:
+            # Gathered only: a clone is an encode on the model worker per turn (and, each clip being its own
+            # length, a new cached oneDNN convolution each time: the soak's memory growth). It is made once the
+            # session speaks in the caller's voice.
+            return
         clip = self.caller_voice.take_due_clip()
         if clip is not None:
             task = asyncio.create_task(self._reclone(clip), name=f"{self.config.id}-voice")
