@@ -78,6 +78,19 @@ def make_session(bundle):
         engine.close()
 
 
+def stall_method(target: object, name: str, gate: Gate, monkeypatch) -> Gate:  # noqa: ANN001
+    """`target.name` sits on the worker thread behind `gate` (armed) before it runs."""
+    method = getattr(target, name)
+
+    def stalled(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        gate.stall()
+        return method(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, stalled)
+    gate.armed = True
+    return gate
+
+
 def stall_jobs(engine: StreamingEngine, stalled: str, gate: Gate, monkeypatch) -> Gate:  # noqa: ANN001
     """The engine's jobs of stage `stalled` sit on the worker thread (behind `gate`) instead of running."""
     run = engine.run
@@ -165,15 +178,7 @@ async def test_a_lease_the_worker_never_grants_fails_the_reply_and_is_not_leaked
 async def test_a_stream_that_never_starts_fails_the_reply(make_session, monkeypatch):
     session, out = await make_session(engine_limits=EngineLimits(admission_s=BOUND_S, item_s=30, job_s=30))
     engine = session.services.engine
-    gate = make_session.gate()
-    start = engine._start
-
-    def stalled_start(*args):  # noqa: ANN002, ANN202
-        gate.stall()
-        return start(*args)
-
-    monkeypatch.setattr(engine, "_start", stalled_start)
-    gate.armed = True
+    gate = stall_method(engine, "_start", make_session.gate(), monkeypatch)
     await ask(session)
     await stalled_reply(session, out, "stream_start")
     gate.armed = False
@@ -186,16 +191,7 @@ async def test_a_stream_that_never_starts_fails_the_reply(make_session, monkeypa
 
 async def test_a_stream_whose_audio_never_comes_fails_the_reply(make_session, monkeypatch):
     session, out = await make_session(engine_limits=EngineLimits(admission_s=30, item_s=BOUND_S, job_s=30))
-    engine = session.services.engine
-    gate = make_session.gate()
-    step = engine.scheduler.step
-
-    def stalled_step():  # noqa: ANN202
-        gate.stall()
-        return step()
-
-    monkeypatch.setattr(engine.scheduler, "step", stalled_step)
-    gate.armed = True
+    gate = stall_method(session.services.engine.scheduler, "step", make_session.gate(), monkeypatch)
     await ask(session)
     await stalled_reply(session, out, "engine_audio")
     gate.armed = False

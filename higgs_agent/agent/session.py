@@ -570,8 +570,8 @@ class Session:
         self.caller_voice.add_turn(wire.samples, wire.rate, words)
         if self.config.voice != CALLER_VOICE:
             # Gathered only: a clone is an encode on the model worker per turn (and, each clip being its own
-            # length, a new cached oneDNN convolution each time: the soak's memory growth). It is made once the
-            # session speaks in the caller's voice.
+            # length, a new oneDNN convolution cached each time: one source of the soak's memory growth). It is
+            # made once the session speaks in the caller's voice.
             return
         clip = self.caller_voice.take_due_clip()
         if clip is not None:
