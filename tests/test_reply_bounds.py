@@ -116,7 +116,10 @@ async def stalled_reply(session: Session, out: FakeOutput, stage: str, count: in
 
 
 async def answers_next_turn(session: Session, out: FakeOutput, count: int) -> None:
-    """The session goes on: the next turn gets a spoken, completed reply."""
+    """The session goes on: the next turn gets a spoken, completed reply (under the default bounds again: the
+    test's short ones were for the stall, and a healthy turn on a slow, shared machine may need more)."""
+    session.services.reply_limits = ReplyLimits()
+    session.services.engine.limits = EngineLimits()
     await send(session, type="session.update", session={"higgs": {"responder": "echo"}})
     await text_turn(session, "are you still there")
     await send(session, type="response.create")
