@@ -315,13 +315,28 @@ class PacedOutput(FakeOutput):
         return max(0.0, self.samples / 24.0 - 1000.0)
 
 
-async def test_a_barge_in_after_response_done_cuts_the_reply_still_playing(bundle):
+class HeldAfterDoneOutput(PacedOutput):
+    """Holds the reply task inside its `response.done` send (the client has read it): the window in which
+    the reply has ended for the client but its task has not yet finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def send_event(self, event: se.ServerEvent) -> None:
+        await super().send_event(event)
+        if isinstance(event, se.ResponseDone):
+            await self.gate.wait()
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["settled", "task_still_finishing"])
+async def test_a_barge_in_after_response_done_cuts_the_reply_still_playing(bundle, held):
     from speech import pad, synthesize
 
     engine = StreamingEngine(bundle)
     services = AgentServices(engine=engine, transcriber=ScriptedTranscriber(), responders={"echo": EchoResponder()},
                              default_responder="echo", sampling=SamplingSettings(greedy=True, max_frames=60))
-    out = PacedOutput()
+    out = HeldAfterDoneOutput() if held else PacedOutput()
     session = Session(services, out)
     await session.open()
     try:
@@ -338,5 +353,7 @@ async def test_a_barge_in_after_response_done_cuts_the_reply_still_playing(bundl
         heard = session.conversation.get(item_id)
         assert heard.status == "incomplete" and len(heard.text.split()) < 14  # cut to what was played
     finally:
+        if held:
+            out.gate.set()
         await session.close()
         engine.close()

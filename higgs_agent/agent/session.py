@@ -292,8 +292,8 @@ class Session:
         detection = self.config.turn_detection
         truncated = None
         if detection is not None and detection.interrupt_response:
-            if self.reply is not None:
-                self.reply.stop("turn_detected")  # barge-in: its queued audio is dropped before this event is sent
+            if (reply := self._active_reply) is not None:
+                reply.stop("turn_detected")  # barge-in: its queued audio is dropped before this event is sent
             else:
                 truncated = self._cut_playing_reply()
         await self.send(se.SpeechStarted(audio_start_ms=audio_start_ms, item_id=self._speech_item_id))
@@ -304,7 +304,8 @@ class Session:
         """A barge-in after `response.done` while the reply still plays (transports that pace audio out at
         real time, WebRTC and phones, hold it after the response is over): drop what was not played and
         cut the turn to what was heard."""
-        item = self._last_reply_item
+        finishing = self.reply if self.reply is not None and self.reply.finishing else None
+        item = finishing.item if finishing is not None and finishing.item is not None else self._last_reply_item
         if item is None or not self.output.discard_audio(item.id):
             return None
         heard = min(self.output.heard_ms(item.id), item.audio_ms)
@@ -362,8 +363,8 @@ class Session:
 
     async def _clear_output(self, event: ce.OutputAudioBufferClear) -> None:
         """The client stopped playback: cancel the reply, or cut the one still playing; keep what was heard."""
-        if self.reply is not None:
-            await self.reply.cancel("client_cancelled")
+        if (reply := self._active_reply) is not None:
+            await reply.cancel("client_cancelled")
         elif (truncated := self._cut_playing_reply()) is not None:
             await self.send(truncated)
 
@@ -443,7 +444,7 @@ class Session:
         await self.send(se.ItemRetrieved(item=self.conversation.get(event.item_id).to_item()))
 
     async def _response_create(self, event: ce.ResponseCreate) -> None:
-        reply = self.reply if self.reply is not None and not self.reply.finishing else None
+        reply = self._active_reply
         busy = reply.id if reply is not None else ("a queued response" if self._pending else None)
         if busy:  # one response at a time writes to the conversation, as the reference server enforces
             raise ProtocolError("conversation_already_has_active_response",
@@ -470,15 +471,16 @@ class Session:
         self._queue(UserTurn(None, None, TurnTiming(), create_response=True, response=params))
 
     async def _response_cancel(self, event: ce.ResponseCancel) -> None:
-        if self.reply is None and self._pending and not event.response_id:
+        reply = self._active_reply
+        if reply is None and self._pending and not event.response_id:
             for turn in self._pending:  # not started yet: it never will
                 turn.create_response = False
             self._pending.clear()
             return
-        if self.reply is None or self.reply.finishing or (event.response_id and event.response_id != self.reply.id):
+        if reply is None or (event.response_id and event.response_id != reply.id):
             raise ProtocolError("response_cancel_not_active", "there is no active response to cancel",
                                 param="response_id")
-        await self.reply.cancel("client_cancelled")
+        await reply.cancel("client_cancelled")
 
     # --- understanding and replying --------------------------------------------------------------------
 
@@ -694,6 +696,13 @@ class Session:
             return self.services.responder(self.config.responder)
         return Translator(translation.to, translation.source, llm=self.services.responders.get("llm"),
                           transcriber=self.services.transcriber)
+
+    @property
+    def _active_reply(self) -> ReplyRun | None:
+        """The reply still being made. One whose `response.done` is sent no longer counts, though its task may
+        not have ended yet: a client that read `response.done` may create, cancel or barge in at once."""
+        reply = self.reply
+        return reply if reply is not None and not reply.finishing else None
 
     def _reply_done(self, run: ReplyRun) -> None:
         if run.status == "in_progress":  # cancelled before its task ever ran: nothing was sent
