@@ -348,6 +348,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from higgs_agent.logs import configure_logging
+    from higgs_agent.native import bound_native_caches
+
+    bound_native_caches()  # before any command imports torch
 
     # Benchmarks asked for --json and speech piped to stdout keep stderr to warnings.
     configure_logging(args.verbose, quiet=getattr(args, "json", False))
