@@ -192,6 +192,12 @@ class StreamingEngine:
         finally:
             self.worker.command(lambda: self.scheduler.release(lease))
 
+    async def admit(self, name: str) -> None:
+        """Whether a new call would get capacity now, under the policy every response's lease follows
+        (AtCapacityError with the scheduler's reason when not): a lease taken and given straight back."""
+        async with self.lease(name):
+            pass
+
     @asynccontextmanager
     async def stream(self, prompt: SpeechPrompt | ModelInputs, settings: SamplingSettings,
                      lease: Lease | None = None, frames: bool = False, pcm: bool = True) -> AsyncIterator[Speech]:

@@ -18,6 +18,7 @@ from higgs_agent import SAMPLE_RATE
 from higgs_agent.agent.phrases import PhraseSplitter
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.speaker import PhraseSpeaker
+from higgs_agent.streaming.engine import AtCapacityError
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,6 @@ class BusyMessage:
         if self.ready or not self.text:
             return
         if self._task is None or self._task.done():
-            if services.engine.busy_slots >= services.engine.slots:
-                log.info("busy message: no free slot to speak it now; the next call tries again")
-                return
             self._task = asyncio.get_running_loop().create_task(self._speak(services), name="busy-message")
         await asyncio.wait({self._task}, timeout=wait_s)
 
@@ -55,7 +53,10 @@ class BusyMessage:
                 for phrase in splitter.feed(self.text) + splitter.flush():
                     async for chunk in speaker.speak(phrase, lease, voice):
                         chunks.append(chunk)
-        except Exception as exc:  # noqa: BLE001 - capacity taken meanwhile, or a model error: try at the next call
+        except AtCapacityError:
+            log.info("busy message: no free slot to speak it now; the next call tries again")
+            return
+        except Exception as exc:  # noqa: BLE001 - a model error: try again at the next call
             log.warning("busy message: speaking it failed (%s); the next call tries again", exc)
             return
         if chunks:

@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from higgs_agent.agent.reply import OutputClosed
 from higgs_agent.agent.session import Session
+from higgs_agent.streaming.engine import AtCapacityError
 from higgs_agent.logs import session_id
 from higgs_agent.transport.phone.call import CallLog
 from higgs_agent.transport.phone.output import PhoneOutput
@@ -84,10 +85,11 @@ class PhoneCall:
             self.line.active[started.call_id] = self
             log.info("call started: stream %s, parameters %s", started.stream_id,
                      ", ".join(sorted(started.custom_parameters)) or "none")
-            engine = self.line.services.engine
-            if engine.busy_slots >= engine.slots:
+            try:
+                await self.line.services.engine.admit(f"call {started.call_id}")
+            except AtCapacityError as exc:
                 reason = "busy"
-                await self._apologise(engine.busy_slots, engine.slots)
+                await self._apologise(str(exc))
                 return
             reason = await self._converse()
         except OutputClosed as exc:
@@ -150,17 +152,16 @@ class PhoneCall:
         elif isinstance(message, MarkEchoed):
             self.output.mark_echoed(message.name)
 
-    async def _apologise(self, busy: int, slots: int) -> None:
+    async def _apologise(self, why: str) -> None:
         """At capacity: say the busy message, and return once the carrier confirms it played (or the caller
         hung up first)."""
         assert self.output is not None and self.call_log is not None
         self.call_log.busy = True
         pcm = self.line.busy_message.pcm
         if pcm is None:
-            log.warning("at capacity (%d of %d slots busy) and the busy message is not spoken yet: hanging up",
-                        busy, slots)
+            log.warning("%s; the busy message is not spoken yet: hanging up", why)
             return
-        log.warning("at capacity (%d of %d slots busy): saying the busy message and hanging up", busy, slots)
+        log.warning("%s; saying the busy message and hanging up", why)
         try:
             self.pacer.push(BUSY_REPLY, pcm)
             self.pacer.finish(BUSY_REPLY)

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.logs import session_id
+from higgs_agent.streaming.engine import AtCapacityError
 from higgs_agent.protocol.errors import ProtocolError, loads_strict
 from higgs_agent.transport.auth import OPEN_TENANT, Principal, principal_of
 from higgs_agent.transport.webrtc.calls import Call, CallRegistry
@@ -39,10 +40,11 @@ def webrtc_routes(services: AgentServices, calls: CallRegistry, secrets: ClientS
                   settings: WebRTCSettings) -> list[Route]:
     async def create_call(request: Request) -> Response:
         try:
-            engine = services.engine
-            if engine.busy_slots >= engine.slots:
-                raise ApiError(503, f"at capacity: all {engine.slots} engine slots are busy; try again shortly",
-                               "at_capacity", type="server_error", headers={"Retry-After": "1"})
+            try:
+                await services.engine.admit("webrtc call")
+            except AtCapacityError as exc:
+                raise ApiError(503, str(exc), "at_capacity", type="server_error",
+                               headers={"Retry-After": "1"}) from None
             offer = await read_call_request(request)
             principal = _principal(request)
             call = Call(services, settings, principal.tenant)
