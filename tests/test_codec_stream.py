@@ -12,16 +12,13 @@ from transformers import HiggsAudioV2TokenizerModel
 
 from higgs_agent import HOP_LENGTH
 from higgs_agent.model.tiny import make_tiny_model
+from higgs_agent.bench.codec_quality import measure_receptive_field_sides, measure_stream_quality, seam_jump, snr_db
 from higgs_agent.streaming.codec_stream import (
     CodecWindow,
     StreamingCodecDecoder,
     decode_windows,
-    measure_receptive_field_sides,
-    measure_stream_quality,
     receptive_field_frames,
     receptive_field_sides,
-    seam_jump,
-    snr_db,
     stream_decode,
     whole_decode,
 )

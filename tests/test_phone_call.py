@@ -1,4 +1,4 @@
-"""Phone calls end to end: Twilio's side simulated exactly (transport/phone/simulator.py) against the real agent
+"""Phone calls end to end: Twilio's side simulated exactly (testing/phone_simulator.py) against the real agent
 server on a loopback port.
 
 Each call rings the voice webhook signed by the `twilio` library, opens the media WebSocket at the URL the
@@ -44,7 +44,7 @@ from higgs_agent.testing.fake_llm import FakeLLM
 from higgs_agent.transport.app import create_agent_app
 from higgs_agent.transport.phone.call import CallLog, CallSettings
 from higgs_agent.transport.phone.routes import PhoneLine
-from higgs_agent.transport.phone.simulator import FRAME_BYTES, SimulatedCall
+from higgs_agent.testing.phone_simulator import FRAME_BYTES, SimulatedCall
 from higgs_agent.transport.phone.twiml import TwilioSettings
 
 with warnings.catch_warnings():

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import soundfile as sf
 
-from higgs_agent.streaming.codec_stream import snr_db
+from higgs_agent.bench.codec_quality import snr_db
 
 
 def _speak(tiny_dir, *args):

@@ -17,7 +17,7 @@ from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import ModelInputs, SpeechPrompt, build_inputs
 from higgs_agent.model.reference import generate_rows
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.streaming.codec_stream import measure_stream_quality
+from higgs_agent.bench.codec_quality import measure_stream_quality
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.streaming.kv_slots import SlotKVCache
 from higgs_agent.streaming.scheduler import BatchScheduler, run_to_end

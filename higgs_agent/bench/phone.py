@@ -2,7 +2,7 @@
 
 A real server in this process serves two phone lines (Twilio's webhook and media stream; one greets, one
 does not) and the Realtime WebSocket on one port, with the `echo` responder. Per turn, in alternation:
-- phone: a simulated Twilio call (transport/phone/simulator.py: signed webhook, signed media stream,
+- phone: a simulated Twilio call (testing/phone_simulator.py: signed webhook, signed media stream,
   espeak-ng speech as 8 kHz mu-law in 20 ms messages at real time, marks echoed by its own playout clock) to
   the line without a greeting speaks the sentence; measured from its last speech frame to the first reply
   frame it receives;
@@ -44,7 +44,7 @@ def phone_app(services: AgentServices, *lines: Any) -> Any:  # noqa: ANN401 - Ph
 async def phone_turn(base: str, settings: Any, speech_24k: Any) -> tuple[float, str, int]:  # noqa: ANN401
     """One call, one spoken turn: ms from the caller's last speech frame to the first reply frame; the callSid;
     how many messages the agent sent that Twilio would reject."""
-    from higgs_agent.transport.phone.simulator import SimulatedCall
+    from higgs_agent.testing.phone_simulator import SimulatedCall
 
     call = SimulatedCall(base, settings)
     await call.dial()
@@ -56,7 +56,7 @@ async def phone_turn(base: str, settings: Any, speech_24k: Any) -> tuple[float, 
 
 async def greeting_call(base: str, settings: Any) -> float:  # noqa: ANN401
     """One call to the greeting line: ms from its `start` to the greeting's first frame."""
-    from higgs_agent.transport.phone.simulator import SimulatedCall
+    from higgs_agent.testing.phone_simulator import SimulatedCall
 
     call = SimulatedCall(base, settings)
     await call.dial()
