@@ -536,16 +536,17 @@ async def test_clear_drops_unsent_audio_and_reports_what_got_out(speech_24k):
         await clock.advance(0.3)
         first_mark = wire.marks()[0]
         heard = pacer.mark_echoed(first_mark)
-        report = await pacer.clear()
+        dropped_ms = pacer.clear_nowait()
+        cut = pacer.playback("reply-1")
+        await pacer.wait_sent()
 
         sent_frames = len(wire.frames())
         assert sent_frames == (300 + 160) // 20 + 1
         assert wire.kinds()[-1] == "clear"
-        assert report.reply.reply_id == "reply-1"
-        assert report.reply.sent_ms == 20 * sent_frames
-        assert report.reply.played_ms == heard.played_ms
-        assert report.reply.estimated_played_ms == 300  # sent, less the 180 ms the carrier still held
-        assert report.dropped_ms == queued_ms - 20 * sent_frames
+        assert cut.sent_ms == 20 * sent_frames
+        assert cut.played_ms == heard.played_ms
+        assert cut.estimated_played_ms == 300  # sent, less the 180 ms the carrier still held
+        assert dropped_ms == queued_ms - 20 * sent_frames
 
         count = len(wire.sent)
         await clock.advance(2.0)
@@ -570,7 +571,7 @@ async def test_a_clear_from_sync_code_overtakes_audio_queued_after_it(speech_24k
             pacer.push("reply-1", chunk)
         await clock.advance(0.1)
         before = len(wire.sent)
-        report = pacer.clear_nowait()  # what a session's synchronous discard path calls
+        pacer.clear_nowait()  # what a session's synchronous discard path calls
         pacer.push("reply-2", speech_24k[:2400])  # the next reply arrives in the same tick
         pacer.finish("reply-2")
         await clock.advance(1.0)
@@ -578,7 +579,7 @@ async def test_a_clear_from_sync_code_overtakes_audio_queued_after_it(speech_24k
     after = wire.sent[before:]
     assert isinstance(after[0][1], ClearAudio)
     assert {message.samples.shape for _, message, _ in after[1:] if isinstance(message, OutgoingAudio)} == {(160,)}
-    assert report.reply.sent_ms == 20 * sum(isinstance(m, OutgoingAudio) for _, m, _ in wire.sent[:before])
+    assert pacer.playback("reply-1").sent_ms == 20 * sum(isinstance(m, OutgoingAudio) for _, m, _ in wire.sent[:before])
     assert all(wire_message.get("mark", {}).get("name", "reply-2").startswith("reply-2")
                for _, _, wire_message in after[1:])
 
@@ -599,13 +600,15 @@ async def test_a_clear_waits_for_the_frame_being_sent_and_counts_it():
         pacer.finish("reply-1")
         await clock.advance(0)
         assert len(wire.frames()) == 5  # the sixth is on its way
-        clearing = asyncio.ensure_future(pacer.clear())
+        dropped_ms = pacer.clear_nowait()
+        clearing = asyncio.ensure_future(pacer.wait_sent())
         await settle()
-        assert not clearing.done()
+        assert not clearing.done() and "clear" not in wire.kinds()
         release.set()
-        report = await clearing
+        await clearing
+        sent_ms = pacer.playback("reply-1").sent_ms
     assert wire.kinds() == ["media"] * 6 + ["clear"]
-    assert report.reply.sent_ms == 120 and report.dropped_ms == 1000 - 120
+    assert sent_ms == 120 and dropped_ms == 1000 - 120
 
 
 async def test_pacer_holds_real_time_on_the_real_clock(speech_24k):

@@ -65,8 +65,8 @@ class PhoneOutput:
         unconfirmed_ms = playback.sent_ms - playback.played_ms
         if unconfirmed_ms <= 0 and not self.pacer.holds(item_id):
             return 0  # the marks say the caller heard all of it
-        report = self.pacer.clear_nowait()
-        return round((report.dropped_ms + unconfirmed_ms) * SAMPLE_RATE / 1000)
+        dropped_ms = self.pacer.clear_nowait()
+        return round((dropped_ms + unconfirmed_ms) * SAMPLE_RATE / 1000)
 
     def heard_ms(self, item_id: str) -> float:
         """What the echoed marks say the caller heard of the reply."""

@@ -58,15 +58,6 @@ class ReplyPlayback:
     estimated_played_ms: int
 
 
-@dataclass(frozen=True)
-class ClearReport:
-    """What a clear cut: the newest reply as it stood (None before any reply), and the audio of any reply
-    that was queued here and never sent."""
-
-    reply: ReplyPlayback | None
-    dropped_ms: int
-
-
 @dataclass(frozen=True, eq=False)
 class _Frame:
     reply_id: str
@@ -214,11 +205,11 @@ class AudioPacer:
 
     # -- control -----------------------------------------------------------------------------------------------
 
-    def clear_nowait(self) -> ClearReport:
+    def clear_nowait(self) -> int:
         """Barge-in: from this instant nothing queued goes out; the carrier is told to drop what it holds (the
-        `clear` goes ahead of any later audio, after at most the one frame being sent now); returns how far
-        the newest reply got. Audio pushed later for the replies cut here is refused. Never raises: after a
-        failed send there is no carrier left to clear."""
+        `clear` goes ahead of any later audio, after at most the one frame being sent now); returns the ms of
+        audio that was queued here and never sent. Audio pushed later for the replies cut here is refused.
+        Never raises: after a failed send there is no carrier left to clear."""
         now = self._clock()
         dropped_ms = self.queued_ms
         cut = {entry.reply_id for entry in self._queue}
@@ -238,22 +229,12 @@ class AudioPacer:
         while len(self._flushed_marks) > _KEPT_MARKS:  # a carrier that never echoes cannot grow this
             self._flushed_marks.popitem(last=False)
         self._play_end = None  # the carrier's buffer is empty again
-        newest = next(reversed(self._progress), None)
-        report = ClearReport(self.playback(newest, now) if newest is not None else None, dropped_ms)
         if self._failure is None:
             self._control.append(ClearAudio())
             self._drained.clear()
             if self._control_task is None or self._control_task.done():  # a pending flush sends it too
                 self._control_task = asyncio.get_running_loop().create_task(self._flush_control())
-        return report
-
-    async def clear(self) -> ClearReport:
-        """`clear_nowait`, returning once the `clear` is on its way to the carrier."""
-        report = self.clear_nowait()
-        if self._control_task is not None:
-            await asyncio.shield(self._control_task)
-        self._check_running()
-        return report
+        return dropped_ms
 
     def playback(self, reply_id: str, now: float | None = None) -> ReplyPlayback | None:
         """How far a recent reply got (None for one this pacer never saw or has forgotten)."""
