@@ -9,6 +9,7 @@ import pytest  # noqa: E402
 
 from higgs_agent.model import load_higgs  # noqa: E402
 from higgs_agent.model.tiny import make_tiny_model  # noqa: E402
+from higgs_agent.testing.fake_llm import FakeLLM  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +68,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+# -- a chat model and an MCP server, one per module that asks (modules that need other settings define their own)
+
+
+@pytest.fixture(scope="module")
+def llm():
+    """A local OpenAI-compatible chat server; a test sets `llm.turns` to what the model says."""
+    with FakeLLM(chunk_chars=4) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shop():
+    """The test shop's MCP server over HTTP (lookup_order, cancel_order, slow_report)."""
+    from mcp_server import McpTestServer
+
+    with McpTestServer() as server:
+        yield server

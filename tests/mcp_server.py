@@ -38,6 +38,10 @@ ORDERS = {
     "B2002": "being packed at the warehouse",
 }
 CANCEL_FAILURE = "the warehouse system is down, so orders cannot be cancelled right now"
+# The shop's lookup_order as a function tool the client runs (the same name and arguments as the MCP tool).
+ORDER_TOOL = {"type": "function", "name": "lookup_order", "description": "Look up an order's status.",
+              "parameters": {"type": "object", "properties": {"order_number": {"type": "string"}},
+                             "required": ["order_number"]}}
 STDIO_COMMAND = (sys.executable, str(Path(__file__).resolve()), "stdio")
 
 

@@ -506,6 +506,20 @@ async def test_standard_clients_get_no_extension_events_unless_they_opt_in(serve
     assert len(latency) == 1 and latency[0]["response_id"] == done["response"]["id"]
 
 
+async def test_a_text_only_turn_has_the_openai_sdk_shape_and_no_audio(server):
+    client = await connect(server)
+    await client.send({"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}})
+    updated = await client.until("session.updated")
+    done = await typed_turn(client, "Good morning. How are you today?")
+    await client.close()
+    assert updated["session"]["output_modalities"] == ["text"] and done["response"]["output_modalities"] == ["text"]
+    text = "".join(e["delta"] for e in client.events if e["type"] == "response.output_text.delta")
+    assert text == done["response"]["output"][0]["content"][0]["text"] == "Good morning. How are you today?"
+    assert not [e["type"] for e in client.events if "audio" in e["type"]]
+    mismatches = sorted({problem for event in client.events for problem in server_event_shape_errors(event)})
+    assert not mismatches, "server events that differ from openai-python's models:\n" + "\n".join(mismatches)
+
+
 async def test_response_metadata_is_echoed_in_created_and_done(server):
     client = await connect(server)
     metadata = {"client_event_id": "response_create_abc123", "topic": "weather"}

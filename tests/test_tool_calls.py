@@ -1,5 +1,7 @@
 """Tool calling in the conversation, over a real socket: function calls handed to the client, MCP tools the
-server runs itself (a real MCP server over HTTP and stdio), and a barge-in during a tool call (#14)."""
+server runs itself (a real MCP server over HTTP and stdio), and a barge-in during a tool call (#14). The turn
+logic of tool rounds (invalid arguments, failing and slow tools, responders without tools) is tested in text
+mode, in milliseconds: tests/test_text_mode.py."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import json
 
 import pytest
 from agent_server import Client, running_server
-from higgs_agent.testing.fake_llm import FakeLLM, ToolCall, Turn
-from mcp_server import CANCEL_FAILURE, STDIO_COMMAND, McpTestServer
+from higgs_agent.testing.fake_llm import ToolCall, Turn
+from mcp_server import ORDER_TOOL, STDIO_COMMAND
 from speech import pad, synthesize
 
 from higgs_agent.agent.responders.echo import EchoResponder
@@ -21,21 +23,6 @@ from higgs_agent.streaming.engine import StreamingEngine
 
 pytestmark = pytest.mark.timeout(300)
 GREEDY = SamplingSettings(greedy=True, max_frames=120)
-ORDER_TOOL = {"type": "function", "name": "lookup_order", "description": "Look up an order's status.",
-              "parameters": {"type": "object", "properties": {"order_number": {"type": "string"}},
-                             "required": ["order_number"]}}
-
-
-@pytest.fixture(scope="module")
-def llm():
-    with FakeLLM(chunk_chars=4) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def shop():
-    with McpTestServer() as server:
-        yield server
 
 
 def make_services(bundle, transcriber, llm, **options) -> AgentServices:
@@ -98,33 +85,6 @@ async def test_a_function_call_goes_to_the_client_and_its_output_comes_back_to_t
     assert len(client.reply_audio(second["response"]["id"])) > 0
 
 
-async def test_arguments_that_break_the_schema_are_reported_not_handed_on(server, llm):
-    llm.turns = [Turn(tool_calls=[ToolCall("lookup_order", '{"order": 5}')]),  # missing order_number
-                 Turn(text="Which order number do you mean?")]
-    client = await Client.connect(server)
-    await client.send({"type": "session.update", "session": {"tools": [ORDER_TOOL]}})
-    await client.until("session.updated")
-    await ask(client, "Where is my order?")
-    done = await client.until("response.done")
-    await client.close()
-    errors = [e["error"] for e in of(client, "error")]
-    assert errors and errors[0]["code"] == "invalid_tool_call" and "order_number" in errors[0]["message"]
-    assert not of(client, "response.function_call_arguments.done")  # never given to the client to run
-    assert done["response"]["output"][-1]["content"][0]["transcript"] == "Which order number do you mean?"
-    retry = llm.requests[-1]["messages"]  # the model was told what was wrong
-    assert any(m.get("role") == "tool" and "order_number" in m.get("content", "") for m in retry)
-
-
-async def test_echo_refuses_tools_with_the_param(server):
-    client = await Client.connect(server)
-    await client.send({"type": "session.update", "session": {"higgs": {"responder": "echo"}, "tools": [ORDER_TOOL]}})
-    error = await client.until("error")
-    updated = await client.until("session.updated")
-    await client.close()
-    assert error["error"]["param"] == "session.tools" and "echo responder cannot call tools" in error["error"]["message"]
-    assert updated["session"]["tools"] == [] and updated["session"]["higgs"]["responder"] == "echo"
-
-
 @pytest.mark.parametrize("transport", ["http", "stdio"])
 async def test_an_mcp_tool_is_run_by_the_server_and_the_answer_uses_its_result(bundle, transcriber, llm, shop,
                                                                                transport):
@@ -150,29 +110,6 @@ async def test_an_mcp_tool_is_run_by_the_server_and_the_answer_uses_its_result(b
     sent = llm.requests[-1]["messages"]
     assert any(m.get("role") == "tool" and "shipped on Monday" in m.get("content", "") for m in sent)
     assert done["response"]["output"][2]["content"][0]["transcript"] == "It shipped on Monday and arrives on Thursday."
-
-
-async def test_a_failing_and_a_slow_mcp_tool_are_answers_the_model_speaks_about(bundle, transcriber, llm, shop):
-    spec = McpServerSpec("shop", server_url=shop.url, require_approval=ApprovalPolicy("never"))
-    llm.turns = [Turn(tool_calls=[ToolCall("cancel_order", '{"order_number": "A1001"}'),
-                                  ToolCall("slow_report", '{"seconds": 30}')]),
-                 Turn(text="Sorry, I could not do either of those just now.")]
-    services = make_services(bundle, transcriber, llm, mcp_servers=(spec,), mcp_call_timeout_s=1.0)
-    with running_server(services) as base:
-        client = await Client.connect(base)
-        await client.until("mcp_list_tools.completed", timeout=60)
-        await ask(client, "Cancel A1001 and build me a report.")
-        done = await asyncio.wait_for(client.until("response.done"), 60)  # the session never hangs on a tool
-        await client.close()
-    calls = [item for item in done["response"]["output"] if item["type"] == "mcp_call"]
-    assert [c["error"]["type"] for c in calls] == ["tool_execution_error", "protocol_error"]
-    assert CANCEL_FAILURE in calls[0]["error"]["message"] and "within 1 s" in calls[1]["error"]["message"]
-    assert len(of(client, "response.mcp_call.failed")) == 2
-    assert shop.state.slow_cancelled.wait(10)  # the timeout reached the server
-    assert done["response"]["status"] == "completed"
-    assert done["response"]["output"][-1]["content"][0]["transcript"].startswith("Sorry")
-    told = [m["content"] for m in llm.requests[-1]["messages"] if m.get("role") == "tool"]
-    assert any(CANCEL_FAILURE in t for t in told) and any("did not answer" in t for t in told)
 
 
 async def test_a_barge_in_during_a_tool_call_cancels_it_and_leaves_no_stray_reply(bundle, transcriber, llm, shop):

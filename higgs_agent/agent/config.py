@@ -44,6 +44,14 @@ OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "
 DEFAULT_INSTRUCTIONS = "You are a helpful, concise voice assistant. Answer in one or two short sentences."
 
 
+def output_modality(modalities: list[str], param: str) -> str:
+    """`["audio"]` (speech and its transcript) or `["text"]` (words only), as OpenAI allows: not both."""
+    if len(set(modalities)) != 1:
+        raise ProtocolError("invalid_value", 'output_modalities must be ["audio"] or ["text"]: a response is '
+                            "speech with its transcript, or text alone", param=param)
+    return modalities[0]
+
+
 @dataclass(frozen=True)
 class TurnDetection:
     """Server VAD settings plus what a detected turn does."""
@@ -107,6 +115,7 @@ class SessionConfig:
     extension_events: bool = False
     latency_events: bool | None = None  # the older per-event switch: None follows extension_events
     max_output_tokens: int | str = "inf"
+    output_modality: str = "audio"  # "audio" (speech with its transcript) or "text" (words only, no speech)
     speakers: tuple[str, ...] = ()  # voices for [SPEAKER0], [SPEAKER1], ... (multi-speaker replies)
     translation: Translation | None = None
     id: str = field(default_factory=lambda: new_id("sess"))
@@ -123,7 +132,7 @@ class SessionConfig:
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": "realtime", "object": "realtime.session", "id": self.id, "model": self.model,
-            "output_modalities": ["audio"], "instructions": self.instructions,
+            "output_modalities": [self.output_modality], "instructions": self.instructions,
             "max_output_tokens": self.max_output_tokens,
             "tracing": None, "truncation": "auto", "prompt": None, "include": [],
             "audio": {
@@ -177,8 +186,8 @@ class SessionConfig:
                 raise ProtocolError("invalid_value", "max_output_tokens must be from 1 to 4096, or \"inf\"",
                                     param="session.max_output_tokens")
             changes["max_output_tokens"] = session.max_output_tokens
-        if session.output_modalities is not None and "audio" not in session.output_modalities:
-            notes.append(_unsupported("session.output_modalities", "this server always answers with audio"))
+        if session.output_modalities is not None:
+            changes["output_modality"] = output_modality(session.output_modalities, "session.output_modalities")
         notes += _unsupported_top_level(session)
         audio = session.audio
         if audio is not None and audio.input is not None:

@@ -127,6 +127,7 @@ class ReplyRun:
     user_audio_s: float = 0.0  # the turn's audio, for usage
     metadata: dict[str, str] | None = None  # response.create's, echoed in response.created / response.done
     max_output_tokens: int | str = "inf"  # our audio tokens are codec frames
+    text_only: bool = False  # output_modalities ["text"]: the words are sent as text, nothing is spoken
     on_latency: Callable[[ReplyRun, dict[str, float | None]], Awaitable[None]] | None = None
     count_tokens: Callable[[str], Awaitable[int]] | None = None
     limits: ReplyLimits = field(default_factory=ReplyLimits)
@@ -136,7 +137,7 @@ class ReplyRun:
     status: str = "in_progress"
     status_details: se.StatusDetails | None = None
     items: list[ConversationItem] = field(default_factory=list)  # the response's output items, in order
-    item: ConversationItem | None = None  # the audio item being spoken now (a barge-in truncates it)
+    item: ConversationItem | None = None  # the message being said now (a barge-in truncates its audio)
     heard_ms_at_cancel: float | None = None
     client_heard_ms: float | None = None  # from the client's conversation.item.truncate: wins when given
     task: asyncio.Task | None = None
@@ -144,7 +145,7 @@ class ReplyRun:
     frames_out: int = 0
     _request: ReplyRequest | None = None
     _latency_sent: bool = False
-    _audio_open: bool = False  # `item` still takes phrases (no call has come after it)
+    _message_open: bool = False  # `item` still takes phrases (no call has come after it)
     _tags: SpeakerTags = field(default_factory=SpeakerTags)
     finishing: bool = False  # response.done is on its way
     _stall: StageTimeout | None = None  # why the session abandoned it
@@ -214,14 +215,17 @@ class ReplyRun:
     def response(self, with_output: bool = True) -> se.Response:
         return se.Response(id=self.id, status=self.status, status_details=self.status_details,  # type: ignore[arg-type]
                            output=[item.to_item() for item in self.items] if with_output else [],
-                           usage=self.usage, metadata=self.metadata)
+                           usage=self.usage, metadata=self.metadata,
+                           output_modalities=["text" if self.text_only else "audio"])
 
     # -- the run ---------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
             await self._send(se.ResponseCreated(response=self.response(with_output=False)))
-            async with self.engine.lease(self.id) as lease:
+            # A text-only reply never reaches the engine: it holds no slot.
+            capacity = contextlib.nullcontext(None) if self.text_only else self.engine.lease(self.id)
+            async with capacity as lease:
                 prepared = await self.prepare()
                 self._request = prepared.request
                 await self._converse(lease, prepared)
@@ -268,7 +272,7 @@ class ReplyRun:
             await self._send(se.Error(error=se.ErrorDetail(type="server_error", code=code,
                                                                         message=message)))
 
-    async def _converse(self, lease: Lease, prepared: Preparation) -> None:
+    async def _converse(self, lease: Lease | None, prepared: Preparation) -> None:
         """Responder rounds: after calls the server ran (or calls it could not run), the responder hears
         their results and goes on, until it speaks without calling, or hands calls to the client."""
         request = prepared.request
@@ -285,7 +289,7 @@ class ReplyRun:
                 return
             request = replace(request, messages=[*prepared.history(), *outcome.retry_messages])
 
-    async def _round(self, lease: Lease, prepared: Preparation, request: ReplyRequest) -> _Round:
+    async def _round(self, lease: Lease | None, prepared: Preparation, request: ReplyRequest) -> _Round:
         events: asyncio.Queue[ReplyEvent | BaseException | None] = asyncio.Queue()
         producer = asyncio.create_task(self._produce(request, events))
         outcome = _Round()
@@ -294,13 +298,16 @@ class ReplyRun:
             while (event := await within("responder", self.limits.responder_s, events.get())) is not None:
                 if isinstance(event, BaseException):
                     raise event
-                if isinstance(event, str):
+                if isinstance(event, str) and self.text_only:
+                    await self._write(event)
+                elif isinstance(event, str):
+                    assert lease is not None
                     if not await self._speak(event, lease, prepared):
                         self.status = "incomplete"
                         self.status_details = se.StatusDetails(type="incomplete", reason="max_output_tokens")
                         return outcome
                 elif isinstance(event, FunctionCallStarted):
-                    await self._close_audio()
+                    await self._close_message()
                     calls[event.call_id] = await self._call_started(event, request)
                 elif isinstance(event, FunctionCallArgumentsDelta):
                     await self._call_delta(calls.get(event.call_id), event)
@@ -352,29 +359,42 @@ class ReplyRun:
         return {"response_id": self.id, "item_id": item.id, "output_index": self.items.index(item),
                 "content_index": 0}
 
-    async def _open_audio(self) -> ConversationItem:
-        item = ConversationItem(new_id("item"), "assistant", "output_audio", text="", status="in_progress")
+    async def _open_message(self) -> ConversationItem:
+        kind = "output_text" if self.text_only else "output_audio"
+        item = ConversationItem(new_id("item"), "assistant", kind, text="", status="in_progress")
         await self._add_item(item)
-        await self._send(se.ContentPartAdded(**self._part(item), part=se.AudioPart(type="audio",
-                                                                                               transcript="")))
-        self.item, self._audio_open = item, True
+        part = se.TextPart(type="text", text="") if self.text_only else se.AudioPart(type="audio", transcript="")
+        await self._send(se.ContentPartAdded(**self._part(item), part=part))
+        self.item, self._message_open = item, True
         return item
 
-    async def _close_audio(self, status: str = "completed") -> None:
-        """The audio item's closing events (when a call follows it, or at the end of the response)."""
+    async def _close_message(self, status: str = "completed") -> None:
+        """The message's closing events (when a call follows it, or at the end of the response)."""
         item = self.item
-        if item is None or not self._audio_open:
+        if item is None or not self._message_open:
             return
-        self._audio_open = False
+        self._message_open = False
         if item.status == "in_progress":
-            item.text = item.spoken_text
+            if item.content_type == "output_audio":
+                item.text = item.spoken_text
             item.status = status  # type: ignore[assignment]
         part = self._part(item)
-        await self._send(se.OutputAudioDone(**part))
-        await self._send(se.OutputTranscriptDone(**part, transcript=item.text or ""))
-        await self._send(se.ContentPartDone(**part, part=se.AudioPart(type="audio",
-                                                                                   transcript=item.text)))
+        if item.content_type == "output_text":
+            await self._send(se.OutputTextDone(**part, text=item.text or ""))
+            await self._send(se.ContentPartDone(**part, part=se.TextPart(type="text", text=item.text or "")))
+        else:
+            await self._send(se.OutputAudioDone(**part))
+            await self._send(se.OutputTranscriptDone(**part, transcript=item.text or ""))
+            await self._send(se.ContentPartDone(**part, part=se.AudioPart(type="audio", transcript=item.text)))
         await self._item_done(item)
+
+    async def _write(self, phrase: str) -> None:
+        """A text-only reply: the phrase goes out as words, at once."""
+        item = self.item if self._message_open else await self._open_message()
+        assert item is not None
+        delta = phrase if not item.text else " " + phrase
+        item.text = (item.text or "") + delta
+        await self._send(se.OutputTextDelta(**self._part(item), delta=delta))
 
     # -- speech ----------------------------------------------------------------------------------------
 
@@ -388,7 +408,7 @@ class ReplyRun:
         left = self._frames_left()
         if left is not None and left <= 0:
             return False
-        item = self.item if self._audio_open else await self._open_audio()
+        item = self.item if self._message_open else await self._open_message()
         assert item is not None
         said = phrase
         if prepared.speaker_voices:
@@ -540,7 +560,7 @@ class ReplyRun:
 
     async def _finish(self) -> None:
         item = self.item
-        if self.status == "cancelled" and item is not None:
+        if self.status == "cancelled" and item is not None and item.content_type == "output_audio":
             if self.client_heard_ms is not None:  # the client said where it stopped playing: already truncated
                 item.text = heard_text(item.phrases, self.client_heard_ms)
             else:
@@ -550,7 +570,9 @@ class ReplyRun:
                 await self._send(se.ItemTruncated(item_id=item.id, content_index=0,
                                                               audio_end_ms=int(heard)))
             item.status = "incomplete"
-        await self._close_audio(status="completed" if self.status in ("completed", "in_progress") else "incomplete")
+        elif self.status == "cancelled" and item is not None:
+            item.status = "incomplete"  # a text reply cut short: the words sent so far stand
+        await self._close_message(status="completed" if self.status in ("completed", "in_progress") else "incomplete")
         for other in self.items:  # calls cut short by a cancel
             if other.status == "in_progress":
                 other.status = "incomplete"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from higgs_agent.agent.config import CALLER_VOICE
+from higgs_agent.agent.config import CALLER_VOICE, output_modality
 from higgs_agent.agent.conversation import Conversation, ConversationItem, ToolCall
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
 from higgs_agent.agent.reply import OutputClosed, Preparation, ReplyRun, SessionOutput
@@ -451,9 +451,8 @@ class Session:
                                 f"{busy} is still in progress; cancel it or wait for response.done")
         params = event.response
         if params is not None:
-            if params.output_modalities is not None and "audio" not in params.output_modalities:
-                raise ProtocolError("unsupported_value", "this server always answers with audio",
-                                    param="response.output_modalities")
+            if params.output_modalities is not None:
+                output_modality(params.output_modalities, "response.output_modalities")
             if (params.tools or params.tool_choice is not None) and \
                     not getattr(self.services.responder(self.config.responder), "supports_tools", False):
                 raise ProtocolError("invalid_value", tools_unsupported(self.config.responder, "response.tools"),
@@ -629,7 +628,10 @@ class Session:
         user = self.conversation.last_user_item()
         instructions = params.instructions if params is not None and params.instructions else self.config.instructions
         timing = turn.timing
-        caller_voice = self.config.voice == CALLER_VOICE
+        modality = (params.output_modalities[0] if params is not None and params.output_modalities
+                    else self.config.output_modality)
+        text_only = modality == "text"
+        caller_voice = self.config.voice == CALLER_VOICE and not text_only
         wants_codes = (caller_voice and self.caller_reference is None and self._recloning is None) or \
             self.config.responder == "native"
         audio16k = turn.audio if turn.audio is not None else None
@@ -658,6 +660,8 @@ class Session:
             if caller_voice and self._recloning is not None and not self._recloning.done():
                 # the reply speaks in the newest clone
                 await within("caller_voice", limits.caller_voice_s, asyncio.shield(self._recloning))
+            if text_only:  # nothing is spoken: no voice to fetch
+                return Preparation(request, history)
             if caller_voice:  # the gathered clone, else this very turn (a first turn has nothing else yet)
                 reference = self.caller_reference or (
                     VoiceReference(codes=codes, transcript=user.text or "") if codes is not None and user else None)
@@ -686,7 +690,7 @@ class Session:
                                                  and params.max_output_tokens is not None
                                                  else self.config.max_output_tokens),
                               on_latency=self._latency, count_tokens=count_tokens, limits=limits,
-                              on_stall=self._stalled)
+                              on_stall=self._stalled, text_only=text_only)
         self.reply.start(on_done=self._reply_done)
 
     def _responder(self) -> Responder:

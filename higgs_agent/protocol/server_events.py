@@ -319,12 +319,24 @@ class _PartEvent(_Event):
 
 class ContentPartAdded(_PartEvent):
     type: Literal["response.content_part.added"] = "response.content_part.added"
-    part: AudioPart
+    part: AudioPart | TextPart
 
 
 class ContentPartDone(_PartEvent):
     type: Literal["response.content_part.done"] = "response.content_part.done"
-    part: AudioPart
+    part: AudioPart | TextPart
+
+
+class OutputTextDelta(_PartEvent):
+    """A text-only response's words (`output_modalities: ["text"]`)."""
+
+    type: Literal["response.output_text.delta"] = "response.output_text.delta"
+    delta: str
+
+
+class OutputTextDone(_PartEvent):
+    type: Literal["response.output_text.done"] = "response.output_text.done"
+    text: str
 
 
 class OutputAudioDelta(_PartEvent):
