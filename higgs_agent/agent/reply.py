@@ -9,6 +9,10 @@ Output items come as the responder produces them: an audio message for speech (a
 (its result goes back to the responder, which then speaks about it, within the same response), or an
 `mcp_approval_request` when such a call needs the client's approval first.
 
+The jobs are split: `ReplyRun` (here) runs the response and says its words (spoken, or as text for
+`output_modalities: ["text"]`); `ResponseItems` (response_items.py) sequences its items and their events;
+`ToolCalls` (reply_calls.py) runs its calls; `SessionOutput` (output.py) is the transport it speaks through.
+
 Capacity is decided once, when the response starts (an engine lease): every phrase runs in the capacity the
 response already holds. Everything the response waits for (the user's codes, the responder, the engine, a
 tool) happens inside its one task, so a barge-in at any moment cancels all of it.
@@ -22,13 +26,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 
 from higgs_agent import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE
-from higgs_agent.agent.conversation import Conversation, ConversationItem, SpokenPhrase, ToolCall, heard_text
+from higgs_agent.agent.conversation import Conversation, ConversationItem, SpokenPhrase, heard_text
+from higgs_agent.agent.output import OutputClosed, SessionOutput
 from higgs_agent.agent.responders.base import ReplyEvent, ReplyRequest, Responder, ResponderError
+from higgs_agent.agent.reply_calls import CallOutcome, ToolCalls
+from higgs_agent.agent.response_items import ResponseItems
 from higgs_agent.agent.session_tools import MAX_TOOL_ROUNDS, SessionTools
 from higgs_agent.agent.speaker import PhraseSpeaker, SpeakerTags
 from higgs_agent.agent.tools.calls import (
@@ -37,7 +43,6 @@ from higgs_agent.agent.tools.calls import (
     FunctionCallInvalid,
     FunctionCallStarted,
 )
-from higgs_agent.agent.tools.chat_history import function_call_message, function_output_message
 from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.model.prompts import VoiceReference
@@ -46,27 +51,6 @@ from higgs_agent.protocol.errors import new_id
 from higgs_agent.streaming.engine import AtCapacityError, Lease, StreamingEngine
 
 log = logging.getLogger(__name__)
-
-
-class OutputClosed(Exception):
-    """The transport can no longer deliver: the client is gone, or stopped reading and was disconnected."""
-
-
-class SessionOutput(Protocol):
-    """What a transport gives a session: events out, reply audio out, a way to drop reply audio it holds but
-    has not yet sent (barge-in), and what the listener has heard. Sends raise OutputClosed once the client
-    cannot be reached."""
-
-    async def send_event(self, event: se.ServerEvent) -> None: ...
-
-    async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
-        """float32 mono 24 kHz; the transport encodes it for its wire."""
-
-    def discard_audio(self, item_id: str) -> int:
-        """Drop queued, unsent audio of an item; return the samples (24 kHz) dropped."""
-
-    def heard_ms(self, item_id: str) -> float:
-        """How much of the item's audio the listener has heard by now."""
 
 
 @dataclass(frozen=True)
@@ -101,17 +85,6 @@ def _stalled_message(stall: StageTimeout) -> str:
 
 
 @dataclass
-class _Round:
-    """What one responder round did: calls the client must run or approve end the response; calls the server
-    ran (and invalid calls) send the responder another round."""
-
-    client_calls: int = 0
-    approvals: int = 0
-    server_calls: int = 0
-    retry_messages: list[dict[str, Any]] = field(default_factory=list)  # invalid calls, for the model only
-
-
-@dataclass
 class ReplyRun:
     """A response in flight. `start()` runs it as one task; `cancel(reason)` stops it at the next engine step."""
 
@@ -132,11 +105,9 @@ class ReplyRun:
     count_tokens: Callable[[str], Awaitable[int]] | None = None
     limits: ReplyLimits = field(default_factory=ReplyLimits)
     on_stall: Callable[[ReplyRun, StageTimeout], None] | None = None  # counted and logged by the session
-    progress_at: float = field(default_factory=time.monotonic)  # the last event or audio sent
     id: str = field(default_factory=lambda: new_id("resp"))
     status: str = "in_progress"
     status_details: se.StatusDetails | None = None
-    items: list[ConversationItem] = field(default_factory=list)  # the response's output items, in order
     item: ConversationItem | None = None  # the message being said now (a barge-in truncates its audio)
     heard_ms_at_cancel: float | None = None
     client_heard_ms: float | None = None  # from the client's conversation.item.truncate: wins when given
@@ -150,6 +121,20 @@ class ReplyRun:
     finishing: bool = False  # response.done is on its way
     _stall: StageTimeout | None = None  # why the session abandoned it
     _failed_by_stall: bool = False
+
+    def __post_init__(self) -> None:
+        self.events = ResponseItems(self.id, self.output, self.conversation)
+        self.calls = ToolCalls(self.events, self.tools, self.conversation)
+
+    @property
+    def items(self) -> list[ConversationItem]:
+        """The response's output items, in order."""
+        return self.events.items
+
+    @property
+    def progress_at(self) -> float:
+        """When the response last sent an event or audio."""
+        return self.events.progress_at
 
     def start(self, on_done: Callable[[ReplyRun], None]) -> asyncio.Task:
         """Run the response as a task; `on_done` runs when it ends, even if cancelled before it ran."""
@@ -177,8 +162,7 @@ class ReplyRun:
             await asyncio.wait({self.task}, timeout=bound - idle)
 
     async def _send(self, event: se.ServerEvent) -> None:
-        await self.output.send_event(event)
-        self.progress_at = time.monotonic()
+        await self.events.send(event)
 
     def stop(self, reason: str) -> bool:
         """Stop now, without waiting: drop the reply audio the output still holds, note what the listener
@@ -276,7 +260,7 @@ class ReplyRun:
         """Responder rounds: after calls the server ran (or calls it could not run), the responder hears
         their results and goes on, until it speaks without calling, or hands calls to the client."""
         request = prepared.request
-        if await self._run_approved_calls(request):
+        if await self.calls.run_approved(request):
             request = replace(request, messages=prepared.history())
         for round_index in range(MAX_TOOL_ROUNDS + 1):
             outcome = await self._round(lease, prepared, request)
@@ -289,10 +273,10 @@ class ReplyRun:
                 return
             request = replace(request, messages=[*prepared.history(), *outcome.retry_messages])
 
-    async def _round(self, lease: Lease | None, prepared: Preparation, request: ReplyRequest) -> _Round:
+    async def _round(self, lease: Lease | None, prepared: Preparation, request: ReplyRequest) -> CallOutcome:
         events: asyncio.Queue[ReplyEvent | BaseException | None] = asyncio.Queue()
         producer = asyncio.create_task(self._produce(request, events))
-        outcome = _Round()
+        outcome = CallOutcome()
         calls: dict[str, ConversationItem | None] = {}  # call_id -> its item (None: awaiting approval)
         try:
             while (event := await within("responder", self.limits.responder_s, events.get())) is not None:
@@ -308,13 +292,13 @@ class ReplyRun:
                         return outcome
                 elif isinstance(event, FunctionCallStarted):
                     await self._close_message()
-                    calls[event.call_id] = await self._call_started(event, request)
+                    calls[event.call_id] = await self.calls.started(event, request)
                 elif isinstance(event, FunctionCallArgumentsDelta):
-                    await self._call_delta(calls.get(event.call_id), event)
+                    await self.calls.delta(calls.get(event.call_id), event)
                 elif isinstance(event, FunctionCallDone):
-                    await self._call_done(calls.get(event.call_id), event, request, outcome)
+                    await self.calls.done(calls.get(event.call_id), event, request, outcome)
                 elif isinstance(event, FunctionCallInvalid):
-                    await self._call_invalid(calls.get(event.call_id), event, outcome)
+                    await self.calls.invalid(calls.get(event.call_id), event, outcome)
         finally:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -338,33 +322,12 @@ class ReplyRun:
 
     # -- items -----------------------------------------------------------------------------------------
 
-    async def _add_item(self, item: ConversationItem) -> int:
-        """A new output item: into the conversation and the response, announced; its output_index."""
-        self.conversation.add(item)
-        self.items.append(item)
-        index = len(self.items) - 1
-        await self._send(se.OutputItemAdded(response_id=self.id, output_index=index,
-                                                        item=item.to_item()))
-        await self._send(se.ItemAdded(previous_item_id=self.conversation.previous_id(item),
-                                                  item=item.to_item()))
-        return index
-
-    async def _item_done(self, item: ConversationItem) -> None:
-        await self._send(se.OutputItemDone(response_id=self.id, output_index=self.items.index(item),
-                                                       item=item.to_item()))
-        await self._send(se.ItemDone(previous_item_id=self.conversation.previous_id(item),
-                                                 item=item.to_item()))
-
-    def _part(self, item: ConversationItem) -> dict[str, Any]:
-        return {"response_id": self.id, "item_id": item.id, "output_index": self.items.index(item),
-                "content_index": 0}
-
     async def _open_message(self) -> ConversationItem:
         kind = "output_text" if self.text_only else "output_audio"
         item = ConversationItem(new_id("item"), "assistant", kind, text="", status="in_progress")
-        await self._add_item(item)
+        await self.events.add(item)
         part = se.TextPart(type="text", text="") if self.text_only else se.AudioPart(type="audio", transcript="")
-        await self._send(se.ContentPartAdded(**self._part(item), part=part))
+        await self._send(se.ContentPartAdded(**self.events.part(item), part=part))
         self.item, self._message_open = item, True
         return item
 
@@ -378,7 +341,7 @@ class ReplyRun:
             if item.content_type == "output_audio":
                 item.text = item.spoken_text
             item.status = status  # type: ignore[assignment]
-        part = self._part(item)
+        part = self.events.part(item)
         if item.content_type == "output_text":
             await self._send(se.OutputTextDone(**part, text=item.text or ""))
             await self._send(se.ContentPartDone(**part, part=se.TextPart(type="text", text=item.text or "")))
@@ -386,7 +349,7 @@ class ReplyRun:
             await self._send(se.OutputAudioDone(**part))
             await self._send(se.OutputTranscriptDone(**part, transcript=item.text or ""))
             await self._send(se.ContentPartDone(**part, part=se.AudioPart(type="audio", transcript=item.text)))
-        await self._item_done(item)
+        await self.events.done(item)
 
     async def _write(self, phrase: str) -> None:
         """A text-only reply: the phrase goes out as words, at once."""
@@ -394,7 +357,7 @@ class ReplyRun:
         assert item is not None
         delta = phrase if not item.text else " " + phrase
         item.text = (item.text or "") + delta
-        await self._send(se.OutputTextDelta(**self._part(item), delta=delta))
+        await self._send(se.OutputTextDelta(**self.events.part(item), delta=delta))
 
     # -- speech ----------------------------------------------------------------------------------------
 
@@ -414,7 +377,7 @@ class ReplyRun:
         if prepared.speaker_voices:
             phrase, said = self._tags.tag(phrase)
         start_ms = item.audio_ms
-        await self._send(se.OutputTranscriptDelta(**self._part(item), delta=said if not item.phrases
+        await self._send(se.OutputTranscriptDelta(**self.events.part(item), delta=said if not item.phrases
                                                               else " " + said))
         samples = 0
         item.phrases.append(SpokenPhrase(said, start_ms, start_ms))  # the timeline grows as audio goes out
@@ -424,7 +387,7 @@ class ReplyRun:
         async with contextlib.aclosing(speech):  # a cancel here ends the stream at once, not at GC
             async for chunk in speech:
                 await self.output.send_audio(self.id, item.id, chunk)
-                self.progress_at = time.monotonic()
+                self.events.progress_at = time.monotonic()
                 samples += len(chunk)
                 self.frames_out += len(chunk) // HOP_LENGTH
                 item.phrases[-1] = SpokenPhrase(said, start_ms, start_ms + samples * 1000.0 / SAMPLE_RATE)
@@ -435,121 +398,6 @@ class ReplyRun:
         return left is None or left > 0
 
     # -- calls -----------------------------------------------------------------------------------------
-
-    async def _call_started(self, event: FunctionCallStarted, request: ReplyRequest) -> ConversationItem | None:
-        tool = request.tool(event.name)
-        if tool is not None and tool.runs_on_server and tool.requires_approval:
-            return None  # nothing runs yet: an approval request once the arguments are complete
-        kind = "mcp_call" if tool is not None and tool.runs_on_server else "function_call"
-        call = ToolCall(event.call_id, event.name if kind == "function_call" else (tool.remote_name or tool.name),
-                        server_label=tool.server_label if kind == "mcp_call" else None)
-        item = ConversationItem.tool(new_id("item"), kind, call, status="in_progress")  # type: ignore[arg-type]
-        await self._add_item(item)
-        return item
-
-    async def _call_delta(self, item: ConversationItem | None, event: FunctionCallArgumentsDelta) -> None:
-        if item is None or item.call is None:
-            return
-        item.call.arguments += event.delta
-        index = self.items.index(item)
-        if item.kind == "function_call":
-            await self._send(se.FunctionCallArgumentsDelta(
-                response_id=self.id, item_id=item.id, output_index=index, call_id=item.call.call_id,
-                delta=event.delta))
-        else:
-            await self._send(se.McpCallArgumentsDelta(response_id=self.id, item_id=item.id,
-                                                                  output_index=index, delta=event.delta))
-
-    async def _call_done(self, item: ConversationItem | None, event: FunctionCallDone, request: ReplyRequest,
-                         outcome: _Round) -> None:
-        tool = request.tool(event.name)
-        if item is None:  # an MCP call that needs the client's approval first: the response ends after it
-            assert tool is not None
-            request_item = ConversationItem.tool(new_id("mcpr"), "mcp_approval_request", ToolCall(
-                event.call_id, tool.remote_name or tool.name, event.arguments, server_label=tool.server_label))
-            await self._add_item(request_item)
-            await self._item_done(request_item)
-            outcome.approvals += 1
-            return
-        assert item.call is not None
-        item.call.arguments = event.arguments
-        index = self.items.index(item)
-        if item.kind == "function_call":
-            await self._send(se.FunctionCallArgumentsDone(
-                response_id=self.id, item_id=item.id, output_index=index, call_id=item.call.call_id,
-                name=item.call.name, arguments=event.arguments))
-            item.status = "completed"
-            await self._item_done(item)
-            outcome.client_calls += 1
-            return
-        await self._send(se.McpCallArgumentsDone(response_id=self.id, item_id=item.id,
-                                                             output_index=index, arguments=event.arguments))
-        assert tool is not None
-        await self.run_mcp(item, tool, event.parsed)
-        outcome.server_calls += 1
-
-    async def run_mcp(self, item: ConversationItem, tool: Any, arguments: dict[str, Any]) -> None:  # noqa: ANN401
-        """Run an MCP call item on its server (a timeout and a failure are results the model speaks about)."""
-        assert self.tools is not None and item.call is not None
-        index = self.items.index(item)
-        await self._send(se.McpCallInProgress(item_id=item.id, output_index=index))
-        result = await self.tools.run(tool, arguments)
-        if result.ok:
-            item.call.output = result.output
-            item.status = "completed"
-            await self._send(se.McpCallCompleted(item_id=item.id, output_index=index))
-        else:
-            item.call.error = result.error.to_dict() if result.error is not None else {"message": "failed"}
-            item.status = "incomplete"
-            log.warning("%s: MCP call %s failed: %s", self.id, item.call.name, item.call.error)
-            await self._send(se.McpCallFailed(item_id=item.id, output_index=index))
-        await self._item_done(item)
-
-    async def _run_approved_calls(self, request: ReplyRequest) -> bool:
-        """MCP calls the client approved (or declined) since the last response: run the approved ones first,
-        so the responder hears their results. True if any was answered."""
-        answered = False
-        for approval in [i for i in self.conversation.items if i.kind == "mcp_approval_response"]:
-            asked = approval.call
-            if asked is None or self.conversation.find_call("mcp_call", approval_request_id=asked.approval_request_id):
-                continue
-            pending = self.conversation.get(asked.approval_request_id or "")
-            if pending.call is None:
-                continue
-            call = ToolCall(pending.call.call_id, pending.call.name, pending.call.arguments,
-                            server_label=pending.call.server_label, approval_request_id=pending.id)
-            item = ConversationItem.tool(new_id("item"), "mcp_call", call, status="in_progress")
-            await self._add_item(item)
-            answered = True
-            tool = next((t for t in request.tools if t.server_label == call.server_label
-                         and (t.remote_name or t.name) == call.name), None)
-            if not asked.approve or tool is None:
-                call.error = {"type": "tool_execution_error", "message": "the user declined this call" if not
-                              asked.approve else f"the tool {call.name} is no longer offered"}
-                item.status = "incomplete"
-                await self._item_done(item)
-                continue
-            try:
-                arguments = tool.check_arguments(call.arguments)
-            except ValueError as exc:
-                call.error = {"type": "tool_execution_error", "message": str(exc)}
-                item.status = "incomplete"
-                await self._item_done(item)
-                continue
-            await self.run_mcp(item, tool, arguments)
-        return answered
-
-    async def _call_invalid(self, item: ConversationItem | None, event: FunctionCallInvalid, outcome: _Round) -> None:
-        """A call the model got wrong (arguments not JSON or not what the schema allows, an unknown name): never
-        handed on; reported, and the model is told what was wrong so it can try again."""
-        log.warning("%s: invalid call %s: %s", self.id, event.name, event.error)
-        if item is not None:
-            item.status = "incomplete"
-            await self._item_done(item)
-        await self._send(se.Error(error=se.ErrorDetail(
-            type="server_error", code="invalid_tool_call", message=event.error)))
-        outcome.retry_messages += [function_call_message(event.call_id, event.name, event.arguments or "{}"),
-                                   function_output_message(event.call_id, f"Error: {event.error}")]
 
     # -- the end ---------------------------------------------------------------------------------------
 

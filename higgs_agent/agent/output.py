@@ -1,0 +1,30 @@
+"""What a transport gives a session: the one interface between the conversation and a wire."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from higgs_agent.protocol import server_events as se
+
+
+class OutputClosed(Exception):
+    """The transport can no longer deliver: the client is gone, or stopped reading and was disconnected."""
+
+
+class SessionOutput(Protocol):
+    """What a transport gives a session: events out, reply audio out, a way to drop reply audio it holds but
+    has not yet sent (barge-in), and what the listener has heard. Sends raise OutputClosed once the client
+    cannot be reached."""
+
+    async def send_event(self, event: se.ServerEvent) -> None: ...
+
+    async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
+        """float32 mono 24 kHz; the transport encodes it for its wire."""
+
+    def discard_audio(self, item_id: str) -> int:
+        """Drop queued, unsent audio of an item; return the samples (24 kHz) dropped."""
+
+    def heard_ms(self, item_id: str) -> float:
+        """How much of the item's audio the listener has heard by now."""
