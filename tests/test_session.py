@@ -357,3 +357,41 @@ async def test_a_barge_in_after_response_done_cuts_the_reply_still_playing(bundl
             out.gate.set()
         await session.close()
         engine.close()
+
+
+@pytest.mark.parametrize("how", ["after_the_reply", "barge_in_mid_reply", "closed_mid_reply"])
+async def test_a_closed_session_and_its_audio_are_freed_without_the_cycle_collector(bundle, how):
+    """A session must not sit in a reference cycle once closed: the collector's full passes are rare in a big
+    process, and a session holds up to two minutes of input audio (the soak's memory creep, #20)."""
+    import gc
+    import weakref
+
+    from speech import pad, synthesize
+
+    engine = StreamingEngine(bundle)
+    services = AgentServices(engine=engine, transcriber=ScriptedTranscriber(), responders={"echo": EchoResponder()},
+                             default_responder="echo", sampling=SamplingSettings(greedy=True, max_frames=30))
+    speech, _ = synthesize("hello there, how are you today", sample_rate=24000)
+    audio = base64.b64encode(float_to_pcm16(pad(speech, 24000, lead_ms=300, tail_ms=1200))).decode()
+    gc.collect()
+    gc.disable()
+    try:
+        out = FakeOutput()
+        session = Session(services, out)
+        await session.open()
+        await send(session, type="input_audio_buffer.append", audio=audio)
+        if how == "after_the_reply":
+            await until(out, "response.done")
+        else:
+            await until(out, "response.output_audio_transcript.delta")
+        if how == "barge_in_mid_reply":
+            await send(session, type="input_audio_buffer.append", audio=audio)
+            await until(out, "response.done")
+            assert out.of("response.done")[0]["response"]["status"] == "cancelled"
+        await session.close()
+        freed, tape = weakref.ref(session), weakref.ref(session.input.tape)
+        del session
+        assert tape() is None and freed() is None, "the closed session is kept alive by a reference cycle"
+    finally:
+        gc.enable()
+        engine.close()

@@ -128,6 +128,11 @@ class Session:
         for task in list(self._background):
             task.cancel()
         await self.tools.aclose()
+        # A cancelled task keeps its CancelledError, whose traceback holds the task's frames, whose `self` is
+        # this session: a reference cycle through every task the session still names. Left alone, the session
+        # and its audio (two minutes of input tape, the caller's gathered speech) wait for the cycle collector,
+        # whose full passes are rare in a big process: the soak's memory creep (#20). Let go of them here.
+        self._worker = self._listing = self._recloning = self._digit_timer = None
 
     # --- input -----------------------------------------------------------------------------------------
 

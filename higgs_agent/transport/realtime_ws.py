@@ -79,6 +79,7 @@ class WebSocketOutput:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
+            self._sender = None  # its CancelledError holds its frames, whose `self` is this output: no cycle
 
     async def send_event(self, event: se.ServerEvent) -> None:
         await self._put(_Outgoing(se.to_wire(event), response_id=se.response_id_of(event)))
