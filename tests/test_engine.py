@@ -12,7 +12,8 @@ import torch
 from higgs_agent.model.prompts import SpeechPrompt, build_inputs, encode_voice
 from higgs_agent.model.reference import generate_rows
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.streaming.codec_stream import snr_db, whole_decode
+from higgs_agent.bench.codec_quality import snr_db
+from higgs_agent.streaming.codec_stream import whole_decode
 from higgs_agent.streaming.engine import AtCapacityError, ConsumerStalled, EngineClosed, StreamingEngine
 from higgs_agent.streaming.worker import THREAD_NAME
 

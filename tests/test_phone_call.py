@@ -38,7 +38,7 @@ from higgs_agent.audio import resample
 from higgs_agent.logs import session_id
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.server import serve_app_in_background
-from higgs_agent.streaming.codec_stream import snr_db
+from higgs_agent.bench.codec_quality import snr_db
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.testing.fake_llm import FakeLLM
 from higgs_agent.transport.app import create_agent_app

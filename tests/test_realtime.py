@@ -23,7 +23,8 @@ from higgs_agent.agent.speaker import frame_budget
 from higgs_agent.audio_formats import PCMU, encode_audio
 from higgs_agent.model.prompts import SpeechPrompt, build_inputs
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.streaming.codec_stream import snr_db, whole_decode
+from higgs_agent.bench.codec_quality import snr_db
+from higgs_agent.streaming.codec_stream import whole_decode
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.streaming.scheduler import BatchScheduler, run_to_end
 

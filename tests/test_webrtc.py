@@ -34,7 +34,7 @@ from higgs_agent.agent.responders.echo import EchoResponder
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.audio import float_to_pcm16, resample
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.streaming.codec_stream import snr_db
+from higgs_agent.bench.codec_quality import snr_db
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.transport.auth import Authenticator
 from higgs_agent.transport.webrtc import WebRTCSettings, add_webrtc_args, webrtc_settings

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,11 +178,14 @@ def chosen_subprotocol(offered: list[str]) -> str | None:
 
 async def realtime_endpoint(websocket: WebSocket, services: AgentServices) -> None:
     await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope.get("subprotocols", [])))
-    session: Session | None = None
-    output = WebSocketOutput(websocket, lambda: session.config.output_format,
+    session_ref: weakref.ref[Session] | None = None
+    # The output reads the session's format through a weak reference: a strong one would make session ->
+    # output -> session a cycle, and a closed session (with its audio) would wait for the cycle collector.
+    output = WebSocketOutput(websocket, lambda: session_ref().config.output_format,  # type: ignore[misc,union-attr]
                              slow_client_timeout_s=services.slow_client_timeout_s)
     principal = principal_of(websocket.scope)
     session = Session(services, output, tenant=principal.tenant if principal is not None else DEFAULT_TENANT)
+    session_ref = weakref.ref(session)
     session_id.set(session.config.id)  # every line logged for this connection names the session
     notes: list[ProtocolError] = []
     if principal is not None and principal.session:  # a client secret's session config comes first
