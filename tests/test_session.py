@@ -395,3 +395,26 @@ async def test_a_closed_session_and_its_audio_are_freed_without_the_cycle_collec
     finally:
         gc.enable()
         engine.close()
+
+
+async def test_a_closed_session_lets_go_of_its_audio_whatever_still_refers_to_it(bundle):
+    """Transports keep a closed session for a while (aiortc's handlers, a carrier's pacer): its audio must not
+    wait for them."""
+    from speech import pad, synthesize
+
+    engine = StreamingEngine(bundle)
+    services = AgentServices(engine=engine, transcriber=ScriptedTranscriber(), responders={"echo": EchoResponder()},
+                             default_responder="echo", sampling=SamplingSettings(greedy=True, max_frames=30))
+    speech, _ = synthesize("hello there, how are you today", sample_rate=24000)
+    out = FakeOutput()
+    session = Session(services, out)
+    try:
+        await session.open()
+        await send(session, type="input_audio_buffer.append",
+                   audio=base64.b64encode(float_to_pcm16(pad(speech, 24000, lead_ms=300, tail_ms=1200))).decode())
+        await until(out, "response.done")
+        assert len(session.input.tape.slice_ms(0, 10_000)) and session.caller_voice.speech_s > 0
+        await session.close()
+        assert not len(session.input.tape.slice_ms(0, 10_000)) and session.caller_voice.speech_s == 0
+    finally:
+        engine.close()

@@ -48,6 +48,13 @@ class InputAudio:
         self._buffer_start = 0  # where the manual buffer starts on that clock
         self.reconfigure(fmt, vad)
 
+    def release(self) -> None:
+        """Let go of every sample held (the session is over): the buffer, the tape, the VAD's history."""
+        self._chunks = []
+        self._buffered = 0
+        self.tape = WireAudioTape(self.tape.rate)
+        self._detector = None
+
     @property
     def vad_on(self) -> bool:
         return self._detector is not None
