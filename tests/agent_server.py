@@ -11,11 +11,23 @@ import time
 import numpy as np
 import websockets
 
+from higgs_agent.agent.responders.echo import EchoResponder
+from higgs_agent.agent.services import AgentServices
 from higgs_agent.audio import float_to_pcm16, pcm16_to_float
+from higgs_agent.model.loader import HiggsBundle
+from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.server import WS_MAX_BYTES, serve_in_background
+from higgs_agent.streaming.engine import StreamingEngine
 
 # The agent app in a thread of the test process (tests look at its engine and metrics).
 running_server = serve_in_background
+
+
+def echo_services(bundle: HiggsBundle, transcriber, max_frames: int = 60) -> AgentServices:  # noqa: ANN001
+    """A server's services that say back what they hear (greedy, `max_frames` per phrase)."""
+    return AgentServices(engine=StreamingEngine(bundle), transcriber=transcriber,
+                         responders={"echo": EchoResponder()}, default_responder="echo",
+                         sampling=SamplingSettings(greedy=True, max_frames=max_frames))
 
 
 def ws_url(base: str, query: str = "") -> str:

@@ -10,21 +10,17 @@ import json
 import httpx
 import numpy as np
 import pytest
-from agent_server import running_server, ws_url
+from agent_server import echo_services, running_server, ws_url
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from speech import pad, synthesize
 from websockets.sync.client import connect
 
-from higgs_agent.agent.responders.echo import EchoResponder
-from higgs_agent.agent.services import AgentServices
 from higgs_agent.audio import float_to_pcm16
-from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol.session_fields import SessionField
 from higgs_agent.server import WS_MAX_BYTES
-from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.transport.speech_http import SpeechRequest
 
 pytestmark = pytest.mark.timeout(600)
@@ -85,9 +81,7 @@ def event_is_valid(event: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def server(bundle, transcriber):
-    services = AgentServices(engine=StreamingEngine(bundle), transcriber=transcriber,
-                             responders={"echo": EchoResponder()}, default_responder="echo",
-                             sampling=SamplingSettings(greedy=True, max_frames=60))
+    services = echo_services(bundle, transcriber)
     with running_server(services) as base:
         yield base, services
 

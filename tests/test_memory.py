@@ -4,25 +4,20 @@ gathered speech). The soak found sessions kept in cycles growing the server by ~
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
+import httpx
 import pytest
-from agent_server import Client, running_server
+from agent_server import Client, echo_services, running_server
 from speech import pad, synthesize
 
-from higgs_agent.agent.responders.echo import EchoResponder
-from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
-from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.streaming.engine import StreamingEngine
 
 
 @pytest.fixture(scope="module")
 def server(bundle, transcriber):
-    services = AgentServices(engine=StreamingEngine(bundle), transcriber=transcriber,
-                             responders={"echo": EchoResponder()}, default_responder="echo",
-                             sampling=SamplingSettings(greedy=True, max_frames=30))
-    with running_server(services) as base:
+    with running_server(echo_services(bundle, transcriber, max_frames=30)) as base:
         yield base
 
 
@@ -51,19 +46,14 @@ async def test_a_websocket_session_is_freed_when_its_client_goes(server, ending)
         else:  # no close frame: the TCP connection is just dropped
             client.socket.transport.abort()
             await client.socket.wait_closed()
-        while (await client_count(server)) > 0:  # the server has ended the session
-            pass
+        await sessions_ended(server)
         assert sessions_in_cyclic_garbage() == 0, "a closed session is kept alive by a reference cycle"
     finally:
         gc.enable()
 
 
-async def client_count(base: str) -> int:
-    import asyncio
-
-    import httpx
-
-    async with httpx.AsyncClient() as http:
-        health = (await http.get(f"{base}/health")).json()
-    await asyncio.sleep(0.02)
-    return int(health["sessions"])
+async def sessions_ended(base: str, timeout_s: float = 60) -> None:
+    """Until the server has ended every session (its `/health` says so)."""
+    async with httpx.AsyncClient() as http, asyncio.timeout(timeout_s):
+        while (await http.get(f"{base}/health")).json()["sessions"]:
+            await asyncio.sleep(0.02)

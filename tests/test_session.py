@@ -103,11 +103,11 @@ class Broken:
 def make_session(bundle):
     engine = StreamingEngine(bundle)
 
-    async def make(transcriber=None, **responders) -> tuple[Session, FakeOutput]:
+    async def make(transcriber=None, output: FakeOutput | None = None, **responders) -> tuple[Session, FakeOutput]:
         services = AgentServices(engine=engine, transcriber=transcriber or ScriptedTranscriber(),
                                  responders={"echo": EchoResponder(), **responders}, default_responder="echo",
                                  sampling=SamplingSettings(greedy=True, max_frames=60))
-        output = FakeOutput()
+        output = output or FakeOutput()
         session = Session(services, output)
         await session.open()
         return session, output
@@ -330,15 +330,10 @@ class HeldAfterDoneOutput(PacedOutput):
 
 
 @pytest.mark.parametrize("held", [False, True], ids=["settled", "task_still_finishing"])
-async def test_a_barge_in_after_response_done_cuts_the_reply_still_playing(bundle, held):
+async def test_a_barge_in_after_response_done_cuts_the_reply_still_playing(make_session, held):
     from speech import pad, synthesize
 
-    engine = StreamingEngine(bundle)
-    services = AgentServices(engine=engine, transcriber=ScriptedTranscriber(), responders={"echo": EchoResponder()},
-                             default_responder="echo", sampling=SamplingSettings(greedy=True, max_frames=60))
-    out = HeldAfterDoneOutput() if held else PacedOutput()
-    session = Session(services, out)
-    await session.open()
+    session, out = await make_session(output=HeldAfterDoneOutput() if held else PacedOutput())
     try:
         await text_turn(session, "The quick brown fox jumps over the lazy dog near the river bank today.")
         await send(session, type="response.create")
@@ -356,11 +351,10 @@ async def test_a_barge_in_after_response_done_cuts_the_reply_still_playing(bundl
         if held:
             out.gate.set()
         await session.close()
-        engine.close()
 
 
 @pytest.mark.parametrize("how", ["after_the_reply", "barge_in_mid_reply", "closed_mid_reply"])
-async def test_a_closed_session_and_its_audio_are_freed_without_the_cycle_collector(bundle, how):
+async def test_a_closed_session_and_its_audio_are_freed_without_the_cycle_collector(make_session, how):
     """A session must not sit in a reference cycle once closed: the collector's full passes are rare in a big
     process, and a session holds up to two minutes of input audio (the soak's memory creep, #20)."""
     import gc
@@ -368,17 +362,12 @@ async def test_a_closed_session_and_its_audio_are_freed_without_the_cycle_collec
 
     from speech import pad, synthesize
 
-    engine = StreamingEngine(bundle)
-    services = AgentServices(engine=engine, transcriber=ScriptedTranscriber(), responders={"echo": EchoResponder()},
-                             default_responder="echo", sampling=SamplingSettings(greedy=True, max_frames=30))
     speech, _ = synthesize("hello there, how are you today", sample_rate=24000)
     audio = base64.b64encode(float_to_pcm16(pad(speech, 24000, lead_ms=300, tail_ms=1200))).decode()
     gc.collect()
     gc.disable()
     try:
-        out = FakeOutput()
-        session = Session(services, out)
-        await session.open()
+        session, out = await make_session()
         await send(session, type="input_audio_buffer.append", audio=audio)
         if how == "after_the_reply":
             await until(out, "response.done")
@@ -388,33 +377,24 @@ async def test_a_closed_session_and_its_audio_are_freed_without_the_cycle_collec
             await send(session, type="input_audio_buffer.append", audio=audio)
             await until(out, "response.done")
             assert out.of("response.done")[0]["response"]["status"] == "cancelled"
+        freed, tape = weakref.ref(session), weakref.ref(session.input.tape)  # the tape that holds the audio
         await session.close()
-        freed, tape = weakref.ref(session), weakref.ref(session.input.tape)
         del session
         assert tape() is None and freed() is None, "the closed session is kept alive by a reference cycle"
     finally:
         gc.enable()
-        engine.close()
 
 
-async def test_a_closed_session_lets_go_of_its_audio_whatever_still_refers_to_it(bundle):
+async def test_a_closed_session_lets_go_of_its_audio_whatever_still_refers_to_it(make_session):
     """Transports keep a closed session for a while (aiortc's handlers, a carrier's pacer): its audio must not
     wait for them."""
     from speech import pad, synthesize
 
-    engine = StreamingEngine(bundle)
-    services = AgentServices(engine=engine, transcriber=ScriptedTranscriber(), responders={"echo": EchoResponder()},
-                             default_responder="echo", sampling=SamplingSettings(greedy=True, max_frames=30))
     speech, _ = synthesize("hello there, how are you today", sample_rate=24000)
-    out = FakeOutput()
-    session = Session(services, out)
-    try:
-        await session.open()
-        await send(session, type="input_audio_buffer.append",
-                   audio=base64.b64encode(float_to_pcm16(pad(speech, 24000, lead_ms=300, tail_ms=1200))).decode())
-        await until(out, "response.done")
-        assert len(session.input.tape.slice_ms(0, 10_000)) and session.caller_voice.speech_s > 0
-        await session.close()
-        assert not len(session.input.tape.slice_ms(0, 10_000)) and session.caller_voice.speech_s == 0
-    finally:
-        engine.close()
+    session, out = await make_session()
+    await send(session, type="input_audio_buffer.append",
+               audio=base64.b64encode(float_to_pcm16(pad(speech, 24000, lead_ms=300, tail_ms=1200))).decode())
+    await until(out, "response.done")
+    assert len(session.input.tape.slice_ms(0, 10_000)) and session.caller_voice.speech_s > 0
+    await session.close()
+    assert not len(session.input.tape.slice_ms(0, 10_000)) and session.caller_voice.speech_s == 0

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from agent_server import Client, running_server
+from agent_server import Client, echo_services, running_server
 from speech import word_error_rate
 from third_party import (
     EXTENSION_PREFIX,
@@ -35,7 +35,6 @@ from third_party import (
     spoken_pcm16,
 )
 
-from higgs_agent.agent.responders.echo import EchoResponder
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import StreamingEngine
@@ -50,9 +49,7 @@ TURN_TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def server(bundle, transcriber):
-    services = AgentServices(engine=StreamingEngine(bundle), transcriber=transcriber,
-                             responders={"echo": EchoResponder()}, default_responder="echo",
-                             sampling=SamplingSettings(greedy=True, max_frames=200))
+    services = echo_services(bundle, transcriber, max_frames=200)
     with running_server(services, api_key=API_KEY) as base:
         yield base
 
