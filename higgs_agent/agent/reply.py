@@ -387,7 +387,7 @@ class ReplyRun:
         async with contextlib.aclosing(speech):  # a cancel here ends the stream at once, not at GC
             async for chunk in speech:
                 await self.output.send_audio(self.id, item.id, chunk)
-                self.events.progress_at = time.monotonic()
+                self.events.progressed()
                 samples += len(chunk)
                 self.frames_out += len(chunk) // HOP_LENGTH
                 item.phrases[-1] = SpokenPhrase(said, start_ms, start_ms + samples * 1000.0 / SAMPLE_RATE)

@@ -24,6 +24,10 @@ class ResponseItems:
 
     async def send(self, event: se.ServerEvent) -> None:
         await self.output.send_event(event)
+        self.progressed()
+
+    def progressed(self) -> None:
+        """The response made progress (an event, or audio handed to the output)."""
         self.progress_at = time.monotonic()
 
     def index(self, item: ConversationItem) -> int:

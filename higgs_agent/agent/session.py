@@ -315,8 +315,8 @@ class Session:
         """A barge-in after `response.done` while the reply still plays (transports that pace audio out at
         real time, WebRTC and phones, hold it after the response is over): drop what was not played and
         cut the turn to what was heard."""
-        finishing = self.reply if self.reply is not None and self.reply.finishing else None
-        item = finishing.item if finishing is not None and finishing.item is not None else self._last_reply_item
+        reply = self.reply  # one whose response.done is sent may still be playing, its task not yet ended
+        item = reply.item if reply is not None and reply.finishing and reply.item is not None else self._last_reply_item
         if item is None or not self.output.discard_audio(item.id):
             return None
         heard = min(self.output.heard_ms(item.id), item.audio_ms)

@@ -193,8 +193,8 @@ class StreamingEngine:
             self.worker.command(lambda: self.scheduler.release(lease))
 
     async def admit(self, name: str) -> None:
-        """Whether a new call would get capacity now, under the policy every response's lease follows
-        (AtCapacityError with the scheduler's reason when not): a lease taken and given straight back."""
+        """Returns if a new call would get capacity now, under the rule every response's lease follows, and
+        raises AtCapacityError with the scheduler's reason if not: a lease taken and given straight back."""
         async with self.lease(name):
             pass
 
