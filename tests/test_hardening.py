@@ -165,8 +165,9 @@ async def test_a_started_response_keeps_its_slot_while_another_client_retries_in
             await asyncio.sleep(0.02)
 
     b_task = asyncio.create_task(contender())
-    while refused < 5 and not b_task.done():  # B retries through A's pause ...
-        await asyncio.wait({b_task}, timeout=0.05)
+    async with asyncio.timeout(60):
+        while refused < 5 and not b_task.done():  # B retries through A's pause ...
+            await asyncio.wait({b_task}, timeout=0.05)
     assert not b_task.done(), "client B took the slot of a response that had started"
     llm.hold_at = None
     llm.release()  # ... and A's reply goes on with its next phrases, in the slot it started with
