@@ -200,8 +200,8 @@ def serve_command(args: argparse.Namespace) -> int:
         return 2
     app = create_agent_app(services, cors_origins=_origins(args.cors_origins), authenticator=authenticator,
                            webrtc=webrtc, phone=phone)
-    if phone is not None:
-        log.info("phone line: set the Twilio number's voice webhook to POST %s", phone.twilio.webhook_url)
+    for line in phone.lines if phone is not None else []:
+        log.info("phone line: set the %s number's voice webhook to POST %s", line.carrier, line.webhook_url)
     log.info("serving on http://%s:%d (web page /, realtime ws://%s:%d/v1/realtime; responders: %s, default %s)",
              args.host, args.port, args.host, args.port, ", ".join(services.responders), services.default_responder)
     # What is loaded by now (torch, transformers, the models) lives as long as the process: frozen out of the

@@ -1,11 +1,13 @@
 """The package's shape, checked on its import graph (grimp, import-linter's engine): no import circles at any
-level, and the layers only look down - transport -> agent -> streaming -> model (#11). Imports made only for
-type checking are left out: they never run."""
+level, the layers only look down - transport -> agent -> streaming -> model (#11), and no transport reads
+another transport's module (#21): what they share (the reply-audio sink, keys, the WebSocket helpers) lives
+beside them. Imports made only for type checking are left out: they never run."""
 
 import grimp
 import pytest
 
 LAYERS = ("higgs_agent.transport", "higgs_agent.agent", "higgs_agent.streaming", "higgs_agent.model")
+TRANSPORTS = ("higgs_agent.transport.realtime_ws", "higgs_agent.transport.webrtc", "higgs_agent.transport.phone")
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +26,26 @@ def test_no_package_or_module_imports_itself_round_a_circle(graph):
 def test_layers_only_import_downwards(graph):
     illegal = graph.find_illegal_dependencies_for_layers(layers=LAYERS)
     assert not illegal, [(d.importer, d.imported, d.routes) for d in illegal]
+
+
+def transport_crossings(graph: grimp.ImportGraph) -> list[tuple[str, str]]:
+    crossings = []
+    for importer in TRANSPORTS:
+        for imported in TRANSPORTS:
+            if importer != imported and graph.chain_exists(importer, imported, as_packages=True):
+                crossings.append((importer, imported))
+    return crossings
+
+
+def test_no_transport_imports_another(graph):
+    assert {"higgs_agent.transport.audio_sink", "higgs_agent.transport.phone.telnyx"} <= set(graph.modules)
+    assert transport_crossings(graph) == []
+
+
+def test_the_transport_check_sees_a_crossing():
+    graph = grimp.build_graph("higgs_agent", cache_dir=None, exclude_type_checking_imports=True)
+    graph.add_import(importer="higgs_agent.transport.webrtc.sideband", imported="higgs_agent.transport.realtime_ws")
+    assert transport_crossings(graph) == [("higgs_agent.transport.webrtc", "higgs_agent.transport.realtime_ws")]
 
 
 def test_the_circle_check_sees_a_circle():

@@ -1,12 +1,12 @@
-"""Phone calls end to end: Twilio's side simulated exactly (testing/phone_simulator.py) against the real agent
-server on a loopback port.
+"""Phone calls end to end, the same tests for each carrier (Twilio Media Streams, Telnyx media streaming): the
+carrier's side simulated exactly (testing/phone_simulator.py) against the real agent server on a loopback port.
 
-Each call rings the voice webhook signed by the `twilio` library, opens the media WebSocket at the URL the
-TwiML names with Twilio's upgrade signature, and talks in real espeak-ng speech, coded to 8 kHz mu-law and sent
-in 20 ms `media` messages at real time; the agent hears it through the real webrtcvad and Whisper tiny.en and
-answers with the tiny Higgs model. The simulated phone plays the agent's frames by its own clock, echoes each
+Each call rings the voice webhook signed as the carrier signs it (the `twilio` library; Ed25519 for Telnyx),
+opens the media WebSocket at the URL the TwiML/TeXML names (with Twilio's upgrade signature), and talks in real
+espeak-ng speech, coded to 8 kHz mu-law and sent in 20 ms `media` messages at real time; the agent hears it
+through the real webrtcvad and Whisper tiny.en and answers with the tiny Higgs model. The simulated phone plays the agent's frames by its own clock, echoes each
 mark once the audio before it has played, and on `clear` drops what it holds and echoes pending marks at
-once, as Twilio does.
+once, as both carriers document.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import websockets
 from speech import synthesize, word_error_rate
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from twilio.request_validator import RequestValidator
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.agent.conversation import heard_text
@@ -45,7 +46,8 @@ from higgs_agent.transport.app import create_agent_app
 from higgs_agent.transport.phone.call import CallLog, CallSettings
 from higgs_agent.transport.phone.routes import PhoneLine
 from higgs_agent.testing.phone_simulator import FRAME_BYTES, SimulatedCall
-from higgs_agent.transport.phone.twiml import TwilioSettings
+from higgs_agent.transport.phone.telnyx import TelnyxSettings
+from higgs_agent.transport.phone.twiml import LineSettings, TwilioSettings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -53,6 +55,8 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.timeout(120)
 AUTH_TOKEN = "12345678901234567890123456789012"
+TELNYX_KEY = Ed25519PrivateKey.generate()
+TELNYX_PUBLIC_KEY = base64.b64encode(TELNYX_KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 PUBLIC_URL = "https://agent.example.com"
 SENTENCE = "my name is john and I am calling about my order"  # clean through 8 kHz mu-law + Whisper tiny.en
 GREETING = "Hi there."
@@ -78,19 +82,32 @@ def services(bundle, transcriber, llm):
     services.engine.close()
 
 
+def line_settings(carrier: str, **options) -> LineSettings:  # noqa: ANN003
+    if carrier == "telnyx":
+        return TelnyxSettings(public_url=PUBLIC_URL, public_key=TELNYX_PUBLIC_KEY, **options)
+    return TwilioSettings(public_url=PUBLIC_URL, auth_token=AUTH_TOKEN, **options)
+
+
+def simulated(base: str, line: PhoneLine) -> SimulatedCall:
+    return SimulatedCall(base, line.line, telnyx_key=TELNYX_KEY)
+
+
+@pytest.fixture(scope="module", params=["twilio", "telnyx"])
+def carrier(request) -> str:  # noqa: ANN001
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def echo_line(services):
+def echo_line(services, carrier):
     """A number whose agent greets and echoes what it hears."""
-    twilio = TwilioSettings(public_url=PUBLIC_URL, auth_token=AUTH_TOKEN, parameters={"line": "support"})
-    return PhoneLine(services, twilio, CallSettings(greeting=GREETING))
+    return PhoneLine(services, line_settings(carrier, parameters={"line": "support"}), CallSettings(greeting=GREETING))
 
 
 @pytest.fixture(scope="module")
-def llm_line(services):
+def llm_line(services, carrier):
     """A number whose agent answers from an LLM (the local fake), without a greeting."""
-    twilio = TwilioSettings(public_url=PUBLIC_URL, auth_token=AUTH_TOKEN, voice_path="/llm/voice",
-                            media_path="/llm/media")
-    return PhoneLine(replace(services, default_responder="llm"), twilio)
+    settings = line_settings(carrier, voice_path="/llm/voice", media_path="/llm/media")
+    return PhoneLine(replace(services, default_responder="llm"), settings)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +139,7 @@ async def until_played(call: SimulatedCall, since: float, ms: int) -> None:
 
 
 def reply_of(mark_name: str) -> str:
-    return mark_name.rpartition(".")[0]  # the pacer names marks "<reply item>.<n>"
+    return mark_name.rpartition(".")[0]  # the phone output names marks "<reply item>.<n>"
 
 
 def mark_positions_ms(call: SimulatedCall, reply_id: str) -> dict[str, int]:
@@ -142,13 +159,13 @@ class StampCall(logging.Filter):
 
 
 async def test_a_call_is_greeted_heard_answered_in_paced_frames_and_takes_keypad_digits(
-        server, services, echo_line, caplog):
+        server, services, echo_line, carrier, caplog):
     caplog.set_level(logging.INFO, logger="higgs_agent")
     caplog.handler.addFilter(StampCall())
     sessions_before = services.metrics.sessions_active._value.get()
-    call = SimulatedCall(server, echo_line.twilio)
+    call = simulated(server, echo_line)
     await call.dial()
-    assert call.stream_url.startswith("wss://agent.example.com/twilio/media/")
+    assert call.stream_url.startswith(f"wss://agent.example.com/{carrier}/media/")
     assert call.parameters == {"line": "support", "From": "+14155550100", "To": "+14155550199"}
 
     greeting = await call.wait_frames(1)
@@ -156,12 +173,12 @@ async def test_a_call_is_greeted_heard_answered_in_paced_frames_and_takes_keypad
     await call.wait_quiet()
     greeting_ms = (greeting[0].arrived - call.started_at) * 1000
 
-    # Messages Twilio would never send: each is logged and skipped, and the call goes on.
-    malformed = ["{not json", json.dumps({"event": "telepathy", "streamSid": call.stream_sid}),
-                 json.dumps({"event": "media", "streamSid": call.stream_sid, "media": {"payload": "***"}}),
-                 json.dumps({"event": "media", "streamSid": "MZ-someone-else",
-                             "media": {"payload": base64.b64encode(b"\xff" * FRAME_BYTES).decode()}}),
-                 json.dumps({"event": "dtmf", "streamSid": call.stream_sid, "dtmf": {"digit": "Z"}}),
+    # Messages the carrier would never send: each is logged and skipped, and the call goes on.
+    malformed = ["{not json", json.dumps(call.event("telepathy")),
+                 json.dumps(call.event("media", media={"payload": "***"})),
+                 json.dumps(call.event("media", stream="someone-else",
+                                       media={"payload": base64.b64encode(b"\xff" * FRAME_BYTES).decode()})),
+                 json.dumps(call.event("dtmf", dtmf={"digit": "Z"})),
                  json.dumps({"event": "start"}), b"\x00\x01 binary"]
     for message in malformed:
         await call.send(message)
@@ -186,7 +203,7 @@ async def test_a_call_is_greeted_heard_answered_in_paced_frames_and_takes_keypad
     heard = [line.text for line in record.lines if line.speaker == "caller"]
     assert len(heard) == 1 and word_error_rate(SENTENCE, heard[0]) <= 0.25, heard
     assert record.skipped_messages == len(malformed)
-    # The echo, in whole 160-byte mu-law frames that decode to sound, and nothing Twilio would reject.
+    # The echo, in whole 160-byte mu-law frames that decode to sound, and nothing the carrier would reject.
     assert call.violations == []
     assert len(reply) >= 25 and all(len(frame.payload) == FRAME_BYTES for frame in reply)
     pcm = np.frombuffer(audioop.ulaw2lin(b"".join(f.payload for f in reply), 2), dtype="<i2") / 32768.0
@@ -226,7 +243,7 @@ async def test_a_call_is_greeted_heard_answered_in_paced_frames_and_takes_keypad
 
 async def test_barge_in_after_the_reply_was_made_clears_the_phone_and_cuts_the_turn_to_the_marks(
         server, llm_line):
-    call = SimulatedCall(server, llm_line.twilio)
+    call = simulated(server, llm_line)
     await call.dial()
     await call.press("3")
     pressed = time.monotonic()
@@ -271,7 +288,7 @@ async def test_barge_in_after_the_reply_was_made_clears_the_phone_and_cuts_the_t
 async def test_barge_in_during_generation_cancels_it_and_stop_frees_the_slot(server, services, llm_line, llm):
     llm.hold_at = len("Sure thing. I booked")  # the LLM stalls mid-reply: the response holds its slot
     try:
-        call = SimulatedCall(server, llm_line.twilio)
+        call = simulated(server, llm_line)
         await call.dial()
         await call.press("1")
         pressed = time.monotonic()
@@ -306,7 +323,7 @@ async def test_barge_in_during_generation_cancels_it_and_stop_frees_the_slot(ser
 async def test_a_dropped_socket_ends_the_call_and_frees_its_slot(server, services, llm_line, llm):
     llm.hold_at = len("Sure thing. I booked")
     try:
-        call = SimulatedCall(server, llm_line.twilio)
+        call = simulated(server, llm_line)
         await call.dial()
         await call.press("2")
         await call.wait_frames(1, timeout=60)
@@ -324,14 +341,14 @@ async def test_a_dropped_socket_ends_the_call_and_frees_its_slot(server, service
 
 async def test_at_capacity_the_caller_hears_the_busy_message_and_is_hung_up(server, services, echo_line):
     # The message was spoken at a webhook, while a slot was free; saying it needs none.
-    assert (await SimulatedCall(server, echo_line.twilio).post_webhook()).status_code == 200
+    assert (await simulated(server, echo_line).post_webhook()).status_code == 200
     assert echo_line.busy_message.ready
     message = resample(echo_line.busy_message.pcm, SAMPLE_RATE, 8000)
     sessions_before = services.metrics.sessions_total._value.get()
     async with contextlib.AsyncExitStack() as held:
         for n in range(services.engine.slots):
             await held.enter_async_context(services.engine.lease(f"test-{n}"))
-        call = SimulatedCall(server, echo_line.twilio)
+        call = simulated(server, echo_line)
         await call.dial()
         code = await call.wait_closed(timeout=60)
     await until(lambda: any(log.call_sid == call.call_sid for log in echo_line.finished))
@@ -349,20 +366,24 @@ async def test_at_capacity_the_caller_hears_the_busy_message_and_is_hung_up(serv
     await call.close()
 
 
-async def test_unsigned_forged_and_stray_requests_are_refused(server, services, echo_line):
-    call = SimulatedCall(server, echo_line.twilio)
-    validator = RequestValidator(AUTH_TOKEN)
-    assert (await call.post_webhook(signature="")).status_code == 403
-    forged = validator.compute_signature(echo_line.twilio.webhook_url, {**call.form, "From": "+19995550000"})
-    assert (await call.post_webhook(signature=forged)).status_code == 403
+async def test_unsigned_forged_and_stray_requests_are_refused(server, services, echo_line, carrier):
+    call = simulated(server, echo_line)
+    assert (await call.post_webhook(headers={})).status_code == 403
+    forged = call.webhook_headers({**call.form, "From": "+19995550000"})  # signed over other fields
+    assert (await call.post_webhook(headers=forged)).status_code == 403
 
     answer = await call.post_webhook()
     assert answer.status_code == 200
-    stream_url = ElementTree.fromstring(answer.text).find("./Connect/Stream").attrib["url"]
-    with pytest.raises(websockets.InvalidStatus) as unsigned:
-        await websockets.connect(call.local_stream_url(stream_url))
-    assert unsigned.value.response.status_code == 403
-    made_up = PUBLIC_URL.replace("https", "wss") + "/twilio/media/made-up-token"
+    stream = ElementTree.fromstring(answer.text).find("./Connect/Stream")
+    stream_url = stream.attrib["url"]
+    if carrier == "twilio":  # Twilio signs the media socket's upgrade too
+        with pytest.raises(websockets.InvalidStatus) as unsigned:
+            await websockets.connect(call.local_stream_url(stream_url))
+        assert unsigned.value.response.status_code == 403
+    else:  # Telnyx signs none: the stream is asked for two-way, in the coding the serializer speaks
+        assert {key: stream.attrib[key] for key in ("bidirectionalMode", "bidirectionalCodec", "codec")} == {
+            "bidirectionalMode": "rtp", "bidirectionalCodec": "PCMU", "codec": "PCMU"}
+    made_up = PUBLIC_URL.replace("https", "wss") + f"/{carrier}/media/made-up-token"
     with pytest.raises(websockets.InvalidStatus) as stranger:  # signed, but no call of ours
         await websockets.connect(call.local_stream_url(made_up), additional_headers=call.stream_signature(made_up))
     assert stranger.value.response.status_code == 403
@@ -371,7 +392,7 @@ async def test_unsigned_forged_and_stray_requests_are_refused(server, services, 
     sessions_before = services.metrics.sessions_total._value.get()
     call.stream_url = stream_url
     await call.connect(start=False)
-    await call.start(call_sid="CA-someone-else")
+    await call.start(call_sid="someone-else")
     assert await call.wait_closed() == 1008
     assert services.metrics.sessions_total._value.get() == sessions_before
     with pytest.raises(websockets.InvalidStatus):  # and its token is spent
@@ -390,14 +411,19 @@ async def test_serve_puts_the_phone_line_beside_the_keyed_api(services):
     add_phone_args(parser)
     with pytest.raises(ValueError, match="auth token"):
         phone_settings(parser.parse_args(["--twilio-public-url", PUBLIC_URL]))
+    with pytest.raises(ValueError, match="public key"):
+        phone_settings(parser.parse_args(["--telnyx-public-url", PUBLIC_URL]))
     phone = phone_settings(parser.parse_args(["--twilio-public-url", PUBLIC_URL, "--twilio-auth-token", AUTH_TOKEN,
-                                              "--phone-greeting", GREETING]))
+                                              "--telnyx-public-url", PUBLIC_URL, "--telnyx-public-key",
+                                              TELNYX_PUBLIC_KEY, "--phone-greeting", GREETING]))
+    assert [line.carrier for line in phone.lines] == ["Twilio", "Telnyx"]
     app = create_agent_app(services, api_key="sesame", phone=phone)
     with serve_app_in_background(app) as base:
-        call = SimulatedCall(base, phone.twilio)
-        await call.dial()
-        assert (await call.wait_frames(1))  # the greeting
-        await call.hang_up()
+        for line in phone.lines:  # both numbers on one server, each on its own paths
+            call = SimulatedCall(base, line, telnyx_key=TELNYX_KEY)
+            await call.dial()
+            assert (await call.wait_frames(1))  # the greeting
+            await call.hang_up()
         with pytest.raises(websockets.InvalidStatus) as refused:
             await websockets.connect(base.replace("http://", "ws://") + "/v1/realtime")
         assert refused.value.response.status_code == 403  # a WebSocket refused before its accept

@@ -1,5 +1,5 @@
 """The phone protocol layer: Twilio's Media Streams messages both ways, G.711 audio, the voice webhook and its
-signatures, the media socket's admission, and the pacer that frames and times reply audio.
+signatures, the media socket's admission, and the phone output (a paced sink) that frames and times reply audio.
 
 Message samples follow twilio.com/docs/voice/media-streams/websocket-messages (placeholder SIDs as there;
 audio payloads are real espeak-ng speech coded to mu-law by the standard library's G.711 coder). Signatures
@@ -18,7 +18,7 @@ import json
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
@@ -36,7 +36,8 @@ from starlette.websockets import WebSocket
 from twilio.request_validator import RequestValidator
 
 from higgs_agent.audio import resample
-from higgs_agent.transport.phone.pacer import AudioPacer
+from higgs_agent.agent.output import OutputClosed
+from higgs_agent.transport.phone.output import PhoneOutput
 from higgs_agent.transport.phone.serializer import (
     CallerAudio,
     CallStarted,
@@ -240,17 +241,21 @@ def test_webhook_signature_accepts_the_twilio_library_signature_and_refuses_tamp
     params = {"CallSid": CALL_SID, "AccountSid": ACCOUNT_SID, "From": "+14155550100", "To": "+14155550199"}
     signature = RequestValidator(AUTH_TOKEN).compute_signature(url, params)
     signatures = TwilioSignatures(AUTH_TOKEN)
-    assert signatures.webhook_valid(url, params, signature)
-    assert not signatures.webhook_valid(url, {**params, "From": "+14155550111"}, signature)
-    assert not signatures.webhook_valid(url.replace("lang=en", "lang=fr"), params, signature)
-    assert not signatures.webhook_valid(url, params, signature[:-2] + "AA")
-    assert not signatures.webhook_valid(url, params, None)
-    assert not TwilioSignatures("another-token").webhook_valid(url, params, signature)
+
+    def signed(value: str | None) -> dict[str, str]:
+        return {} if value is None else {"X-Twilio-Signature": value}
+
+    assert signatures.webhook_valid(url, params, signed(signature), b"")
+    assert not signatures.webhook_valid(url, {**params, "From": "+14155550111"}, signed(signature), b"")
+    assert not signatures.webhook_valid(url.replace("lang=en", "lang=fr"), params, signed(signature), b"")
+    assert not signatures.webhook_valid(url, params, signed(signature[:-2] + "AA"), b"")
+    assert not signatures.webhook_valid(url, params, signed(None), b"")
+    assert not TwilioSignatures("another-token").webhook_valid(url, params, signed(signature), b"")
 
     stream_url = "wss://agent.example.com/twilio/media/abc"
     upgrade = RequestValidator(AUTH_TOKEN).compute_signature(stream_url, {})
-    assert signatures.media_upgrade_valid(stream_url, upgrade)
-    assert not signatures.media_upgrade_valid(stream_url + "d", upgrade)
+    assert signatures.media_upgrade_valid(stream_url, signed(upgrade))
+    assert not signatures.media_upgrade_valid(stream_url + "d", signed(upgrade))
 
 
 def test_twiml_is_valid_xml_with_the_stream_url_and_parameters():
@@ -272,7 +277,7 @@ def test_twiml_is_valid_xml_with_the_stream_url_and_parameters():
 
 
 def test_settings_require_a_token_unless_told_otherwise():
-    with pytest.raises(ValueError, match="auth token"):
+    with pytest.raises(ValueError, match="Twilio's signing secret"):
         TwilioSettings(public_url=PUBLIC_URL)
     settings = TwilioSettings(public_url="https://example.com/agent/", allow_unsigned=True)
     assert settings.webhook_url == "https://example.com/agent/twilio/voice"
@@ -375,7 +380,7 @@ async def test_voice_webhook_and_media_socket_over_a_real_socket():
             await websockets.connect(stranger, additional_headers=stranger_signed)
 
 
-# -- the pacer ---------------------------------------------------------------------------------------------------
+# -- the phone output ----------------------------------------------------------------------------------------------
 
 class VirtualClock:
     """Virtual time: `sleep` waits until `advance` moves the clock past its deadline."""
@@ -411,8 +416,18 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+@contextlib.asynccontextmanager
+async def phone_output(send, **options) -> AsyncIterator[PhoneOutput]:  # noqa: ANN001
+    output = PhoneOutput(send, wire_rate=8000, **options)
+    output.start()
+    try:
+        yield output
+    finally:
+        await output.aclose()
+
+
 class TwilioWire:
-    """The pacer's send callable: each message encoded by a started Twilio serializer, stamped with a time."""
+    """The phone output's send callable: each message encoded by a started Twilio serializer, stamped with a time."""
 
     def __init__(self, clock) -> None:  # noqa: ANN001
         self.clock = clock
@@ -448,12 +463,12 @@ def resampled_length(audio: np.ndarray) -> int:
 async def test_reply_audio_goes_out_as_valid_160_byte_mu_law_frames(speech_24k):
     clock = VirtualClock()
     wire = TwilioWire(clock)
-    async with AudioPacer(wire.send, wire_rate=8000, lead_ms=160, clock=clock, sleep=clock.sleep) as pacer:
+    async with phone_output(wire.send, lead_ms=160, clock=clock, sleep=clock.sleep) as output:
         for chunk in chunks_of(speech_24k, [1917, 4800, 333, 7001]):  # odd sizes: part-frames carried over
-            pacer.push("reply-1", chunk)
-        pacer.finish("reply-1")
+            await output.push("reply-1", "reply-1", chunk)
+        await output.flush("reply-1")
         await clock.advance(len(speech_24k) / 24_000 + 1)
-        await pacer.wait_sent()
+        await output.wait_sent()
     frames = wire.frames()
     assert {len(frame) for frame in frames} == {FRAME_BYTES}
     expected = resample(speech_24k, 24_000, 8_000)
@@ -467,14 +482,14 @@ async def test_frames_go_out_at_real_time_a_lead_ahead(speech_24k):
     clock = VirtualClock()
     wire = TwilioWire(clock)
     lead_ms = 160
-    async with AudioPacer(wire.send, wire_rate=8000, lead_ms=lead_ms, clock=clock, sleep=clock.sleep) as pacer:
+    async with phone_output(wire.send, lead_ms=lead_ms, clock=clock, sleep=clock.sleep) as output:
         for chunk in chunks_of(speech_24k, [2400]):
-            pacer.push("reply-1", chunk)
-        pacer.finish("reply-1")
+            await output.push("reply-1", "reply-1", chunk)
+        await output.flush("reply-1")
         await clock.advance(0.5)
         sent_by_half_second = len(wire.frames())
         await clock.advance(len(speech_24k) / 24_000)
-        await pacer.wait_sent()
+        await output.wait_sent()
     times = [t for t, message, _ in wire.sent if isinstance(message, OutgoingAudio)]
     # Frame k plays from k*20 ms; it leaves when less than the lead is left to play: never the whole reply.
     assert times == pytest.approx([max(0.0, 0.020 * k - lead_ms / 1000) for k in range(len(times))], abs=1e-6)
@@ -485,13 +500,13 @@ async def test_a_dry_carrier_restarts_with_a_fresh_lead():
     clock = VirtualClock()
     wire = TwilioWire(clock)
     tone = (0.3 * np.sin(np.arange(24_000) * 2 * np.pi * 300 / 24_000)).astype(np.float32)
-    async with AudioPacer(wire.send, wire_rate=8000, lead_ms=100, clock=clock, sleep=clock.sleep) as pacer:
-        pacer.push("reply-1", tone[:4800])  # 200 ms, then the engine is late by a second
+    async with phone_output(wire.send, lead_ms=100, clock=clock, sleep=clock.sleep) as output:
+        await output.push("reply-1", "reply-1", tone[:4800])  # 200 ms, then the engine is late by a second
         await clock.advance(1.2)
-        pacer.push("reply-1", tone[4800:9600])
-        pacer.finish("reply-1")
+        await output.push("reply-1", "reply-1", tone[4800:9600])
+        await output.flush("reply-1")
         await clock.advance(1.0)
-        await pacer.wait_sent()
+        await output.wait_sent()
     late = [t for t, message, _ in wire.sent if isinstance(message, OutgoingAudio) and t >= 1.2]
     assert late[:6] == pytest.approx([1.2] * 6, abs=1e-6)  # 100 ms lead + the frame playing now, at once
     assert late[6] == pytest.approx(1.22, abs=1e-6)
@@ -500,13 +515,14 @@ async def test_a_dry_carrier_restarts_with_a_fresh_lead():
 async def test_a_mark_follows_each_chunk_and_its_echo_says_what_was_heard(speech_24k):
     clock = VirtualClock()
     wire = TwilioWire(clock)
-    async with AudioPacer(wire.send, wire_rate=8000, clock=clock, sleep=clock.sleep) as pacer:
+    total_ms = resampled_length(speech_24k) / 8  # the reply at 8 kHz, in ms
+    async with phone_output(wire.send, clock=clock, sleep=clock.sleep) as output:
         chunks = list(chunks_of(speech_24k, [3600]))
         for chunk in chunks:
-            pacer.push("reply-1", chunk)
-        pacer.finish("reply-1")
+            await output.push("reply-1", "reply-1", chunk)
+        await output.flush("reply-1")
         await clock.advance(len(speech_24k) / 24_000 + 1)
-        await pacer.wait_sent()
+        await output.wait_sent()
         playbacks = []
         frames_before = 0
         for _, message, wire_message in wire.sent:  # Twilio echoes each mark once what precedes it played
@@ -514,51 +530,52 @@ async def test_a_mark_follows_each_chunk_and_its_echo_says_what_was_heard(speech
                 frames_before += 1
                 continue
             (echo,) = wire.serializer.parse(json.dumps({**MARK, "mark": wire_message["mark"]}))
-            playback = pacer.mark_echoed(echo.name)
-            assert playback.reply_id == "reply-1" and playback.played_ms == 20 * frames_before
+            playback = output.mark_echoed(echo.name)
+            assert playback.item_id == "reply-1"
+            assert playback.position_ms == pytest.approx(min(20 * frames_before, total_ms))  # the pad is not speech
             playbacks.append(playback)
-        assert pacer.mark_echoed("not-ours") is None
+        assert output.mark_echoed("not-ours") is None
     assert len(playbacks) >= len(chunks) - 1  # one per chunk that completed a frame, plus the final one
     assert [p.final for p in playbacks] == [False] * (len(playbacks) - 1) + [True]
-    assert playbacks[-1].played_ms == 20 * len(wire.frames())
+    assert playbacks[-1].position_ms == pytest.approx(total_ms)
     assert wire.kinds()[-1] == "mark"
-    assert pacer.playback("reply-1").played_ms == playbacks[-1].played_ms
+    assert output.heard_ms("reply-1") == playbacks[-1].position_ms
 
 
 async def test_clear_drops_unsent_audio_and_reports_what_got_out(speech_24k):
     clock = VirtualClock()
     wire = TwilioWire(clock)
-    async with AudioPacer(wire.send, wire_rate=8000, lead_ms=160, clock=clock, sleep=clock.sleep) as pacer:
+    async with phone_output(wire.send, lead_ms=160, clock=clock, sleep=clock.sleep) as output:
         for chunk in chunks_of(speech_24k, [2400]):
-            pacer.push("reply-1", chunk)
-        pacer.finish("reply-1")
-        queued_ms = pacer.queued_ms
+            await output.push("reply-1", "reply-1", chunk)
+        await output.flush("reply-1")
+        queued_ms = output.queued_ms
         await clock.advance(0.3)
         first_mark = wire.marks()[0]
-        heard = pacer.mark_echoed(first_mark)
-        dropped_ms = pacer.clear_nowait()
-        cut = pacer.playback("reply-1")
-        await pacer.wait_sent()
+        heard = output.mark_echoed(first_mark)
+        unheard = output.discard_audio("reply-1")  # barge-in
+        cut = output.playback("reply-1")
+        await output.wait_sent()
 
         sent_frames = len(wire.frames())
         assert sent_frames == (300 + 160) // 20 + 1
         assert wire.kinds()[-1] == "clear"
         assert cut.sent_ms == 20 * sent_frames
-        assert cut.played_ms == heard.played_ms
-        assert cut.estimated_played_ms == 300  # sent, less the 180 ms the carrier still held
-        assert dropped_ms == queued_ms - 20 * sent_frames
+        assert cut.confirmed_ms == heard.position_ms == output.heard_ms("reply-1")
+        assert cut.estimated_ms == pytest.approx(300)  # sent, less the 180 ms the carrier still held
+        assert unheard == round((queued_ms - heard.position_ms) * 24)  # unsent, and sent but not confirmed
 
         count = len(wire.sent)
         await clock.advance(2.0)
         assert len(wire.sent) == count  # nothing queued before the clear ever goes out
-        assert pacer.mark_echoed(wire.marks()[-1]) is None  # flushed by the clear, not played
-        assert pacer.playback("reply-1").estimated_played_ms == 300
-        assert not pacer.push("reply-1", speech_24k[:2400])  # late audio of the cut reply is refused
+        assert output.mark_echoed(wire.marks()[-1]) is None  # flushed by the clear, not played
+        assert output.playback("reply-1").estimated_ms == pytest.approx(300)
+        assert not await output.push("reply-1", "reply-1", speech_24k[:2400])  # late audio of the cut reply is refused
 
-        pacer.push("reply-2", speech_24k[:4800])
-        pacer.finish("reply-2")
+        await output.push("reply-2", "reply-2", speech_24k[:4800])
+        await output.flush("reply-2")
         await clock.advance(1.0)
-        await pacer.wait_sent()
+        await output.wait_sent()
     after = [t for t, message, _ in wire.sent[count:] if isinstance(message, OutgoingAudio)]
     assert len(after) == 10 and after[0] == pytest.approx(2.3, abs=1e-6)
 
@@ -566,20 +583,21 @@ async def test_clear_drops_unsent_audio_and_reports_what_got_out(speech_24k):
 async def test_a_clear_from_sync_code_overtakes_audio_queued_after_it(speech_24k):
     clock = VirtualClock()
     wire = TwilioWire(clock)
-    async with AudioPacer(wire.send, wire_rate=8000, lead_ms=100, clock=clock, sleep=clock.sleep) as pacer:
+    async with phone_output(wire.send, lead_ms=100, clock=clock, sleep=clock.sleep) as output:
         for chunk in chunks_of(speech_24k, [4800]):
-            pacer.push("reply-1", chunk)
+            await output.push("reply-1", "reply-1", chunk)
         await clock.advance(0.1)
         before = len(wire.sent)
-        pacer.clear_nowait()  # what a session's synchronous discard path calls
-        pacer.push("reply-2", speech_24k[:2400])  # the next reply arrives in the same tick
-        pacer.finish("reply-2")
+        output.discard_audio("reply-1")  # the session's barge-in: synchronous
+        await output.push("reply-2", "reply-2", speech_24k[:2400])  # the next reply arrives in the same tick
+        await output.flush("reply-2")
         await clock.advance(1.0)
-        await pacer.wait_sent()
+        await output.wait_sent()
     after = wire.sent[before:]
     assert isinstance(after[0][1], ClearAudio)
     assert {message.samples.shape for _, message, _ in after[1:] if isinstance(message, OutgoingAudio)} == {(160,)}
-    assert pacer.playback("reply-1").sent_ms == 20 * sum(isinstance(m, OutgoingAudio) for _, m, _ in wire.sent[:before])
+    sent_before = sum(isinstance(m, OutgoingAudio) for _, m, _ in wire.sent[:before])
+    assert output.playback("reply-1").sent_ms == 20 * sent_before
     assert all(wire_message.get("mark", {}).get("name", "reply-2").startswith("reply-2")
                for _, _, wire_message in after[1:])
 
@@ -595,46 +613,46 @@ async def test_a_clear_waits_for_the_frame_being_sent_and_counts_it():
         await wire.send(message)
 
     tone = (0.3 * np.sin(np.arange(24_000) * 2 * np.pi * 300 / 24_000)).astype(np.float32)
-    async with AudioPacer(slow_fifth_frame, wire_rate=8000, lead_ms=200, clock=clock, sleep=clock.sleep) as pacer:
-        pacer.push("reply-1", tone)
-        pacer.finish("reply-1")
+    async with phone_output(slow_fifth_frame, lead_ms=200, clock=clock, sleep=clock.sleep) as output:
+        await output.push("reply-1", "reply-1", tone)
+        await output.flush("reply-1")
         await clock.advance(0)
         assert len(wire.frames()) == 5  # the sixth is on its way
-        dropped_ms = pacer.clear_nowait()
-        clearing = asyncio.ensure_future(pacer.wait_sent())
+        unheard = output.discard_audio("reply-1")
+        clearing = asyncio.ensure_future(output.wait_sent())
         await settle()
         assert not clearing.done() and "clear" not in wire.kinds()
         release.set()
         await clearing
-        sent_ms = pacer.playback("reply-1").sent_ms
+        sent_ms = output.playback("reply-1").sent_ms
     assert wire.kinds() == ["media"] * 6 + ["clear"]
-    assert sent_ms == 120 and dropped_ms == 1000 - 120
+    assert sent_ms == 120 and unheard == 24_000  # sent or not, none of it confirmed heard
 
 
-async def test_pacer_holds_real_time_on_the_real_clock(speech_24k):
+async def test_the_phone_output_holds_real_time_on_the_real_clock(speech_24k):
     wire = TwilioWire(time.monotonic)
     audio = speech_24k[:12_000]  # 500 ms
-    async with AudioPacer(wire.send, wire_rate=8000, lead_ms=100) as pacer:
+    async with phone_output(wire.send, lead_ms=100) as output:
         started = time.monotonic()
         for chunk in chunks_of(audio, [2400]):
-            pacer.push("reply-1", chunk)
-        pacer.finish("reply-1")
-        await pacer.wait_sent()
+            await output.push("reply-1", "reply-1", chunk)
+        await output.flush("reply-1")
+        await output.wait_sent()
         elapsed = time.monotonic() - started
     assert len(wire.frames()) == 25
     assert elapsed >= 0.500 - 0.100 - 0.020 - 0.005  # paced: the last frame waits for its turn
 
 
-async def test_a_failed_send_stops_the_pacer_instead_of_hanging():
+async def test_a_failed_send_stops_the_phone_output_instead_of_hanging():
     async def closed_socket(message) -> None:  # noqa: ANN001
         raise ConnectionError("socket closed")
 
-    async with AudioPacer(closed_socket, wire_rate=8000) as pacer:
-        pacer.push("reply-1", np.zeros(4800, dtype=np.float32))
-        with pytest.raises(RuntimeError, match="socket closed"):
-            await asyncio.wait_for(pacer.wait_sent(), 5)
-        with pytest.raises(RuntimeError):
-            pacer.push("reply-1", np.zeros(4800, dtype=np.float32))
+    async with phone_output(closed_socket) as output:
+        await output.push("reply-1", "reply-1", np.zeros(4800, dtype=np.float32))
+        with pytest.raises(OutputClosed, match="socket closed"):
+            await asyncio.wait_for(output.wait_sent(), 5)
+        with pytest.raises(OutputClosed):
+            await output.push("reply-1", "reply-1", np.zeros(4800, dtype=np.float32))
 
 
 @settings(max_examples=25, deadline=None)
@@ -646,12 +664,12 @@ def test_framing_does_not_depend_on_how_the_reply_is_chunked(sizes, seconds):
     async def frames() -> list[bytes]:
         clock = VirtualClock()
         wire = TwilioWire(clock)
-        async with AudioPacer(wire.send, wire_rate=8000, clock=clock, sleep=clock.sleep) as pacer:
+        async with phone_output(wire.send, clock=clock, sleep=clock.sleep) as output:
             for chunk in chunks_of(audio, sizes):
-                pacer.push("reply", chunk)
-            pacer.finish("reply")
+                await output.push("reply", "reply", chunk)
+            await output.flush("reply")
             await clock.advance(seconds + 1)
-            await pacer.wait_sent()
+            await output.wait_sent()
         assert wire.kinds()[-1] == "mark" and "clear" not in wire.kinds()
         return wire.frames()
 

@@ -36,6 +36,9 @@ class FakeOutput:
         self.samples += len(samples)
         await asyncio.sleep(0)
 
+    async def flush_audio(self, response_id: str) -> None:
+        pass
+
     def discard_audio(self, item_id: str) -> int:
         return 0
 
@@ -386,7 +389,7 @@ async def test_a_closed_session_and_its_audio_are_freed_without_the_cycle_collec
 
 
 async def test_a_closed_session_lets_go_of_its_audio_whatever_still_refers_to_it(make_session):
-    """Transports keep a closed session for a while (aiortc's handlers, a carrier's pacer): its audio must not
+    """Transports keep a closed session for a while (aiortc's handlers, a carrier's paced output): its audio must not
     wait for them."""
     from speech import pad, synthesize
 

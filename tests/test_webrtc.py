@@ -39,6 +39,7 @@ from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.transport.auth import Authenticator
 from higgs_agent.transport.webrtc import WebRTCSettings, add_webrtc_args, webrtc_settings
 from higgs_agent.transport.webrtc.client_secrets import ClientSecrets
+from higgs_agent.transport.webrtc.output import CallOutput
 from higgs_agent.transport.webrtc.tracks import ReplyAudioTrack, frame_to_mono
 
 pytestmark = pytest.mark.timeout(180)
@@ -256,32 +257,51 @@ async def typed_turn(send: Callable[[dict], Any], text: str) -> None:  # noqa: A
 # --- the reply's track on its own -----------------------------------------------------------------------
 
 
-async def test_the_reply_track_counts_as_heard_only_what_it_handed_to_the_encoder():
-    playback: list[tuple[str, str]] = []
-    track = ReplyAudioTrack(lambda what, response_id: playback.append((what, response_id)))
+class PlaybackListener:
+    """A sideband listener that keeps the call's playback events."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def offer(self, text: str) -> None:
+        event = json.loads(text)
+        if event["type"].startswith("output_audio_buffer."):
+            self.events.append((event["type"].rsplit(".", 1)[1], event["response_id"]))
+
+    def call_ended(self, reason: str) -> None:
+        pass
+
+
+async def test_the_reply_track_plays_the_calls_audio_sink_and_counts_only_what_it_handed_to_the_encoder():
+    output = CallOutput(lambda reason: None)
+    listener = PlaybackListener()
+    output.add_listener(listener)
+    track = ReplyAudioTrack(output)
     tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)  # 1 s
-    assert await track.push("resp_1", "item_1", tone)
+    assert await output.push("resp_1", "item_1", tone)
     frames = [await track.recv() for _ in range(10)]
-    assert playback == [("started", "resp_1")]
-    assert track.heard_ms("item_1") == 200.0  # ten 20 ms frames went to the encoder: that much was sent
+    assert listener.events == [("started", "resp_1")]
+    assert output.playback("item_1").sent_ms == 200.0  # ten 20 ms frames went to the encoder: that much left
+    assert 160.0 <= output.heard_ms("item_1") <= 200.0  # ... and plays at real time from then on (a frame or so)
     assert [(f.sample_rate, f.samples, f.pts) for f in frames] == [(RATE, FRAME, n * FRAME) for n in range(10)]
     sent = np.concatenate([frame_to_mono(f) for f in frames])
     assert snr_db(resample(tone, SAMPLE_RATE, RATE)[:len(sent)], sent) >= 40  # the reply, resampled as one stream
 
     # A barge-in drops the rest (less the few ms inside the resampler's filter) and refuses what still comes.
-    assert SAMPLE_RATE - 4800 - SAMPLE_RATE // 20 <= track.discard("item_1") <= SAMPLE_RATE - 4800
-    assert playback[-1] == ("cleared", "resp_1")
-    assert not await track.push("resp_1", "item_1", tone)
+    heard = output.heard_ms("item_1")
+    assert SAMPLE_RATE - 4800 - SAMPLE_RATE // 20 <= output.discard_audio("item_1") <= SAMPLE_RATE - 4800
+    assert listener.events[-1] == ("cleared", "resp_1")
+    assert not await output.push("resp_1", "item_1", tone)
     assert not frame_to_mono(await track.recv()).any()  # silence: nothing is queued
-    assert track.heard_ms("item_1") == 200.0
+    assert output.heard_ms("item_1") <= max(heard, 200.0)  # nothing more of it plays after the barge-in
 
     # A response that ends: its last part-frame goes out padded, `stopped` once all of it has been sent.
-    assert await track.push("resp_2", "item_2", tone[:1000])  # 41.7 ms: two frames and a part
-    track.finish("resp_2")
+    assert await output.push("resp_2", "item_2", tone[:1000])  # 41.7 ms: two frames and a part
+    await output.flush_audio("resp_2")
     for _ in range(3):
         await track.recv()
-    assert playback[-2:] == [("started", "resp_2"), ("stopped", "resp_2")]
-    assert track.heard_ms("item_2") == pytest.approx(1000 / SAMPLE_RATE * 1000, abs=0.1)
+    assert listener.events[-2:] == [("started", "resp_2"), ("stopped", "resp_2")]
+    assert output.playback("item_2").sent_ms == pytest.approx(1000 / SAMPLE_RATE * 1000, abs=0.1)
     track.stop()
     with pytest.raises(MediaStreamError):
         await track.recv()

@@ -14,14 +14,18 @@ class OutputClosed(Exception):
 
 
 class SessionOutput(Protocol):
-    """What a transport gives a session: events out, reply audio out, a way to drop reply audio it holds but
-    has not yet sent (barge-in), and what the listener has heard. Sends raise OutputClosed once the client
-    cannot be reached."""
+    """What a transport gives a session: events out, reply audio out, the end of a response's audio, a way to
+    drop reply audio the listener has not yet heard (barge-in), and what the listener has heard. Sends raise
+    OutputClosed once the client cannot be reached. Transports implement the audio half with a
+    `ReplyAudioSink` (transport/audio_sink.py)."""
 
     async def send_event(self, event: se.ServerEvent) -> None: ...
 
     async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
         """float32 mono 24 kHz; the transport encodes it for its wire."""
+
+    async def flush_audio(self, response_id: str) -> None:
+        """The response sends no more audio: what is held back for a whole frame goes out."""
 
     def discard_audio(self, item_id: str) -> int:
         """Drop queued, unsent audio of an item; return the samples (24 kHz) dropped."""

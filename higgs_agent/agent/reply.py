@@ -241,6 +241,7 @@ class ReplyRun:
             await self._fail("internal_error", f"the response failed: {exc!r}")
         with contextlib.suppress(OutputClosed):
             await self._finish()
+            await self.output.flush_audio(self.id)  # after response.done: playback stops after it
 
     def _stalled(self, exc: StageTimeout) -> None:
         if self.on_stall is not None:

@@ -133,8 +133,8 @@ class Session:
         # and its audio (two minutes of input tape, the caller's gathered speech) wait for the cycle collector,
         # whose full passes are rare in a big process: the soak's memory creep (#20). Let go of them here.
         self._worker = self._listing = self._recloning = self._digit_timer = None
-        # And whatever still refers to the session (a transport's own cycles: aiortc's event handlers, a
-        # carrier's pacer), its audio goes now.
+        # And whatever still refers to the session (a transport's own cycles: aiortc's event handlers,
+        # a carrier's paced output), its audio goes now.
         self.input.release()
         self.caller_voice = CallerVoice()
         self.caller_reference = None

@@ -95,13 +95,13 @@ def run_phone_bench(args: argparse.Namespace) -> dict:
         url = base.replace("http://", "ws://") + "/v1/realtime"
         for turn in range(args.turns):
             note(f"turn {turn + 1}/{args.turns}: phone, websocket, greeting ...")
-            felt, call_sid, rejected = asyncio.run(phone_turn(base, plain.twilio, speech))
+            felt, call_sid, rejected = asyncio.run(phone_turn(base, plain.line, speech))
             phone_ms.append(felt)
             call_sids.append(call_sid)
             violations += rejected
             websocket.append(asyncio.run(talk(url, speech, SAMPLE_RATE, realtime_pace=True, chunk_ms=20,
                                               timeout_s=300)))
-            greeting_ms.append(asyncio.run(greeting_call(base, greeting.twilio)))
+            greeting_ms.append(asyncio.run(greeting_call(base, greeting.line)))
     records = [log for log in plain.finished if log.call_sid in call_sids]
     phone_turns = [t for log in records for t in log.turns if t.first_frame_ms is not None]
     ws_ms = [r.first_audio_after_ms for r in websocket if r.first_audio_after_ms is not None]

@@ -1,15 +1,16 @@
-"""Twilio's side of a phone call, simulated over real sockets: for tests, benchmarks, and trying a phone line
-without a Twilio account.
+"""A carrier's side of a phone call (Twilio or Telnyx), simulated over real sockets: for tests, benchmarks, and
+trying a phone line without an account.
 
-`SimulatedCall.dial()` POSTs the voice webhook signed as Twilio signs it (the `twilio` package's
-RequestValidator), reads the TwiML answer, and opens the media WebSocket at the path of the `<Stream url>` it
-names, with Twilio's upgrade signature over that URL. Then, as Twilio: `connected`, `start` (the TwiML's
-`<Parameter>`s as customParameters), and one `media` message every 20 ms at real time for the rest of the
-call (what `say()` queued, else silence), with increasing sequenceNumber / chunk / timestamp strings. The
-agent's audio is played by the call's own clock: each frame from when it arrived or when the one before it
-ends; each `mark` is echoed once everything received before it has played; a `clear` drops what has not
-played and echoes every pending mark at once. Anything the agent sends that Twilio would reject (other
-fields, another streamSid, frames that are not 160 bytes, unknown events, binary frames) goes to
+`SimulatedCall.dial()` POSTs the voice webhook signed as the carrier signs it (Twilio: the `twilio` package's
+RequestValidator; Telnyx: Ed25519 over `timestamp|body` with `telnyx_key`), reads the TwiML/TeXML answer, and
+opens the media WebSocket at the path of the `<Stream url>` it names (with Twilio's upgrade signature over
+that URL; Telnyx signs no upgrade). Then, as the carrier: `connected`, `start` (the `<Parameter>`s as custom
+parameters), and one `media` message every 20 ms at real time for the rest of the call (what `say()` queued,
+else silence), with increasing sequence / chunk / timestamp strings, in the carrier's own field names
+(`_Dialect`). The agent's audio is played by the call's own clock: each frame from when it arrived or when the
+one before it ends; each `mark` is echoed once everything received before it has played; a `clear` drops what
+has not played and echoes every pending mark at once. Anything the agent sends that the carrier would reject
+(other fields, another stream, frames that are not 160 bytes, unknown events, binary frames) goes to
 `violations`.
 """
 
@@ -25,25 +26,105 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import urlencode, urlsplit
 from xml.etree import ElementTree
 
 import httpx
 import numpy as np
 import websockets
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twilio.request_validator import SIGNATURE_HEADER, RequestValidator
 
 from higgs_agent.audio import resample
 from higgs_agent.audio_formats import PCMU, decode_audio, encode_audio
-from higgs_agent.transport.phone.twiml import TwilioSettings
+from higgs_agent.transport.phone.telnyx import SIGNATURE_HEADER as TELNYX_SIGNATURE
+from higgs_agent.transport.phone.telnyx import TIMESTAMP_HEADER, TelnyxSettings
+from higgs_agent.transport.phone.twiml import LineSettings, TwilioSettings
 
 FRAME_S = 0.020
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 SILENCE = b"\xff" * FRAME_BYTES  # mu-law's code for 0
-# What Twilio accepts from us, field for field (it rejects anything more: errors 31950/31951).
-OUTBOUND_FIELDS = {"media": {"event", "streamSid", "media"}, "mark": {"event", "streamSid", "mark"},
-                   "clear": {"event", "streamSid"}}
 OUTBOUND_INNER = {"media": {"payload"}, "mark": {"name"}}
+
+
+class _Dialect:
+    """How one carrier words its side of the call."""
+
+    stream_key: str | None  # the outbound messages' stream field (None: they carry none)
+
+    def outbound_fields(self, event: str) -> set[str]:
+        """Exactly the fields the carrier accepts in our messages (Twilio rejects more: errors 31950/31951)."""
+        base = {"event", self.stream_key} if self.stream_key else {"event"}
+        return base | ({event} if event in OUTBOUND_INNER else set())
+
+    def event(self, call: SimulatedCall, event: str, stream: str | None = None, **fields: Any) -> dict:
+        raise NotImplementedError
+
+    def start(self, call: SimulatedCall, call_sid: str) -> dict:
+        raise NotImplementedError
+
+    def media(self, call: SimulatedCall, index: int, payload: bytes) -> dict:
+        return self.event(call, "media", media={"track": "inbound", "chunk": str(index + 1),
+                                                "timestamp": str(round(index * FRAME_S * 1000)),
+                                                "payload": base64.b64encode(payload).decode("ascii")})
+
+    def webhook_headers(self, call: SimulatedCall, form: dict[str, str], body: bytes) -> dict[str, str]:
+        return {}
+
+    def stream_headers(self, call: SimulatedCall, stream_url: str) -> dict[str, str]:
+        return {}
+
+
+class _Twilio(_Dialect):
+    stream_key = "streamSid"
+
+    def __init__(self, settings: TwilioSettings) -> None:
+        self._validator = RequestValidator(settings.auth_token) if settings.auth_token else None
+
+    def event(self, call: SimulatedCall, event: str, stream: str | None = None, **fields: Any) -> dict:
+        return {"event": event, "sequenceNumber": call.next_sequence(), "streamSid": stream or call.stream_sid,
+                **fields}
+
+    def start(self, call: SimulatedCall, call_sid: str) -> dict:
+        return self.event(call, "start", start={
+            "accountSid": call.account_sid, "streamSid": call.stream_sid, "callSid": call_sid, "tracks": ["inbound"],
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            "customParameters": call.parameters})
+
+    def webhook_headers(self, call: SimulatedCall, form: dict[str, str], body: bytes) -> dict[str, str]:
+        if self._validator is None:
+            return {}
+        return {SIGNATURE_HEADER: self._validator.compute_signature(call.settings.webhook_url, form)}
+
+    def stream_headers(self, call: SimulatedCall, stream_url: str) -> dict[str, str]:
+        if self._validator is None:
+            return {}
+        return {SIGNATURE_HEADER: self._validator.compute_signature(stream_url, {})}
+
+
+class _Telnyx(_Dialect):
+    stream_key = None  # Telnyx's outbound media, mark and clear name no stream
+
+    def __init__(self, key: Ed25519PrivateKey | None) -> None:
+        self._key = key
+
+    def event(self, call: SimulatedCall, event: str, stream: str | None = None, **fields: Any) -> dict:
+        return {"event": event, "sequence_number": call.next_sequence(), "stream_id": stream or call.stream_sid,
+                **fields}
+
+    def start(self, call: SimulatedCall, call_sid: str) -> dict:
+        return self.event(call, "start", start={
+            "user_id": call.account_sid, "call_control_id": call_sid, "from": call.form["From"],
+            "to": call.form["To"], "custom_parameters": call.parameters,
+            "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}})
+
+    def webhook_headers(self, call: SimulatedCall, form: dict[str, str], body: bytes) -> dict[str, str]:
+        if self._key is None:
+            return {}
+        timestamp = str(int(time.time()))
+        signature = self._key.sign(timestamp.encode() + b"|" + body)
+        return {TELNYX_SIGNATURE: base64.b64encode(signature).decode("ascii"), TIMESTAMP_HEADER: timestamp}
 
 
 class CallRefusedError(RuntimeError):
@@ -78,16 +159,27 @@ class _Speech:
 
 
 class SimulatedCall:
-    def __init__(self, base_url: str, settings: TwilioSettings, *, call_sid: str | None = None,
-                 account_sid: str | None = None, caller: str = "+14155550100", called: str = "+14155550199") -> None:
+    """`settings`: the server's line (its class says the carrier); `telnyx_key` signs a Telnyx line's webhooks
+    (the private half of its `public_key`)."""
+
+    def __init__(self, base_url: str, settings: LineSettings, *, call_sid: str | None = None,
+                 account_sid: str | None = None, caller: str = "+14155550100", called: str = "+14155550199",
+                 telnyx_key: Ed25519PrivateKey | None = None) -> None:
         self.base_url = base_url.rstrip("/")  # where the server really listens (http://127.0.0.1:PORT)
-        self.settings = settings  # the server's: its public URLs are what Twilio signs
-        self.call_sid = call_sid or "CA" + secrets.token_hex(16)
-        self.account_sid = account_sid or "AC" + secrets.token_hex(16)
-        self.stream_sid = "MZ" + secrets.token_hex(16)
+        self.settings = settings  # the server's: its public URLs are what the carrier signs
+        if isinstance(settings, TelnyxSettings):
+            self.dialect: _Dialect = _Telnyx(telnyx_key)
+            self.call_sid = call_sid or "v3:" + secrets.token_urlsafe(24)
+            self.account_sid = account_sid or secrets.token_hex(16)
+            self.stream_sid = secrets.token_hex(16)
+        else:
+            assert isinstance(settings, TwilioSettings), f"no simulator for {type(settings).__name__}"
+            self.dialect = _Twilio(settings)
+            self.call_sid = call_sid or "CA" + secrets.token_hex(16)
+            self.account_sid = account_sid or "AC" + secrets.token_hex(16)
+            self.stream_sid = "MZ" + secrets.token_hex(16)
         self.form = {"CallSid": self.call_sid, "AccountSid": self.account_sid, "From": caller, "To": called,
                      "CallStatus": "ringing", "Direction": "inbound"}
-        self._validator = RequestValidator(settings.auth_token) if settings.auth_token else None
         self.stream_url: str | None = None
         self.parameters: dict[str, str] = {}
         self.frames: list[ReceivedFrame] = []
@@ -107,14 +199,19 @@ class SimulatedCall:
 
     # -- the webhook -------------------------------------------------------------------------------------------
 
-    async def post_webhook(self, signature: str | None = None, form: dict[str, str] | None = None) -> httpx.Response:
-        """POST the voice webhook, signed over the public URL and `form` unless `signature` is given."""
+    def webhook_headers(self, form: dict[str, str] | None = None) -> dict[str, str]:
+        """The carrier's signature headers over `form` (default: the call's)."""
         form = self.form if form is None else form
-        if signature is None and self._validator is not None:
-            signature = self._validator.compute_signature(self.settings.webhook_url, form)
-        headers = {SIGNATURE_HEADER: signature} if signature else {}
+        return self.dialect.webhook_headers(self, form, urlencode(form).encode())
+
+    async def post_webhook(self, headers: dict[str, str] | None = None,
+                           form: dict[str, str] | None = None) -> httpx.Response:
+        """POST the voice webhook (form-encoded), signed over `form` unless `headers` are given."""
+        form = self.form if form is None else form
+        headers = self.webhook_headers(form) if headers is None else headers
         async with httpx.AsyncClient(base_url=self.base_url, timeout=60) as client:
-            return await client.post(self.settings.voice_path, data=form, headers=headers)
+            return await client.post(self.settings.voice_path, content=urlencode(form).encode(),
+                                     headers={"content-type": "application/x-www-form-urlencoded", **headers})
 
     async def dial(self) -> None:
         """Ring the number (the webhook), then open the stream its TwiML names and start the call."""
@@ -134,26 +231,20 @@ class SimulatedCall:
         return self.base_url.replace("http://", "ws://").replace("https://", "wss://") + path
 
     def stream_signature(self, stream_url: str | None = None) -> dict[str, str]:
-        if self._validator is None:
-            return {}
-        return {SIGNATURE_HEADER: self._validator.compute_signature(stream_url or self.stream_url or "", {})}
+        return self.dialect.stream_headers(self, stream_url or self.stream_url or "")
 
     async def connect(self, start: bool = True) -> None:
         """Open the media WebSocket (signed) and, with `start`, send `connected` and `start`."""
         self._socket = await websockets.connect(self.local_stream_url(), additional_headers=self.stream_signature())
-        self._tasks.append(asyncio.create_task(self._listen(), name="twilio-sim-listen"))
+        self._tasks.append(asyncio.create_task(self._listen(), name="phone-sim-listen"))
         await self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         if start:
             await self.start()
 
     async def start(self, call_sid: str | None = None) -> None:
-        await self.send({"event": "start", "sequenceNumber": self._next(), "streamSid": self.stream_sid,
-                         "start": {"accountSid": self.account_sid, "streamSid": self.stream_sid,
-                                   "callSid": call_sid or self.call_sid, "tracks": ["inbound"],
-                                   "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                                   "customParameters": self.parameters}})
+        await self.send(self.dialect.start(self, call_sid or self.call_sid))
         self.started_at = time.monotonic()
-        self._tasks.append(asyncio.create_task(self._microphone(), name="twilio-sim-microphone"))
+        self._tasks.append(asyncio.create_task(self._microphone(), name="phone-sim-microphone"))
 
     # -- the caller --------------------------------------------------------------------------------------------
 
@@ -167,8 +258,12 @@ class SimulatedCall:
         return await speech.sent
 
     async def press(self, digit: str) -> None:
-        await self.send({"event": "dtmf", "streamSid": self.stream_sid, "sequenceNumber": self._next(),
-                         "dtmf": {"track": "inbound_track", "digit": digit}})
+        await self.send(self.event("dtmf", dtmf={"digit": digit}))
+
+    def event(self, event: str, stream: str | None = None, **fields: Any) -> dict:
+        """A message as the carrier words it (its stream field, its sequence numbers), for this call's stream
+        unless `stream` names another."""
+        return self.dialect.event(self, event, stream, **fields)
 
     async def send(self, message: dict | str | bytes) -> None:
         """Any message as it is (dicts as JSON text)."""
@@ -179,8 +274,7 @@ class SimulatedCall:
     async def hang_up(self) -> None:
         """The caller hangs up: `stop`, then Twilio closes the socket."""
         with contextlib.suppress(websockets.ConnectionClosed):
-            await self.send({"event": "stop", "sequenceNumber": self._next(), "streamSid": self.stream_sid,
-                             "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+            await self.send(self.event("stop", stop={"accountSid": self.account_sid, "callSid": self.call_sid}))
         await self.close()
 
     def drop(self) -> None:
@@ -232,8 +326,8 @@ class SimulatedCall:
 
     # -- inside ------------------------------------------------------------------------------------------------
 
-    def _next(self) -> str:
-        return str(next(self._sequence))  # Twilio's numbers are strings
+    def next_sequence(self) -> str:
+        return str(next(self._sequence))  # the carriers' numbers are strings
 
     async def _until(self, condition, timeout: float, what: str) -> None:  # noqa: ANN001
         deadline = time.monotonic() + timeout
@@ -250,10 +344,7 @@ class SimulatedCall:
                 await asyncio.sleep(max(0.0, begin + index * FRAME_S - time.monotonic()))
                 speech = self._speech[0] if self._speech else None
                 payload = speech.frames.popleft() if speech is not None else SILENCE
-                await self.send({"event": "media", "sequenceNumber": self._next(), "streamSid": self.stream_sid,
-                                 "media": {"track": "inbound", "chunk": str(index + 1),
-                                           "timestamp": str(round(index * FRAME_S * 1000)),
-                                           "payload": base64.b64encode(payload).decode("ascii")}})
+                await self.send(self.dialect.media(self, index, payload))
                 if speech is not None and not speech.frames:
                     self._speech.popleft()
                     speech.sent.set_result(time.monotonic())
@@ -279,15 +370,16 @@ class SimulatedCall:
             self.violations.append(f"not JSON: {message[:80]!r}")
             return
         event = wire.get("event") if isinstance(wire, dict) else None
-        if event not in OUTBOUND_FIELDS:
+        if event not in ("media", "mark", "clear"):
             self.violations.append(f"unknown event {event!r}")
             return
-        if set(wire) != OUTBOUND_FIELDS[event] or (event in OUTBOUND_INNER and (
+        if set(wire) != self.dialect.outbound_fields(event) or (event in OUTBOUND_INNER and (
                 not isinstance(wire[event], dict) or set(wire[event]) != OUTBOUND_INNER[event])):
             self.violations.append(f"unexpected fields in {message[:120]}")
             return
-        if wire["streamSid"] != self.stream_sid:
-            self.violations.append(f"{event} for stream {wire['streamSid']!r}")
+        key = self.dialect.stream_key
+        if key is not None and wire[key] != self.stream_sid:
+            self.violations.append(f"{event} for stream {wire[key]!r}")
             return
         if event == "media":
             self._play(wire["media"]["payload"], now)
@@ -338,8 +430,7 @@ class SimulatedCall:
     async def _send_echo(self, mark: ReceivedMark) -> None:
         mark.echoed_at = time.monotonic()
         with contextlib.suppress(websockets.ConnectionClosed):
-            await self.send({"event": "mark", "sequenceNumber": self._next(), "streamSid": self.stream_sid,
-                             "mark": {"name": mark.name}})
+            await self.send(self.event("mark", mark={"name": mark.name}))
 
     def _stop_tasks(self) -> None:
         for task in [*self._tasks, *self._echoes.values()]:

@@ -74,6 +74,9 @@ class RecordingOutput:
     async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
         self.audio_samples += len(samples)
 
+    async def flush_audio(self, response_id: str) -> None:
+        pass
+
     def discard_audio(self, item_id: str) -> int:
         return 0
 

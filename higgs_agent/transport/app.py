@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.transport.auth import ApiKeyMiddleware, Authenticator, principal_of
 from higgs_agent.transport.phone.cli import PhoneSettings
-from higgs_agent.transport.phone.routes import twilio_routes
+from higgs_agent.transport.phone.routes import phone_routes
 from higgs_agent.transport.realtime_ws import realtime_endpoint
 from higgs_agent.transport.speech_http import speech_endpoint
 from higgs_agent.transport.tenants import tenant_of
@@ -80,8 +80,9 @@ def create_agent_app(services: AgentServices, api_key: str | None = None, cors_o
         *([Mount("/", StaticFiles(directory=WEB_ROOT, html=True), name="web")] if WEB_ROOT.is_dir() else []),
     ])
     app = ApiKeyMiddleware(app, authenticator or Authenticator.single(api_key), ephemeral=client_secrets)
-    if phone is not None:  # Twilio proves itself by signatures, not by our keys: its routes sit outside the check
-        app = Starlette(routes=[*twilio_routes(services, phone.twilio, phone.calls), Mount("/", app=app)])
+    if phone is not None:  # carriers prove themselves by signatures, not by our keys: their routes sit outside
+        lines = [route for line in phone.lines for route in phone_routes(services, line, phone.calls)]
+        app = Starlette(routes=[*lines, Mount("/", app=app)])
     if cors_origins:  # outermost: a browser's preflight carries no key
         app = CORSMiddleware(app, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"],
                              expose_headers=["Location"], max_age=600)

@@ -75,3 +75,14 @@ async def close_gracefully(websocket: WebSocket, code: int = 1000, reason: str =
     with contextlib.suppress(Exception):
         await asyncio.wait_for(websocket.close(code, reason), grace_s)
     asyncio.get_running_loop().call_later(drop_after_s, abort_connection, websocket.scope)
+
+
+REALTIME_SUBPROTOCOL = "realtime"
+
+
+def chosen_subprotocol(offered: list[str]) -> str | None:
+    """`realtime` when offered; else the first offered (a browser that offers only its key subprotocol
+    refuses a handshake that selects none)."""
+    if REALTIME_SUBPROTOCOL in offered:
+        return REALTIME_SUBPROTOCOL
+    return offered[0] if offered else None

@@ -1,4 +1,4 @@
-"""The phone line's command-line flags (`serve`): off unless `--twilio-public-url` is given."""
+"""The phone lines' command-line flags (`serve`): off unless `--twilio-public-url` or `--telnyx-public-url`."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ from higgs_agent.defaults import PHONE_BUSY_MESSAGE, PHONE_LEAD_MS
 
 if TYPE_CHECKING:  # `serve --help` reads this module: nothing heavier than argparse at import
     from higgs_agent.transport.phone.call import CallSettings
-    from higgs_agent.transport.phone.twiml import TwilioSettings
+    from higgs_agent.transport.phone.twiml import LineSettings
 
 
 @dataclass(frozen=True)
 class PhoneSettings:
-    twilio: TwilioSettings
+    lines: list[LineSettings]  # one per carrier
     calls: CallSettings
 
 
 def add_phone_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "phone calls (Twilio Media Streams)",
+        "phone calls (Twilio Media Streams, Telnyx media streaming)",
         "Set the number's voice webhook to POST https://HOST/twilio/voice; calls then stream to wss://HOST/"
         "twilio/media/... and talk to the agent.")
     group.add_argument("--twilio-public-url", default=None, metavar="URL",
@@ -36,6 +36,14 @@ def add_phone_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--twilio-parameter", action="append", default=[], metavar="NAME=VALUE",
                        help="a <Parameter> every call's stream carries (repeatable); the caller's From and To "
                             "are passed through too")
+    group.add_argument("--telnyx-public-url", default=None, metavar="URL",
+                       help="the https base URL Telnyx reaches this server at; turns a Telnyx line on (point the "
+                            "TeXML application's webhook at POST https://HOST/telnyx/voice)")
+    group.add_argument("--telnyx-public-key", default=os.environ.get("TELNYX_PUBLIC_KEY") or None, metavar="KEY",
+                       help="the Telnyx account's public key (base64 Ed25519), which checks every webhook's "
+                            "signature (default: $TELNYX_PUBLIC_KEY)")
+    group.add_argument("--telnyx-allow-unsigned", action="store_true",
+                       help="accept Telnyx webhooks without a valid signature: local trials only")
     group.add_argument("--phone-greeting", default=None, metavar="TEXT",
                        help="said as soon as a call connects (default: none, the agent waits for the caller)")
     group.add_argument("--phone-busy-message", default=PHONE_BUSY_MESSAGE, metavar="TEXT",
@@ -47,11 +55,37 @@ def add_phone_args(parser: argparse.ArgumentParser) -> None:
 
 
 def phone_settings(args: argparse.Namespace) -> PhoneSettings | None:
-    """The phone line the flags ask for, or None without `--twilio-public-url`. Raises ValueError with a
-    message for the user (a missing auth token, a malformed parameter)."""
-    if not args.twilio_public_url:
+    """The phone lines the flags ask for, or None without a carrier's public URL. Raises ValueError with a
+    message for the user (a missing auth token or key, a malformed parameter)."""
+    if not args.twilio_public_url and not getattr(args, "telnyx_public_url", None):
         return None
     from higgs_agent.transport.phone.call import CallSettings
+
+    try:
+        lines = [line for line in (_twilio(args), _telnyx(args)) if line is not None]
+        calls = CallSettings(greeting=args.phone_greeting or None, busy_message=args.phone_busy_message or None,
+                             lead_ms=args.phone_lead_ms)
+    except ValueError as exc:
+        raise ValueError(f"phone line: {exc}") from None
+    return PhoneSettings(lines, calls)
+
+
+def _telnyx(args: argparse.Namespace) -> LineSettings | None:
+    if not getattr(args, "telnyx_public_url", None):
+        return None
+    from higgs_agent.transport.phone.telnyx import TelnyxSettings
+
+    if not args.telnyx_public_key and not args.telnyx_allow_unsigned:
+        raise ValueError("--telnyx-public-url needs the account's public key to check Telnyx's signatures: "
+                         "--telnyx-public-key KEY or $TELNYX_PUBLIC_KEY (--telnyx-allow-unsigned skips the "
+                         "checks, for local trials only)")
+    return TelnyxSettings(public_url=args.telnyx_public_url, public_key=args.telnyx_public_key,
+                          allow_unsigned=args.telnyx_allow_unsigned)
+
+
+def _twilio(args: argparse.Namespace) -> LineSettings | None:
+    if not args.twilio_public_url:
+        return None
     from higgs_agent.transport.phone.twiml import TwilioSettings
 
     parameters: dict[str, str] = {}
@@ -64,11 +98,5 @@ def phone_settings(args: argparse.Namespace) -> PhoneSettings | None:
         raise ValueError("--twilio-public-url needs the account's auth token to check Twilio's signatures: "
                          "--twilio-auth-token TOKEN or $TWILIO_AUTH_TOKEN (--twilio-allow-unsigned skips the "
                          "checks, for local trials only)")
-    try:
-        twilio = TwilioSettings(public_url=args.twilio_public_url, auth_token=args.twilio_auth_token,
-                                allow_unsigned=args.twilio_allow_unsigned, parameters=parameters)
-        calls = CallSettings(greeting=args.phone_greeting or None, busy_message=args.phone_busy_message or None,
-                             lead_ms=args.phone_lead_ms)
-    except ValueError as exc:
-        raise ValueError(f"phone line: {exc}") from None
-    return PhoneSettings(twilio, calls)
+    return TwilioSettings(public_url=args.twilio_public_url, auth_token=args.twilio_auth_token,
+                          allow_unsigned=args.twilio_allow_unsigned, parameters=parameters)

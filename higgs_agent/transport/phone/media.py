@@ -1,10 +1,11 @@
-"""A phone call's media WebSocket (Twilio Media Streams): moves the call between the carrier and a `Session`.
+"""A phone call's media WebSocket (Twilio Media Streams, Telnyx media streaming): moves the call between the
+carrier and a `Session`; the line's serializer speaks the carrier's wire.
 
 Carrier -> session: `start` names the call (its callSid becomes the log's session id), `media` is the caller's
 audio (8 kHz, decoded by the serializer, handed to `session.push_audio`), `dtmf` a key (`session.dtmf`), `mark`
 an echo of ours (what the caller heard, `PhoneOutput.mark_echoed`), `stop` the end of the call. A message the
-serializer cannot use is logged and skipped: the call goes on. Session -> carrier: reply audio through the
-pacer (`PhoneOutput`), which alone writes to the socket, a send at a time.
+serializer cannot use is logged and skipped: the call goes on. Session -> carrier: reply audio through
+`PhoneOutput` (a paced sink), which alone writes to the socket, a send at a time.
 
 A call that starts while every engine slot is busy gets no session: it hears the busy message (spoken ahead
 of need, see busy.py) and the socket is closed once the carrier confirms it played; with nothing after
@@ -21,13 +22,13 @@ from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from higgs_agent.agent.reply import OutputClosed
+from higgs_agent import SAMPLE_RATE
+from higgs_agent.agent.output import OutputClosed
 from higgs_agent.agent.session import Session
-from higgs_agent.streaming.engine import AtCapacityError
 from higgs_agent.logs import session_id
+from higgs_agent.streaming.engine import AtCapacityError
 from higgs_agent.transport.phone.call import CallLog
 from higgs_agent.transport.phone.output import PhoneOutput
-from higgs_agent.transport.phone.pacer import AudioPacer, PacerStoppedError
 from higgs_agent.transport.phone.serializer import (
     CallerAudio,
     CallStarted,
@@ -41,7 +42,6 @@ from higgs_agent.transport.phone.serializer import (
     UnsupportedMediaFormatError,
     encode,
 )
-from higgs_agent.transport.phone.twilio import TwilioSerializer
 from higgs_agent.transport.phone.twiml import AnsweredCall, MediaSocketRefusedError
 from higgs_agent.transport.uvicorn_ws import close_gracefully, close_unresponsive
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from higgs_agent.transport.phone.routes import PhoneLine
 
 log = logging.getLogger(__name__)
-BUSY_REPLY = "busy-message"  # the pacer's reply id for the apology
+BUSY_REPLY = "busy-message"  # the output's item (and response) id for the apology
 LOGGED_SKIPS = 20  # bad messages logged one by one; after that only counted (a flood must not flood the log)
 CLOSE_POLICY = 1008
 
@@ -61,11 +61,10 @@ class PhoneCall:
         self.websocket = websocket
         self.line = line
         self.answered = answered
-        self.serializer = TwilioSerializer()
-        self.pacer = AudioPacer(self._send, wire_rate=self.serializer.wire_format.rate,
-                                lead_ms=line.settings.lead_ms)
+        self.serializer = line.line.serializer()
+        self.output = PhoneOutput(self._send, wire_rate=self.serializer.wire_format.rate,
+                                  lead_ms=line.settings.lead_ms, mark_interval_ms=line.settings.mark_interval_ms)
         self.call_log: CallLog | None = None
-        self.output: PhoneOutput | None = None
         self.session: Session | None = None
         self._skipped = 0  # messages the serializer could not use
         self._failures = 0  # messages whose handling failed (a bug)
@@ -79,9 +78,8 @@ class PhoneCall:
             if started is None:
                 return
             session_id.set(started.call_id)  # every line logged for this call names it
-            self.pacer.start()  # after: its task logs for the call too
-            self.call_log = CallLog(started)
-            self.output = PhoneOutput(self.pacer, self.call_log, self.line.settings.mark_interval_ms)
+            self.output.start()  # after: its task logs for the call too
+            self.call_log = self.output.call_log = CallLog(started)
             self.line.active[started.call_id] = self
             log.info("call started: stream %s, parameters %s", started.stream_id,
                      ", ".join(sorted(started.custom_parameters)) or "none")
@@ -122,7 +120,6 @@ class PhoneCall:
         return None
 
     async def _converse(self) -> str:
-        assert self.output is not None
         self.session = session = Session(self.line.services, self.output)
         # The session's latency figures feed the call's record (the phone carries no events anyway).
         session.config = replace(session.config, extension_events=True)
@@ -144,7 +141,6 @@ class PhoneCall:
         return "dropped"
 
     async def _handle(self, session: Session, message: IncomingMessage) -> None:
-        assert self.output is not None
         if isinstance(message, CallerAudio):
             await session.push_audio(message.samples, message.sample_rate)
         elif isinstance(message, DtmfDigit):
@@ -155,7 +151,7 @@ class PhoneCall:
     async def _apologise(self, why: str) -> None:
         """At capacity: say the busy message, and return once the carrier confirms it played (or the caller
         hung up first)."""
-        assert self.output is not None and self.call_log is not None
+        assert self.call_log is not None
         self.call_log.busy = True
         pcm = self.line.busy_message.pcm
         if pcm is None:
@@ -163,14 +159,14 @@ class PhoneCall:
             return
         log.warning("%s; saying the busy message and hanging up", why)
         try:
-            self.pacer.push(BUSY_REPLY, pcm)
-            self.pacer.finish(BUSY_REPLY)
-        except PacerStoppedError:
+            await self.output.push(BUSY_REPLY, BUSY_REPLY, pcm)
+            await self.output.flush(BUSY_REPLY)
+        except OutputClosed:
             return
         heard = asyncio.create_task(self.output.all_heard(BUSY_REPLY))
         listening = asyncio.create_task(self._listen_for_marks())
         # Deadline: a carrier that never echoes marks is hung up once the message must have played.
-        deadline_s = len(pcm) / self.pacer.source_rate + self.pacer.lead_s + 5.0
+        deadline_s = len(pcm) / SAMPLE_RATE + self.output.lead_s + 5.0
         try:
             await asyncio.wait({heard, listening}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -179,7 +175,6 @@ class PhoneCall:
             await asyncio.gather(heard, listening, return_exceptions=True)
 
     async def _listen_for_marks(self) -> None:
-        assert self.output is not None
         while (messages := await self._receive()) is not None:
             for message in messages:
                 if isinstance(message, CallStopped):
@@ -188,16 +183,15 @@ class PhoneCall:
                     self.output.mark_echoed(message.name)
 
     async def _end(self, reason: str) -> None:
-        if self.output is not None:
-            self.output.close(f"the call ended ({reason})")
+        self.output.close(f"the call ended ({reason})")
         if self.session is not None:
             await self.session.close()  # cancels any reply: its engine slot frees now
-        await self.pacer.aclose()
+        await self.output.aclose(f"the call ended ({reason})")
         await self._close(1000)
         if self.call_log is not None:
             self.call_log.skipped_messages = self._skipped
             self.call_log.end(reason)
-            self.line.services.metrics.audio_seconds_out.inc(self.call_log.frames_sent * self.pacer.frame_ms / 1000)
+            self.line.services.metrics.audio_seconds_out.inc(self.output.seconds_sent)
             self.line.call_ended(self)
 
     # -- the socket -------------------------------------------------------------------------------------------
@@ -231,7 +225,7 @@ class PhoneCall:
             log.warning("skipping more malformed messages; counting them from here on")
 
     async def _send(self, message: OutgoingMessage) -> None:
-        """The pacer's one way out. A carrier that stops reading is cut off like a slow Realtime client."""
+        """The output's one way out. A carrier that stops reading is cut off like a slow Realtime client."""
         text = encode(self.serializer, message)
         timeout_s = self.line.services.slow_client_timeout_s
         try:

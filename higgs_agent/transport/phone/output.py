@@ -1,103 +1,114 @@
-"""A session's output on a phone call: the `SessionOutput` a `Session` speaks through, over an `AudioPacer`.
+"""A phone call's `SessionOutput`: a paced `ReplyAudioSink` whose frames, marks and clears go to the carrier.
 
-Reply audio (the engine's 24 kHz float) goes to the pacer, which codes it for the carrier, in pieces of at
-most `mark_interval_ms`: the pacer puts a mark after each piece, and the carrier's echo of a mark is the only
-first-hand word of what the caller heard. So on a barge-in `discard_audio` sends `clear` (the carrier drops
-what it holds, the pacer what it has not sent) and `heard_ms` is where the last echoed mark stands, which is
-exactly where the session cuts the agent's turn in the history. The phone carries no events: each is shown to
-the call's record and dropped, except that `response.output_audio.done` sends the reply's last, part-filled
-frame.
+A carrier plays what it gets at real time and holds the rest in a buffer of its own, which only a `clear`
+empties. So reply audio goes out as whole 20 ms frames at the carrier's rate, each sent when the carrier has
+less than `lead_ms` left to play (a barge-in then has at most that much to clear there), with a mark after
+every `mark_interval_ms` of it. The carrier echoes a mark once everything before it has played: the only
+first-hand word of what the caller heard, so `heard_ms` is where the last echoed mark stands, which is exactly
+where the session cuts the agent's turn in the history (LiveKit's playback-position contract, with a number in
+it). A barge-in sends `clear` ahead of any later audio; marks still pending then are echoed by the carrier at
+once, played or not, and are not taken for playback. The phone carries no events: each is shown to the call's
+record and dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from higgs_agent import SAMPLE_RATE
-from higgs_agent.agent.reply import OutputClosed
 from higgs_agent.protocol import server_events as se
+from higgs_agent.transport.audio_sink import Marker, ReplyAudioSink, WireFrame
 from higgs_agent.transport.phone.call import CallLog
-from higgs_agent.transport.phone.pacer import AudioPacer, PacerStoppedError, Playback
+from higgs_agent.transport.phone.serializer import (
+    ClearAudio,
+    OutgoingAudio,
+    OutgoingMark,
+    OutgoingMessage,
+)
+
+Send = Callable[[OutgoingMessage], Awaitable[None]]
+FRAME_MS = 20
+_KEPT_MARKS = 1024  # marks flushed by a clear, awaiting their echo (a carrier that never echoes cannot grow it)
 
 
-class PhoneOutput:
-    def __init__(self, pacer: AudioPacer, call_log: CallLog, mark_interval_ms: int = 250) -> None:
-        self.pacer = pacer
+class PhoneOutput(ReplyAudioSink):
+    """`send` puts one typed message on the carrier's socket (the call encodes it with its serializer);
+    `clock` and `sleep` are injectable so tests run on virtual time."""
+
+    def __init__(self, send: Send, *, wire_rate: int, call_log: CallLog | None = None, lead_ms: int = 160,
+                 mark_interval_ms: int = 250, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        if (wire_rate * FRAME_MS) % 1000:
+            raise ValueError(f"a {FRAME_MS} ms frame at {wire_rate} Hz is not whole samples")
+        super().__init__(mode="paced", wire_rate=wire_rate, frame_ms=FRAME_MS, lead_ms=lead_ms,
+                         marker_interval_ms=mark_interval_ms, confirms=True, clock=clock, sleep=sleep)
+        self._send = send
         self.call_log = call_log
-        self._piece = SAMPLE_RATE * mark_interval_ms // 1000  # 24 kHz samples between marks
-        self._all_heard: dict[str, asyncio.Event] = {}  # reply -> set when its final mark came back
-        self.closed_reason: str | None = None
+        self._mark_numbers = itertools.count(1)
+        self._pending_marks: dict[str, Marker] = {}  # sent, not yet echoed
+        self._flushed_marks: OrderedDict[str, None] = OrderedDict()  # pending at a clear: echo is no playback
+        self._all_heard: dict[str, asyncio.Event] = {}  # item -> set when its final mark came back
 
-    def close(self, reason: str) -> None:
-        """The call is over: every later send raises OutputClosed."""
-        if self.closed_reason is None:
-            self.closed_reason = reason
-
-    # -- SessionOutput ----------------------------------------------------------------------------------------
+    # -- SessionOutput (the audio half is the sink's) ------------------------------------------------------------
 
     async def send_event(self, event: se.ServerEvent) -> None:
         self._check_open()
-        self.call_log.on_event(event)
-        if isinstance(event, se.OutputAudioDone):
-            self._finish(event.item_id)
+        if self.call_log is not None:
+            self.call_log.on_event(event)
 
     async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
         self._check_open()
-        self.call_log.reply_audio(response_id, item_id)
-        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-        try:
-            for start in range(0, len(samples), self._piece):
-                if not self.pacer.push(item_id, samples[start:start + self._piece]):
-                    return  # a clear cut this reply: audio the engine made before it saw the cancel
-        except PacerStoppedError as exc:
-            raise OutputClosed(str(exc)) from exc
-
-    def discard_audio(self, item_id: str) -> int:
-        """Barge-in: if any of the reply may still reach the caller (queued here, or sent and not yet confirmed
-        played by a mark), `clear` it; returns the 24 kHz samples the caller will not hear."""
-        if self.closed_reason is not None or self.pacer.stopped:
-            return 0
-        playback = self.pacer.playback(item_id)
-        if playback is None:
-            return 0
-        unconfirmed_ms = playback.sent_ms - playback.played_ms
-        if unconfirmed_ms <= 0 and not self.pacer.holds(item_id):
-            return 0  # the marks say the caller heard all of it
-        dropped_ms = self.pacer.clear_nowait()
-        return round((dropped_ms + unconfirmed_ms) * SAMPLE_RATE / 1000)
-
-    def heard_ms(self, item_id: str) -> float:
-        """What the echoed marks say the caller heard of the reply."""
-        playback = self.pacer.playback(item_id)
-        return 0.0 if playback is None else float(playback.played_ms)
+        if self.call_log is not None:
+            self.call_log.reply_audio(response_id, item_id)
+        await self.push(response_id, item_id, samples)
 
     # -- from the carrier -------------------------------------------------------------------------------------
 
-    def mark_echoed(self, name: str) -> Playback | None:
-        playback = self.pacer.mark_echoed(name)
-        if playback is not None and playback.final:
-            self._heard_event(playback.reply_id).set()
-        return playback
+    def mark_echoed(self, name: str) -> Marker | None:
+        """An echoed mark -> the point of the reply the caller has heard; None for a mark that is not ours or
+        that a clear flushed."""
+        if name in self._flushed_marks:
+            del self._flushed_marks[name]
+            return None
+        marker = self._pending_marks.pop(name, None)
+        if marker is None:
+            return None
+        self.confirm(marker.item_id, marker.position_ms)
+        if marker.final:
+            self._heard_event(marker.item_id).set()
+        return marker
 
-    async def all_heard(self, reply_id: str) -> None:
-        """Until the carrier confirms the caller heard the whole reply (its final mark came back)."""
-        await self._heard_event(reply_id).wait()
+    async def all_heard(self, item_id: str) -> None:
+        """Until the carrier confirms the caller heard the whole item (its final mark came back)."""
+        await self._heard_event(item_id).wait()
 
-    # -- inside -----------------------------------------------------------------------------------------------
+    # -- the sink's wire --------------------------------------------------------------------------------------
 
-    def _finish(self, item_id: str) -> None:
-        try:
-            self.pacer.finish(item_id)
-        except PacerStoppedError as exc:
-            raise OutputClosed(str(exc)) from exc
+    async def _write_frame(self, frame: WireFrame) -> None:
+        await self._send(OutgoingAudio(frame.samples, frame.item_id))
 
-    def _check_open(self) -> None:
-        if self.closed_reason is not None:
-            raise OutputClosed(self.closed_reason)
-        if self.pacer.stopped:
-            raise OutputClosed("sending to the carrier failed")
+    async def _write_marker(self, marker: Marker) -> None:
+        name = f"{marker.item_id}.{next(self._mark_numbers)}"
+        self._pending_marks[name] = marker  # before the send: its echo may come back first
+        await self._send(OutgoingMark(name))
 
-    def _heard_event(self, reply_id: str) -> asyncio.Event:
-        return self._all_heard.setdefault(reply_id, asyncio.Event())
+    def _clear_far_side(self, item_id: str, unheard_ms: float) -> float:
+        if unheard_ms <= 0:
+            return 0.0  # the marks say the caller heard all of it that was sent
+        self._flushed_marks.update(dict.fromkeys(self._pending_marks))
+        self._pending_marks.clear()
+        while len(self._flushed_marks) > _KEPT_MARKS:
+            self._flushed_marks.popitem(last=False)
+        self.send_first(self._send_clear)
+        return unheard_ms
+
+    async def _send_clear(self) -> None:
+        await self._send(ClearAudio())
+
+    def _heard_event(self, item_id: str) -> asyncio.Event:
+        return self._all_heard.setdefault(item_id, asyncio.Event())

@@ -1,11 +1,12 @@
-"""A phone line on the agent server: Twilio's voice webhook and media WebSocket, and the calls on them.
+"""A phone line on the agent server: a carrier's voice webhook and media WebSocket, and the calls on them.
 
-    routes = twilio_routes(services, TwilioSettings(public_url="https://agent.example.com", auth_token=TOKEN),
-                           CallSettings(greeting="Hello, how can I help?"))
+    routes = phone_routes(services, TwilioSettings(public_url="https://agent.example.com", auth_token=TOKEN),
+                          CallSettings(greeting="Hello, how can I help?"))
     app = Starlette(routes=[*routes, Mount("/", app=create_agent_app(services))])
 
-The phone routes go before the agent app, outside its API-key check: Twilio cannot send our key, and proves
-itself by signing every request instead (checked with the account's auth token).
+The phone routes go before the agent app, outside its API-key check: a carrier cannot send our key, and proves
+itself by signing every request instead (Twilio with the account's auth token, Telnyx with Ed25519). The
+carrier is the settings' class (`TwilioSettings`, `TelnyxSettings`): its paths, signatures and serializer.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from higgs_agent.transport.phone.call import CallLog, CallSettings
 from higgs_agent.transport.phone.media import CLOSE_POLICY, PhoneCall
 from higgs_agent.transport.phone.twiml import (
     AnsweredCalls,
+    LineSettings,
     MediaSocketGate,
     MediaSocketRefusedError,
-    TwilioSettings,
     voice_webhook_route,
 )
 
@@ -33,21 +34,21 @@ KEPT_CALL_LOGS = 100
 
 
 class PhoneLine:
-    """Everything the calls of one Twilio number share on this server."""
+    """Everything the calls of one number share on this server."""
 
-    def __init__(self, services: AgentServices, twilio: TwilioSettings, settings: CallSettings | None = None) -> None:
+    def __init__(self, services: AgentServices, line: LineSettings, settings: CallSettings | None = None) -> None:
         self.services = services
-        self.twilio = twilio
+        self.line = line
         self.settings = settings or CallSettings()
         self.answered = AnsweredCalls()
-        self.gate = MediaSocketGate(twilio, self.answered)
+        self.gate = MediaSocketGate(line, self.answered)
         self.busy_message = BusyMessage(self.settings.busy_message)
         self.active: dict[str, PhoneCall] = {}  # calls in progress, by callSid
         self.finished: deque[CallLog] = deque(maxlen=KEPT_CALL_LOGS)  # the latest calls' records
 
     def routes(self) -> list[BaseRoute]:
-        return [voice_webhook_route(self.twilio, self.answered, before_answer=self._before_answer),
-                WebSocketRoute(self.twilio.media_route_path, self._media_socket)]
+        return [voice_webhook_route(self.line, self.answered, before_answer=self._before_answer),
+                WebSocketRoute(self.line.media_route_path, self._media_socket)]
 
     def call_ended(self, call: PhoneCall) -> None:
         if call.call_log is None:
@@ -71,7 +72,10 @@ class PhoneLine:
         await PhoneCall(websocket, self, answered).run()
 
 
-def twilio_routes(services: AgentServices, settings: TwilioSettings,
-                  calls: CallSettings | None = None) -> list[BaseRoute]:
+def phone_routes(services: AgentServices, settings: LineSettings,
+                 calls: CallSettings | None = None) -> list[BaseRoute]:
     """`POST settings.voice_path` (the number's voice webhook) and the media WebSocket it connects calls to."""
     return PhoneLine(services, settings, calls).routes()
+
+
+twilio_routes = phone_routes  # the name it had when Twilio was the only carrier

@@ -3,19 +3,23 @@
 would each be one more serializer, as Pipecat keeps its serializers apart from its transports).
 
 A serializer knows the carrier's wire format (JSON shapes, audio coding, identifiers) and nothing of
-sockets or sessions; the transport moves its strings or bytes; the pacer (`pacer.py`) decides when audio
+sockets or sessions; the transport moves its strings or bytes; the call's output (`output.py`) decides when audio
 goes out. Audio inside is float32 mono in [-1, 1] at the carrier's own rate (`wire_format.rate`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from higgs_agent.audio_formats import AudioFormat
+from higgs_agent.audio_formats import PCMU, AudioFormat, decode_audio
+from higgs_agent.protocol.errors import loads_strict
 
 WireMessage = str | bytes  # JSON text for Twilio; some carriers (Vonage) also send binary audio frames
 
@@ -93,7 +97,7 @@ IncomingMessage = CallStarted | CallerAudio | DtmfDigit | MarkEchoed | CallStopp
 
 @dataclass(frozen=True, eq=False)
 class OutgoingAudio:
-    samples: np.ndarray  # float32 mono at the carrier's rate; the pacer sends one 20 ms frame each
+    samples: np.ndarray  # float32 mono at the carrier's rate; the output sends one 20 ms frame each
     reply_id: str | None = None  # the reply it belongs to (for the transport's timing; not on the wire)
 
 
@@ -136,9 +140,98 @@ class MediaStreamSerializer(Protocol):
 
 
 def encode(serializer: MediaStreamSerializer, message: OutgoingMessage) -> WireMessage:
-    """An outgoing message (as the pacer emits them) -> what goes on the socket."""
+    """An outgoing message (as the call's output emits them) -> what goes on the socket."""
     if isinstance(message, OutgoingAudio):
         return serializer.encode_audio(message.samples)
     if isinstance(message, OutgoingMark):
         return serializer.encode_mark(message.name)
     return serializer.encode_clear()
+
+
+def json_object(message: WireMessage) -> dict:
+    """A carrier's JSON text (or UTF-8 bytes) -> its object; MalformedMessageError otherwise."""
+    try:
+        text = message.decode("utf-8") if isinstance(message, bytes) else message
+        raw = loads_strict(text)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, not JSON, NaN, nesting past the stack
+        raise MalformedMessageError(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise MalformedMessageError(f"expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def first_error(exc: ValidationError, event: object) -> str:
+    """Where pydantic's first complaint is, and what it is (the discriminated union's tag left out)."""
+    error = exc.errors()[0]
+    loc = error["loc"][1:] if error["loc"][:1] == (event,) else error["loc"]  # drop the union's tag
+    where = ".".join(str(part) for part in loc)
+    return f"{where}: {error['msg']}" if where else error["msg"]
+
+
+# -- what the carriers' JSON dialects share (single-word fields: the same in camelCase and snake_case) ----------
+
+class MediaInfo(BaseModel):
+    """A `media` message's body: the caller's audio, base64 G.711 mu-law."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    track: str = "inbound"
+    chunk: int | None = None  # the carriers send these as strings: parsed as integers
+    timestamp: int | None = None
+    payload: str
+
+    def caller_audio(self) -> list[IncomingMessage]:
+        """The caller's audio; nothing for the agent's own track (streamed back with both tracks on)."""
+        if not self.track.startswith("inbound"):
+            return []
+        try:
+            coded = base64.b64decode(self.payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise MalformedMessageError("media.payload is not valid base64") from None
+        return [CallerAudio(samples=decode_audio(coded, PCMU), sample_rate=PCMU.rate, timestamp_ms=self.timestamp,
+                            chunk=self.chunk)]
+
+
+class DtmfInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    track: str | None = None
+    digit: str
+
+    def key(self) -> DtmfDigit:
+        digit = self.digit.upper()
+        if digit not in DTMF_DIGITS:
+            raise MalformedMessageError(f"dtmf digit {self.digit!r} is not one of 0-9 * # A-D")
+        return DtmfDigit(digit)
+
+
+class MarkInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    name: str
+
+
+class OutgoingPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    payload: str
+
+
+class OutgoingName(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+
+
+class OneStream:
+    """What every serializer keeps of its connection: the stream its `start` opened, and the check that a
+    later message is for that stream."""
+
+    def __init__(self) -> None:
+        self._started: CallStarted | None = None
+
+    @property
+    def started(self) -> CallStarted | None:
+        return self._started
+
+    def _check_stream(self, stream_id: str | None, event: str) -> None:
+        if self._started is None:
+            raise MalformedMessageError(f"`{event}` before `start`")
+        if stream_id is not None and stream_id != self._started.stream_id:
+            raise WrongStreamError(f"`{event}` for stream {stream_id!r}, not this connection's "
+                                   f"{self._started.stream_id!r}")

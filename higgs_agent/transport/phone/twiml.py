@@ -1,4 +1,7 @@
-"""Answering a Twilio call: the voice webhook's TwiML, Twilio's request signatures, and the calls we answered.
+"""Answering a call: the voice webhook's TwiML, the carrier's request signatures, and the calls we answered.
+
+Written for Twilio; a carrier with a TwiML dialect (Telnyx's TeXML, telnyx.py) brings its own `LineSettings`
+subclass: its paths, its signature check, and the attributes its `<Stream>` needs.
 
 `POST /twilio/voice` (Twilio's webhook when the number is called) answers
 `<Response><Connect><Stream url="wss://HOST/twilio/media/TOKEN">` with `<Parameter>`s, which Twilio hands back
@@ -18,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from starlette.requests import Request
@@ -30,6 +34,9 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from higgs_agent.logs import session_id
 from higgs_agent.transport.phone.serializer import CallStarted
 
+if TYPE_CHECKING:
+    from higgs_agent.transport.phone.serializer import MediaStreamSerializer
+
 log = logging.getLogger(__name__)
 
 # Twilio caps custom parameters at 500 characters of names and values; read as a total over all of them
@@ -38,34 +45,55 @@ PARAMETERS_MAX_CHARS = 500
 TOKEN_PARAM = "token"  # the path parameter of the media route
 
 
-@dataclass(frozen=True)
-class TwilioSettings:
-    """Where Twilio reaches this server and how it proves itself.
+class Signatures(Protocol):
+    """How a carrier proves a request is its own."""
 
-    `public_url` is the base Twilio sees (e.g. "https://agent.example.com", or with a path prefix behind a
+    def webhook_valid(self, url: str, form: Mapping[str, str], headers: Mapping[str, str], body: bytes) -> bool:
+        """A webhook POST: `url` is the full URL the carrier requested (query string included)."""
+
+    def media_upgrade_valid(self, stream_url: str, headers: Mapping[str, str]) -> bool:
+        """The media WebSocket's upgrade request."""
+
+
+@dataclass(frozen=True)
+class LineSettings:
+    """Where a carrier reaches this server and how it proves itself.
+
+    `public_url` is the base the carrier sees (e.g. "https://agent.example.com", or with a path prefix behind a
     proxy); the webhook is `public_url + voice_path` and streams go to `wss://...` + `media_path/TOKEN`.
-    `auth_token` (the account's) checks every signature; without one nothing is checked, which only
-    `allow_unsigned=True` permits (local tests, never a public number). `parameters` go into every stream as
-    `<Parameter>`s; `pass_through` names webhook fields (e.g. the caller's `From`) copied into them too.
+    `parameters` go into every stream as `<Parameter>`s; `pass_through` names webhook fields (e.g. the caller's
+    `From`) copied into them too. Subclasses name the carrier's secret, its signatures and its serializer.
     """
 
     public_url: str
-    auth_token: str | None = field(default=None, repr=False)  # a secret: kept out of logs and reprs
     allow_unsigned: bool = False
-    voice_path: str = "/twilio/voice"
-    media_path: str = "/twilio/media"
+    voice_path: str = "/phone/voice"
+    media_path: str = "/phone/media"
     parameters: Mapping[str, str] = field(default_factory=dict)
     pass_through: tuple[str, ...] = ("From", "To")
     stream_name: str | None = None
+    carrier: ClassVar[str] = "the carrier"
+    stream_attributes: ClassVar[Mapping[str, str]] = {}  # extra `<Stream>` attributes (snake_case)
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.public_url).scheme
         if scheme not in ("https", "http"):
             raise ValueError(f"public_url must be an http(s) URL, got {self.public_url!r}")
-        if not self.auth_token and not self.allow_unsigned:
-            raise ValueError("a Twilio auth token is required to check request signatures "
+        if not self.secret and not self.allow_unsigned:
+            raise ValueError(f"{self.carrier}'s signing secret is required to check request signatures "
                              "(allow_unsigned=True turns the checks off: local testing only)")
         check_parameters(self.parameters)
+
+    @property
+    def secret(self) -> str | None:
+        return None
+
+    def signatures(self) -> Signatures | None:
+        """None: requests are not checked (only with `allow_unsigned`)."""
+        return None
+
+    def serializer(self) -> MediaStreamSerializer:
+        raise NotImplementedError
 
     @property
     def base(self) -> str:
@@ -99,16 +127,39 @@ def check_parameters(parameters: Mapping[str, str]) -> None:
                          f"in all, got {parameters_chars(parameters)}")
 
 
+@dataclass(frozen=True)
+class TwilioSettings(LineSettings):
+    """A Twilio number on this server. `auth_token` (the account's) checks every signature."""
+
+    auth_token: str | None = field(default=None, repr=False)  # a secret: kept out of logs and reprs
+    voice_path: str = "/twilio/voice"
+    media_path: str = "/twilio/media"
+    carrier: ClassVar[str] = "Twilio"
+
+    @property
+    def secret(self) -> str | None:
+        return self.auth_token
+
+    def signatures(self) -> TwilioSignatures | None:
+        return TwilioSignatures(self.auth_token) if self.auth_token else None
+
+    def serializer(self) -> MediaStreamSerializer:
+        from higgs_agent.transport.phone.twilio import TwilioSerializer
+
+        return TwilioSerializer()
+
+
 def connect_stream_twiml(stream_url: str, parameters: Mapping[str, str] | None = None,
-                         name: str | None = None) -> str:
-    """`<Response><Connect><Stream url=...>` (a bidirectional stream) with one `<Parameter>` per entry."""
+                         name: str | None = None, attributes: Mapping[str, str] | None = None) -> str:
+    """`<Response><Connect><Stream url=...>` (a bidirectional stream) with one `<Parameter>` per entry;
+    `attributes` (snake_case) are added to `<Stream>` in camelCase."""
     if urlsplit(stream_url).query:
         raise ValueError("Twilio's <Stream url> takes no query string: pass data as parameters or in the path")
     parameters = parameters or {}
     check_parameters(parameters)
     response = VoiceResponse()
     connect = Connect()
-    stream = connect.stream(url=stream_url, name=name)
+    stream = connect.stream(url=stream_url, name=name, **(attributes or {}))
     for key, value in parameters.items():
         stream.parameter(name=key, value=value)
     response.append(connect)
@@ -121,13 +172,14 @@ class TwilioSignatures:
     def __init__(self, auth_token: str) -> None:
         self._validator = RequestValidator(auth_token)
 
-    def webhook_valid(self, url: str, params: Mapping[str, str], signature: str | None) -> bool:
-        """A webhook POST: `url` is the full URL Twilio requested (query string included), `params` its form
-        fields (a dict or a multi-dict)."""
-        return bool(signature) and self._validator.validate(url, params, signature)
+    def webhook_valid(self, url: str, form: Mapping[str, str], headers: Mapping[str, str], body: bytes) -> bool:
+        """A webhook POST: signed over the full URL Twilio requested and its form fields."""
+        signature = headers.get(SIGNATURE_HEADER)
+        return bool(signature) and self._validator.validate(url, form, signature)
 
-    def media_upgrade_valid(self, stream_url: str, signature: str | None) -> bool:
+    def media_upgrade_valid(self, stream_url: str, headers: Mapping[str, str]) -> bool:
         """A Media Streams WebSocket upgrade: signed over the stream URL alone (there is no body)."""
+        signature = headers.get(SIGNATURE_HEADER)
         return bool(signature) and self._validator.validate(stream_url, {}, signature)
 
 
@@ -195,17 +247,18 @@ class MediaSocketRefusedError(PermissionError):
 class MediaSocketGate:
     """What the media WebSocket route asks before it accepts: is this a stream for a call we answered?"""
 
-    def __init__(self, settings: TwilioSettings, calls: AnsweredCalls) -> None:
+    def __init__(self, settings: LineSettings, calls: AnsweredCalls) -> None:
         self.settings = settings
         self.calls = calls
-        self._signatures = TwilioSignatures(settings.auth_token) if settings.auth_token else None
+        self._signatures = settings.signatures()
 
-    def admit(self, token: str, signature: str | None) -> AnsweredCall:
+    def admit(self, token: str, headers: Mapping[str, str]) -> AnsweredCall:
         """The call a media socket belongs to, or `MediaSocketRefusedError`. The signature is checked before
         the token is spent, so an unsigned attempt cannot use up a real call's token."""
         if self._signatures is not None and not self._signatures.media_upgrade_valid(
-                self.settings.media_url(token), signature):
-            raise MediaSocketRefusedError("missing or invalid X-Twilio-Signature on the media socket")
+                self.settings.media_url(token), headers):
+            raise MediaSocketRefusedError(f"missing or invalid {self.settings.carrier} signature on the media "
+                                          "socket")
         call = self.calls.claim(token)
         if call is None:
             raise MediaSocketRefusedError("unknown, used or expired media-stream token")
@@ -214,10 +267,10 @@ class MediaSocketGate:
     def admit_websocket(self, websocket: WebSocket) -> AnsweredCall:
         """`admit` for a Starlette WebSocket on `settings.media_route_path`, before it is accepted (on a
         refusal the route closes it unaccepted, which the client sees as HTTP 403)."""
-        return self.admit(str(websocket.path_params.get(TOKEN_PARAM, "")), websocket.headers.get(SIGNATURE_HEADER))
+        return self.admit(str(websocket.path_params.get(TOKEN_PARAM, "")), websocket.headers)
 
 
-def stream_parameters(settings: TwilioSettings, form: Mapping[str, str]) -> dict[str, str]:
+def stream_parameters(settings: LineSettings, form: Mapping[str, str]) -> dict[str, str]:
     """The `<Parameter>`s of one call: the fixed ones, then the webhook fields named in `pass_through`."""
     parameters = dict(settings.parameters)
     for name in settings.pass_through:
@@ -225,30 +278,32 @@ def stream_parameters(settings: TwilioSettings, form: Mapping[str, str]) -> dict
         if not value:
             continue
         if parameters_chars(parameters) + len(name) + len(value) >= PARAMETERS_MAX_CHARS:
-            log.warning("twilio webhook: no room for %s among the <Parameter>s; left out", name)
+            log.warning("voice webhook: no room for %s among the <Parameter>s; left out", name)
             continue
         parameters[name] = value
     return parameters
 
 
-def voice_webhook_route(settings: TwilioSettings, calls: AnsweredCalls,
+def voice_webhook_route(settings: LineSettings, calls: AnsweredCalls,
                         before_answer: Callable[[], Awaitable[None]] | None = None) -> Route:
-    """`POST settings.voice_path`: check Twilio's signature, remember the call, answer with the TwiML that
-    connects it to its own media-stream URL. `before_answer` runs for each signed call before the answer
+    """`POST settings.voice_path`: check the carrier's signature, remember the call, answer with the TwiML
+    that connects it to its own media-stream URL. `before_answer` runs for each signed call before the answer
     (the phone line readies its busy message there, while no session of this call holds a slot)."""
-    signatures = TwilioSignatures(settings.auth_token) if settings.auth_token else None
+    signatures = settings.signatures()
+    carrier = settings.carrier
 
     async def voice(request: Request) -> Response:
+        body = await request.body()  # before the form: a signature may cover the raw body
         form = await request.form()
         if signatures is not None:
             url = settings.webhook_url + (f"?{request.url.query}" if request.url.query else "")
-            if not signatures.webhook_valid(url, form, request.headers.get(SIGNATURE_HEADER)):
-                log.warning("twilio webhook: refused a request without a valid signature (checked against %s)",
-                            url)
-                return PlainTextResponse("invalid Twilio signature", status_code=403)
+            if not signatures.webhook_valid(url, form, request.headers, body):
+                log.warning("%s webhook: refused a request without a valid signature (checked against %s)",
+                            carrier, url)
+                return PlainTextResponse(f"invalid {carrier} signature", status_code=403)
         call_sid = str(form.get("CallSid") or "")
         if not call_sid:
-            return PlainTextResponse("missing CallSid: this endpoint answers Twilio voice webhooks",
+            return PlainTextResponse(f"missing CallSid: this endpoint answers {carrier} voice webhooks",
                                      status_code=400)
         session_id.set(call_sid)  # the webhook's log lines name the call, as its stream's will
         if before_answer is not None:
@@ -257,7 +312,8 @@ def voice_webhook_route(settings: TwilioSettings, calls: AnsweredCalls,
         account_sid = fields.get("AccountSid") or None
         call = calls.answer(call_sid, account_sid, stream_parameters(settings, fields))
         log.info("answered: connecting the call to its media stream")
-        twiml = connect_stream_twiml(settings.media_url(call.token), call.parameters, settings.stream_name)
+        twiml = connect_stream_twiml(settings.media_url(call.token), call.parameters, settings.stream_name,
+                                     settings.stream_attributes)
         return Response(twiml, media_type="application/xml")
 
     return Route(settings.voice_path, voice, methods=["POST"])

@@ -30,7 +30,7 @@ from higgs_agent.transport.webrtc.ice import rtc_configuration
 from higgs_agent.transport.webrtc.offer import ApiError
 from higgs_agent.transport.webrtc.output import CallOutput, EventListener
 from higgs_agent.transport.webrtc.settings import WebRTCSettings
-from higgs_agent.transport.webrtc.tracks import FRAME_MS, frame_to_mono
+from higgs_agent.transport.webrtc.tracks import ReplyAudioTrack, frame_to_mono
 
 log = logging.getLogger(__name__)
 PC_CLOSE_TIMEOUT_S = 5.0
@@ -45,6 +45,7 @@ class Call:
         self.settings = settings
         self.output = CallOutput(self._end_soon, slow_client_timeout_s=services.slow_client_timeout_s,
                                  max_queued_audio_s=settings.max_queued_audio_s)
+        self.track = ReplyAudioTrack(self.output)
         self.session = Session(services, self.output, tenant=tenant)  # its voices are the tenant's
         self.pc = RTCPeerConnection(rtc_configuration(settings.ice_servers))
         self.end_reason: str | None = None
@@ -68,7 +69,7 @@ class Call:
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
         # Made before the offer is read, so the offer's audio takes it, with Opus as its only codec.
-        transceiver = self.pc.addTransceiver(self.output.track, direction="sendrecv")
+        transceiver = self.pc.addTransceiver(self.track, direction="sendrecv")
         transceiver.setCodecPreferences([codec for codec in RTCRtpSender.getCapabilities("audio").codecs
                                          if codec.mimeType.lower() == "audio/opus"])
         try:
@@ -218,8 +219,9 @@ class Call:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session_open:  # its reply is cancelled, as on any transport whose client left
             await self.session.close()
-        self.output.close(reason)
-        self.services.metrics.audio_seconds_out.inc(self.output.track.reply_frames_sent * FRAME_MS / 1000)
+        await self.output.aclose(reason)
+        self.track.stop()
+        self.services.metrics.audio_seconds_out.inc(self.output.seconds_sent)
         for listener in self.output.listeners():
             listener.call_ended(reason)
         with contextlib.suppress(Exception):  # bounded: a peer that vanished must not hold the call open

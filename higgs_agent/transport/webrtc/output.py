@@ -1,5 +1,6 @@
 """A call's `SessionOutput`: events on the `oai-events` data channel (and to any sideband listeners), reply
-audio on the outgoing media track.
+audio on the outgoing media track (a pulled `ReplyAudioSink`: 20 ms frames at 48 kHz wait here until the
+track's clock takes the next one; from then on it plays at real time).
 
 Events go out at once, one JSON text message each: audio no longer shares their path, so nothing queues
 behind it and no control lane is needed. Until the client's data channel is open they wait here (so
@@ -17,18 +18,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-import numpy as np
 from aiortc import RTCDataChannel
-from aiortc.mediastreams import MediaStreamError
 
-from higgs_agent.agent.reply import OutputClosed
+from higgs_agent.agent.output import OutputClosed
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.server_events import (
     OutputAudioBufferCleared,
     OutputAudioBufferStarted,
     OutputAudioBufferStopped,
 )
-from higgs_agent.transport.webrtc.tracks import ReplyAudioTrack
+from higgs_agent.transport.audio_sink import PlaybackEvent, ReplyAudioSink
+from higgs_agent.transport.webrtc.tracks import FRAME_MS, WIRE_RATE
 
 log = logging.getLogger(__name__)
 MAX_PENDING_EVENTS = 1024  # events waiting for the data channel to open (past this the oldest go)
@@ -45,13 +45,13 @@ class EventListener(Protocol):
         """The call is over: no more events will come."""
 
 
-class CallOutput:
+class CallOutput(ReplyAudioSink):
     """`on_closed(reason)` hears when the client turns out to be unreachable (its channel closed, or it stopped
-    reading); every send after that raises OutputClosed."""
+    reading); every send after that raises OutputClosed. `ReplyAudioTrack(output)` plays its audio."""
 
     def __init__(self, on_closed: Callable[[str], None], max_buffered_bytes: int = 1 << 20,
                  slow_client_timeout_s: float = 10.0, max_queued_audio_s: float = 60.0) -> None:
-        self.track = ReplyAudioTrack(self._playback, max_queued_s=max_queued_audio_s)
+        super().__init__(mode="pulled", wire_rate=WIRE_RATE, frame_ms=FRAME_MS, max_queued_s=max_queued_audio_s)
         self._on_closed = on_closed
         self.max_buffered_bytes = max_buffered_bytes
         self.slow_client_timeout_s = slow_client_timeout_s
@@ -59,7 +59,6 @@ class CallOutput:
         self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
         self._listeners: list[EventListener] = []
         self._backed_up_since: float | None = None
-        self.closed_reason: str | None = None
 
     # -- wiring -------------------------------------------------------------------------------------------
 
@@ -80,39 +79,15 @@ class CallOutput:
     def listeners(self) -> list[EventListener]:
         return list(self._listeners)
 
-    def close(self, reason: str) -> None:
-        if self.closed_reason is None:
-            self.closed_reason = reason
-        self.track.stop()
-
-    # -- SessionOutput ------------------------------------------------------------------------------------
+    # -- SessionOutput (the audio half is the sink's) ------------------------------------------------------
 
     async def send_event(self, event: se.ServerEvent) -> None:
         self._check_open()
-        if isinstance(event, se.ResponseDone):  # no more audio will come for it
-            self.track.finish(event.response.id)
         self._emit(se.to_wire(event))
-
-    async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
-        self._check_open()
-        try:
-            await self.track.push(response_id, item_id, samples)
-        except MediaStreamError:
-            raise OutputClosed(self.closed_reason or "the call's audio track ended") from None
-
-    def discard_audio(self, item_id: str) -> int:
-        return self.track.discard(item_id)
-
-    def heard_ms(self, item_id: str) -> float:
-        return self.track.heard_ms(item_id)
 
     # -- sending ------------------------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self.closed_reason is not None:
-            raise OutputClosed(self.closed_reason)
-
-    def _playback(self, what: str, response_id: str) -> None:
+    def _on_playback(self, what: PlaybackEvent, response_id: str) -> None:
         if self.closed_reason is None:  # from the track's sender or a barge-in: never raises into them
             with contextlib.suppress(OutputClosed):
                 self._emit(se.to_wire(PLAYBACK_EVENTS[what](response_id=response_id)))
@@ -149,6 +124,5 @@ class CallOutput:
 
     def _shut(self, reason: str) -> None:
         if self.closed_reason is None:
-            self.closed_reason = reason
-            self.track.stop()
+            self.close(reason)
             self._on_closed(reason)

@@ -19,8 +19,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from higgs_agent.logs import session_id
 from higgs_agent.transport.auth import principal_of
-from higgs_agent.transport.realtime_ws import chosen_subprotocol
-from higgs_agent.transport.uvicorn_ws import close_gracefully, close_unresponsive
+from higgs_agent.transport.uvicorn_ws import (
+    chosen_subprotocol,
+    close_gracefully,
+    close_unresponsive,
+)
 from higgs_agent.transport.webrtc.calls import CallRegistry
 
 log = logging.getLogger(__name__)
