@@ -356,6 +356,44 @@ async def test_a_barge_in_after_response_done_cuts_the_reply_still_playing(make_
         await session.close()
 
 
+async def test_observers_hear_the_conversation_as_domain_events_whatever_the_client_is_told(make_session, caplog):
+    from speech import pad, synthesize
+
+    from higgs_agent.agent import events as ev
+
+    session, out = await make_session(output=PacedOutput())
+    seen: list[ev.DomainEvent] = []
+    session.observe(lambda event: 1 / 0)  # a broken observer is logged and changes nothing
+    session.observe(seen.append)
+    try:
+        spoken, _ = synthesize("I would like to book a table", sample_rate=24000)
+        audio = base64.b64encode(float_to_pcm16(pad(spoken, 24000, lead_ms=300, tail_ms=1200))).decode()
+        await send(session, type="input_audio_buffer.append", audio=audio)
+        done = await until(out, "response.done")
+        reply_id, reply_item = done["response"]["id"], done["response"]["output"][0]["id"]
+        await session.dtmf("5")
+        interrupt, _ = synthesize("wait a moment", sample_rate=24000)
+        await send(session, type="input_audio_buffer.append",
+                   audio=base64.b64encode(float_to_pcm16(pad(interrupt, 24000, lead_ms=200))).decode())
+        truncated = await until(out, "conversation.item.truncated", timeout=10)
+    finally:
+        await session.close()
+
+    user_item = out.of("input_audio_buffer.speech_stopped")[0]["item_id"]
+    said = "".join(e["delta"] for e in out.of("response.output_audio_transcript.delta") if e["item_id"] == reply_item)
+    assert seen[:5] == [
+        ev.UserSpeechEnded(user_item),
+        ev.UserTranscribed(user_item, "hello there", "en"),
+        ev.TurnTimed(reply_id, user_item, reply_item, seen[2].stages_ms),
+        ev.ReplyFinished(reply_id, "completed", reply_item, said),
+        ev.KeyPressed("5"),
+    ]
+    # The client never asked for the latency event (an extension); observers get the figures all the same.
+    assert not out.of("higgs.turn.latency") and seen[2].stages_ms["transcript"] is not None
+    assert ev.ReplyCut(reply_item, pytest.approx(truncated["audio_end_ms"], abs=1)) in seen
+    assert "an observer failed on UserSpeechEnded" in caplog.text
+
+
 @pytest.mark.parametrize("how", ["after_the_reply", "barge_in_mid_reply", "closed_mid_reply"])
 async def test_a_closed_session_and_its_audio_are_freed_without_the_cycle_collector(make_session, how):
     """A session must not sit in a reference cycle once closed: the collector's full passes are rare in a big

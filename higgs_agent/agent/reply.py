@@ -31,6 +31,7 @@ from typing import Any
 
 from higgs_agent import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE
 from higgs_agent.agent.conversation import Conversation, ConversationItem, SpokenPhrase, heard_text
+from higgs_agent.agent.events import AgentFailed, DomainEvent, Observer, ReplyCut, ReplyFinished
 from higgs_agent.agent.output import OutputClosed, SessionOutput
 from higgs_agent.agent.responders.base import ReplyEvent, ReplyRequest, Responder, ResponderError
 from higgs_agent.agent.reply_calls import CallOutcome, ToolCalls
@@ -105,6 +106,7 @@ class ReplyRun:
     count_tokens: Callable[[str], Awaitable[int]] | None = None
     limits: ReplyLimits = field(default_factory=ReplyLimits)
     on_stall: Callable[[ReplyRun, StageTimeout], None] | None = None  # counted and logged by the session
+    on_event: Observer | None = None  # the domain's facts (a cut, the end), for the session's observers
     id: str = field(default_factory=lambda: new_id("resp"))
     status: str = "in_progress"
     status_details: se.StatusDetails | None = None
@@ -249,7 +251,12 @@ class ReplyRun:
         else:
             log.error("%s stalled at %s: %s", self.id, exc.stage, exc)
 
+    def _publish(self, event: DomainEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
     async def _fail(self, code: str, message: str) -> None:
+        self._publish(AgentFailed(code, message))
         self.status = "failed"
         self.status_details = se.StatusDetails(type="failed", error=se.StatusError(type="server_error", code=code,
                                                                                     message=message))
@@ -416,6 +423,7 @@ class ReplyRun:
                 heard = self.heard_ms_at_cancel
                 heard = self.output.heard_ms(item.id) if heard is None else heard
                 item.text = heard_text(item.phrases, heard)
+                self._publish(ReplyCut(item.id, heard))
                 await self._send(se.ItemTruncated(item_id=item.id, content_index=0,
                                                               audio_end_ms=int(heard)))
             item.status = "incomplete"
@@ -429,6 +437,8 @@ class ReplyRun:
             await self._send_latency()
         self.usage = await self._usage()
         self.finishing = True  # from here a client that read response.done may create the next response
+        said = next((item for item in self.items if item.kind == "message"), None)
+        self._publish(ReplyFinished(self.id, self.status, said.id if said else None, said.text or "" if said else ""))
         await self._send(se.ResponseDone(response=self.response()))
 
     async def _usage(self) -> se.Usage:

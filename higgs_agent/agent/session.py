@@ -22,6 +22,16 @@ import numpy as np
 
 from higgs_agent.agent.config import CALLER_VOICE, output_modality
 from higgs_agent.agent.conversation import Conversation, ConversationItem, ToolCall
+from higgs_agent.agent.events import (
+    AgentFailed,
+    DomainEvent,
+    KeyPressed,
+    Observer,
+    ReplyCut,
+    TurnTimed,
+    UserSpeechEnded,
+    UserTranscribed,
+)
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
 from higgs_agent.agent.reply import OutputClosed, Preparation, ReplyRun, SessionOutput
 from higgs_agent.agent.responders.base import ReplyRequest, Responder, tools_unsupported
@@ -99,6 +109,7 @@ class Session:
         self._background: set[asyncio.Task] = set()
         self.caller = services.analyzer.new_caller_state() if services.analyzer is not None else None
         self.closed = False
+        self._observers: list[Observer] = []
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -155,6 +166,17 @@ class Session:
             log.exception("handling a client message failed")
             await self.report(ProtocolError("server_error", f"internal error: {exc!r}", type="server_error"))
 
+    def observe(self, observer: Observer) -> None:
+        """Hear the conversation's facts as domain events (agent/events.py), whatever the client is told."""
+        self._observers.append(observer)
+
+    def _publish(self, event: DomainEvent) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event)
+            except Exception:  # noqa: BLE001 - an observer's bug must not break the conversation
+                log.exception("an observer failed on %s", type(event).__name__)
+
     async def report(self, error: ProtocolError) -> None:
         self.services.metrics.errors.labels(code=error.code).inc()
         await self.send(se.Error.of(error))
@@ -201,6 +223,7 @@ class Session:
         """A key the caller pressed (a phone transport's DTMF): sent to the client as OpenAI's
         `input_audio_buffer.dtmf_event_received`, and collected into a user turn the responder reads ("The
         caller pressed 1, 2 on the keypad.") once no key has followed for `DTMF_PAUSE_S`."""
+        self._publish(KeyPressed(digit))
         await self.send(se.DtmfReceived(event=digit, received_at=int(time.time())))
         self._digits.append(digit)
         if self._digit_timer is not None:
@@ -321,12 +344,14 @@ class Session:
             return None
         heard = min(self.output.heard_ms(item.id), item.audio_ms)
         self.conversation.truncate(item.id, 0, heard)
+        self._publish(ReplyCut(item.id, heard))
         return se.ItemTruncated(item_id=item.id, content_index=0, audio_end_ms=int(heard))
 
     async def _speech_stopped(self, audio_end_ms: int, audio: np.ndarray) -> None:
         timing = TurnTiming()
         item_id = self._speech_item_id or new_id("item")
         self._speech_item_id = None
+        self._publish(UserSpeechEnded(item_id))
         await self.send(se.SpeechStopped(audio_end_ms=audio_end_ms, item_id=item_id))
         wire = WireAudio(self.input.tape.slice_ms(self._turn_start_ms, audio_end_ms), self.input.tape.rate)
         await self._add_user_audio(item_id, audio, timing, create_response=self._turns_create_responses, wire=wire)
@@ -444,6 +469,7 @@ class Session:
         item = self.conversation.truncate(event.item_id, event.content_index, event.audio_end_ms)
         if self.reply is not None and self.reply.item is item:
             self.reply.client_heard_ms = event.audio_end_ms  # the client knows best what it played
+        self._publish(ReplyCut(item.id, event.audio_end_ms))
         await self.send(se.ItemTruncated(item_id=item.id, content_index=event.content_index,
                                          audio_end_ms=event.audio_end_ms))
 
@@ -560,6 +586,7 @@ class Session:
             if isinstance(exc, StageTimeout):
                 self._stalled(None, exc)
             log.exception("transcription failed")
+            self._publish(AgentFailed("transcription_failed", f"transcription failed: {exc}"))
             item.text = ""
             await self.send(se.TranscriptionFailed(item_id=item.id, error=se.ErrorDetail(
                 type="transcription_error", code="transcription_failed", message=f"transcription failed: {exc}")))
@@ -567,6 +594,7 @@ class Session:
             item.text, item.language = transcript.text.strip(), transcript.language
             turn.timing.mark("transcript")
             log.info("user %s: %r (%s)", item.id, item.text, item.language)
+            self._publish(UserTranscribed(item.id, item.text, item.language))
             await self.send(se.TranscriptionCompleted(
                 item_id=item.id, transcript=item.text, usage=se.DurationUsage(seconds=round(transcript.duration_s, 3)),
                 languages=[se.TranscriptLanguage(code=transcript.language)]))
@@ -701,7 +729,7 @@ class Session:
                                                  and params.max_output_tokens is not None
                                                  else self.config.max_output_tokens),
                               on_latency=self._latency, count_tokens=count_tokens, limits=limits,
-                              on_stall=self._stalled, text_only=text_only)
+                              on_stall=self._stalled, on_event=self._publish, text_only=text_only)
         self.reply.start(on_done=self._reply_done)
 
     def _responder(self) -> Responder:
@@ -733,6 +761,8 @@ class Session:
         stages = ", ".join(f"{stage.replace('_', ' ')} {'-' if ms is None else f'{ms:.0f} ms'}"
                            for stage, ms in latency_ms.items())
         log.info("turn latency %s: %s (from the end of the user's speech)", run.id, stages)
+        self._publish(TurnTimed(run.id, run.user_item_id, run.item.id if run.item is not None else None,
+                                dict(latency_ms)))
         await self.send(se.TurnLatency(response_id=run.id, item_id=run.user_item_id, latency_ms=latency_ms))
 
     # --- helpers ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """One phone call's settings and its record: what the caller and the agent said, and how fast the agent answered.
 
-The record reads the session's events as they go by (the phone cannot carry them, so `PhoneOutput` hands them
-here before dropping them) and logs each line as it happens; the transport sets the `session_id` log field to
+The record observes the session's domain events (agent/events.py: what was said, cut, and how fast) and logs
+each line as it happens; the transport sets the `session_id` log field to
 the callSid, so every line names its call. A turn's figure is the one a caller feels: from the end of their
 speech (the VAD's `speech_stopped`) to the first frame of the reply on the wire, beside the session's own
 stages (transcript, first text, first audio frame, first audio handed to the output).
@@ -16,8 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from higgs_agent.agent.events import (
+    AgentFailed,
+    DomainEvent,
+    KeyPressed,
+    ReplyCut,
+    ReplyFinished,
+    TurnTimed,
+    UserSpeechEnded,
+    UserTranscribed,
+)
 from higgs_agent.defaults import PHONE_BUSY_MESSAGE, PHONE_LEAD_MS
-from higgs_agent.protocol import server_events as se
 from higgs_agent.transport.phone.serializer import CallStarted
 
 log = logging.getLogger(__name__)
@@ -96,26 +105,23 @@ class CallLog:
 
     # -- from the session -------------------------------------------------------------------------------------
 
-    def on_event(self, event: se.ServerEvent) -> None:
-        if isinstance(event, se.SpeechStopped):
-            self._speech_ends[event.item_id] = self._clock()
-        elif isinstance(event, se.TranscriptionCompleted):
-            self._line(TranscriptLine("caller", event.transcript, self._since_start(), event.item_id))
-        elif isinstance(event, se.DtmfReceived):
-            self._line(TranscriptLine("keypad", event.event, self._since_start()))
-        elif isinstance(event, se.TurnLatency):
-            self._turn_latency(event)
-        elif isinstance(event, se.ItemTruncated):
-            self._cut(event.item_id, event.audio_end_ms)
-        elif isinstance(event, se.ResponseDone):
-            self._response_done(event.response)
-        elif isinstance(event, se.Error):
-            log.warning("agent error %s: %s", event.error.code, event.error.message)
-
-    def reply_audio(self, response_id: str, item_id: str) -> None:
-        """The session handed over audio of `item_id` for `response_id`."""
-        if response_id not in self._replies:
-            self._replies[response_id] = _Reply(item_id)
+    def observe(self, event: DomainEvent) -> None:
+        """The session's observer (`Session.observe`)."""
+        match event:
+            case UserSpeechEnded(item_id):
+                self._speech_ends[item_id] = self._clock()
+            case UserTranscribed(item_id, text):
+                self._line(TranscriptLine("caller", text, self._since_start(), item_id))
+            case KeyPressed(digit):
+                self._line(TranscriptLine("keypad", digit, self._since_start()))
+            case TurnTimed():
+                self._turn_latency(event)
+            case ReplyCut(item_id, heard_ms):
+                self._cut(item_id, heard_ms)
+            case ReplyFinished(_, status, item_id, text) if item_id is not None:
+                self._reply_finished(item_id, status, text)
+            case AgentFailed(code, message):
+                log.warning("agent error %s: %s", code, message)
 
     # -- from the wire ----------------------------------------------------------------------------------------
 
@@ -154,11 +160,11 @@ class CallLog:
         else:
             log.info("%s: %r", line.speaker, line.text)
 
-    def _turn_latency(self, event: se.TurnLatency) -> None:
-        reply = self._replies.setdefault(event.response_id, _Reply(item_id=""))
-        speech_end = self._speech_ends.pop(event.item_id, None) if event.item_id else None
+    def _turn_latency(self, event: TurnTimed) -> None:
+        reply = self._replies.setdefault(event.response_id, _Reply(item_id=event.reply_item_id or ""))
+        speech_end = self._speech_ends.pop(event.user_item_id, None) if event.user_item_id else None
         reply.speech_end = speech_end
-        reply.figures = TurnFigures(event.response_id, None, dict(event.latency_ms))
+        reply.figures = TurnFigures(event.response_id, None, dict(event.stages_ms))
         self.turns.append(reply.figures)
         if speech_end is None or reply.item_id in self._first_frames or not reply.item_id:
             self._complete(reply)
@@ -188,12 +194,8 @@ class CallLog:
         line.heard_ms = heard_ms
         log.info("agent turn %s cut by the caller: they heard %.0f ms of it", item_id, heard_ms)
 
-    def _response_done(self, response: se.Response) -> None:
-        item = next((out for out in response.output if isinstance(out, se.MessageItem)), None)
-        if item is None:
-            return
-        text = next((part.transcript or "" for part in item.content if isinstance(part, se.AudioPart)), "")
-        heard = self._cuts.pop(item.id, None)
-        self._line(TranscriptLine("agent", text, self._since_start(), item.id, response.status, heard))
+    def _reply_finished(self, item_id: str, status: str, text: str) -> None:
+        heard = self._cuts.pop(item_id, None)
+        self._line(TranscriptLine("agent", text, self._since_start(), item_id, status, heard))
         if heard is not None:
-            log.info("agent turn %s cut by the caller: they heard %.0f ms of it", item.id, heard)
+            log.info("agent turn %s cut by the caller: they heard %.0f ms of it", item_id, heard)

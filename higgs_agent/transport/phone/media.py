@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -79,7 +78,7 @@ class PhoneCall:
                 return
             session_id.set(started.call_id)  # every line logged for this call names it
             self.output.start()  # after: its task logs for the call too
-            self.call_log = self.output.call_log = CallLog(started)
+            self.call_log = CallLog(started)
             self.line.active[started.call_id] = self
             log.info("call started: stream %s, parameters %s", started.stream_id,
                      ", ".join(sorted(started.custom_parameters)) or "none")
@@ -121,8 +120,8 @@ class PhoneCall:
 
     async def _converse(self) -> str:
         self.session = session = Session(self.line.services, self.output)
-        # The session's latency figures feed the call's record (the phone carries no events anyway).
-        session.config = replace(session.config, extension_events=True)
+        assert self.call_log is not None
+        session.observe(self.call_log.observe)  # what was said and how fast, for the call's record
         await session.open()
         if self.line.settings.greeting:
             await session.say(self.line.settings.greeting)

@@ -7,8 +7,8 @@ every `mark_interval_ms` of it. The carrier echoes a mark once everything before
 first-hand word of what the caller heard, so `heard_ms` is where the last echoed mark stands, which is exactly
 where the session cuts the agent's turn in the history (LiveKit's playback-position contract, with a number in
 it). A barge-in sends `clear` ahead of any later audio; marks still pending then are echoed by the carrier at
-once, played or not, and are not taken for playback. The phone carries no events: each is shown to the call's
-record and dropped.
+once, played or not, and are not taken for playback. The phone carries no events: the call's record observes
+the session's domain events instead (`Session.observe`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-import numpy as np
-
 from higgs_agent.protocol import server_events as se
 from higgs_agent.transport.audio_sink import Marker, ReplyAudioSink, WireFrame
-from higgs_agent.transport.phone.call import CallLog
 from higgs_agent.transport.phone.serializer import (
     ClearAudio,
     OutgoingAudio,
@@ -40,7 +37,7 @@ class PhoneOutput(ReplyAudioSink):
     """`send` puts one typed message on the carrier's socket (the call encodes it with its serializer);
     `clock` and `sleep` are injectable so tests run on virtual time."""
 
-    def __init__(self, send: Send, *, wire_rate: int, call_log: CallLog | None = None, lead_ms: int = 160,
+    def __init__(self, send: Send, *, wire_rate: int, lead_ms: int = 160,
                  mark_interval_ms: int = 250, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         if (wire_rate * FRAME_MS) % 1000:
@@ -48,7 +45,6 @@ class PhoneOutput(ReplyAudioSink):
         super().__init__(mode="paced", wire_rate=wire_rate, frame_ms=FRAME_MS, lead_ms=lead_ms,
                          marker_interval_ms=mark_interval_ms, confirms=True, clock=clock, sleep=sleep)
         self._send = send
-        self.call_log = call_log
         self._mark_numbers = itertools.count(1)
         self._pending_marks: dict[str, Marker] = {}  # sent, not yet echoed
         self._flushed_marks: OrderedDict[str, None] = OrderedDict()  # pending at a clear: echo is no playback
@@ -57,15 +53,7 @@ class PhoneOutput(ReplyAudioSink):
     # -- SessionOutput (the audio half is the sink's) ------------------------------------------------------------
 
     async def send_event(self, event: se.ServerEvent) -> None:
-        self._check_open()
-        if self.call_log is not None:
-            self.call_log.on_event(event)
-
-    async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
-        self._check_open()
-        if self.call_log is not None:
-            self.call_log.reply_audio(response_id, item_id)
-        await self.push(response_id, item_id, samples)
+        self._check_open()  # a phone line carries no events
 
     # -- from the carrier -------------------------------------------------------------------------------------
 
