@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from higgs_agent.agent.client_items import client_item
 from higgs_agent.agent.config import CALLER_VOICE, output_modality
 from higgs_agent.agent.conversation import Conversation, ConversationItem, ToolCall
 from higgs_agent.agent.events import (
@@ -44,7 +45,7 @@ from higgs_agent.agent.tools.spec import ToolConfig
 from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.agent.vad import SpeechStarted
 from higgs_agent.audio import resample
-from higgs_agent.audio_formats import AudioFormatError, decode_audio
+from higgs_agent.audio_formats import AudioFormatError
 from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.model.prompts import VoiceReference
@@ -405,59 +406,14 @@ class Session:
             await self.send(truncated)
 
     async def _item_create(self, event: ce.ConversationItemCreate) -> None:
-        item = event.item
-        if item.type != "message":
-            await self._tool_item_create(event)
+        item = client_item(event, self.conversation, self.config.input_format)
+        if isinstance(item, ConversationItem):
+            await self._add_done(item, event.previous_item_id)
             return
-        if item.role is None:
-            raise ProtocolError("invalid_value", "a message item needs a role", param="item.role")
-        part = item.content[0] if item.content else None
-        if part is None or len(item.content) != 1:
-            raise ProtocolError("invalid_value", "an item needs exactly one content part", param="item.content")
-        item_id = item.id or new_id("item")
-        after = event.previous_item_id
-        if part.type in ("input_text", "text", "output_text"):
-            if part.text is None:
-                raise ProtocolError("invalid_value", "a text part needs 'text'", param="item.content.0.text")
-            kind = "output_text" if item.role == "assistant" else "input_text"
-            await self._add_done(ConversationItem(item_id, item.role, kind, text=part.text), after)
-        elif part.type == "input_audio" and item.role == "user":
-            try:
-                audio = decode_audio(base64.b64decode(part.audio or "", validate=True), self.config.input_format)
-            except (binascii.Error, ValueError) as exc:
-                raise ProtocolError("invalid_audio", f"input_audio: {exc}", param="item.content.0.audio") from None
-            self._check_queue()
-            rate = self.config.input_format.rate
-            await self._add_user_audio(item_id, resample(audio, rate, ASR_RATE), TurnTiming(), create_response=False,
-                                       after=after, wire=WireAudio(audio, rate))
-        else:
-            raise ProtocolError("invalid_value", f"unsupported content part type '{part.type}' for role "
-                                f"'{item.role}'", param="item.content.0.type")
-
-    async def _tool_item_create(self, event: ce.ConversationItemCreate) -> None:
-        """A client's function_call_output (its answer to a call), function_call (history it inserts), or
-        mcp_approval_response (its verdict on an MCP call the server asked to make)."""
-        item = event.item
-        item_id = item.id or new_id("item")
-
-        def need(name: str) -> Any:  # noqa: ANN401 - the field's value
-            value = getattr(item, name)
-            if value is None:
-                raise ProtocolError("invalid_value", f"a {item.type} item needs '{name}'", param=f"item.{name}")
-            return value
-
-        if item.type == "function_call_output":
-            call = ToolCall(need("call_id"), "", output=need("output"))
-        elif item.type == "function_call":
-            call = ToolCall(need("call_id"), need("name"), item.arguments or "{}")
-        else:
-            request_id, approve = need("approval_request_id"), need("approve")
-            asked = next((i for i in self.conversation.items if i.id == request_id), None)
-            if asked is None or asked.kind != "mcp_approval_request":
-                raise ProtocolError("invalid_value", f"{request_id!r} is not an mcp_approval_request of this "
-                                    "conversation", param="item.approval_request_id")
-            call = ToolCall("", "", approval_request_id=request_id, approve=approve, reason=item.reason)
-        await self._add_done(ConversationItem.tool(item_id, item.type, call), event.previous_item_id)
+        self._check_queue()
+        await self._add_user_audio(item.item_id, resample(item.audio, item.rate, ASR_RATE), TurnTiming(),
+                                   create_response=False, after=event.previous_item_id,
+                                   wire=WireAudio(item.audio, item.rate))
 
     async def _add_done(self, item: ConversationItem, after: str | None) -> None:
         added = self.conversation.add(item, after=after)

@@ -13,10 +13,10 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from higgs_agent.audio_formats import PCMU, AudioFormat, decode_audio
 from higgs_agent.protocol.errors import loads_strict
@@ -219,11 +219,31 @@ class OutgoingName(BaseModel):
 
 
 class OneStream:
-    """What every serializer keeps of its connection: the stream its `start` opened, and the check that a
-    later message is for that stream."""
+    """What every serializer of a JSON carrier keeps of its connection: the stream its `start` opened, and
+    the check that a later message is for that stream. `parse` validates a message against the carrier's
+    `messages` (a discriminated union on `event`) and hands it to `_meaning`."""
+
+    carrier_name: ClassVar[str]
+    messages: ClassVar[TypeAdapter]
+    known_events: ClassVar[frozenset[str]]
 
     def __init__(self) -> None:
         self._started: CallStarted | None = None
+
+    def parse(self, message: WireMessage) -> list[IncomingMessage]:
+        raw = json_object(message)
+        event = raw.get("event")
+        if isinstance(event, str) and event not in self.known_events:
+            raise UnknownEventError(event)
+        try:
+            parsed = self.messages.validate_python(raw)
+        except ValidationError as exc:
+            raise MalformedMessageError(f"malformed {self.carrier_name} {event or 'message'}: "
+                                        f"{first_error(exc, event)}") from None
+        return self._meaning(parsed)
+
+    def _meaning(self, parsed: Any) -> list[IncomingMessage]:  # noqa: ANN401 - one of the carrier's models
+        raise NotImplementedError
 
     @property
     def started(self) -> CallStarted | None:

@@ -25,12 +25,12 @@ import binascii
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from higgs_agent.audio_formats import PCMU, AudioFormat, encode_audio
 from higgs_agent.transport.phone.serializer import (
@@ -45,11 +45,7 @@ from higgs_agent.transport.phone.serializer import (
     OneStream,
     OutgoingName,
     OutgoingPayload,
-    UnknownEventError,
     UnsupportedMediaFormatError,
-    WireMessage,
-    first_error,
-    json_object,
 )
 from higgs_agent.transport.phone.twiml import LineSettings
 
@@ -161,18 +157,11 @@ class TelnyxSerializer(OneStream):
 
     carrier: ClassVar[str] = "telnyx"
     wire_format: ClassVar[AudioFormat] = PCMU
+    carrier_name: ClassVar[str] = "Telnyx"
+    messages: ClassVar[TypeAdapter] = _TelnyxMessage
+    known_events: ClassVar[frozenset[str]] = _KNOWN_EVENTS
 
-
-    def parse(self, message: WireMessage) -> list[IncomingMessage]:
-        raw = json_object(message)
-        event = raw.get("event")
-        if isinstance(event, str) and event not in _KNOWN_EVENTS:
-            raise UnknownEventError(event)
-        try:
-            parsed = _TelnyxMessage.validate_python(raw)
-        except ValidationError as exc:
-            raise MalformedMessageError(f"malformed Telnyx {event or 'message'}: {first_error(exc, event)}") \
-                from None
+    def _meaning(self, parsed: Any) -> list[IncomingMessage]:  # noqa: ANN401 - one of the models above
         if isinstance(parsed, _Connected):
             return []
         if isinstance(parsed, _Start):

@@ -13,10 +13,10 @@ wrong streamSid (errors 31950/31951). Reference: twilio.com/docs/voice/media-str
 from __future__ import annotations
 
 import base64
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
 from higgs_agent.audio_formats import PCMU, AudioFormat, encode_audio
@@ -32,11 +32,7 @@ from higgs_agent.transport.phone.serializer import (
     OneStream,
     OutgoingName,
     OutgoingPayload,
-    UnknownEventError,
     UnsupportedMediaFormatError,
-    WireMessage,
-    first_error,
-    json_object,
 )
 
 TWILIO_ENCODING = "audio/x-mulaw"  # the only coding Twilio's Media Streams carry, at 8000 Hz mono
@@ -142,7 +138,9 @@ class TwilioSerializer(OneStream):
 
     carrier: ClassVar[str] = "twilio"
     wire_format: ClassVar[AudioFormat] = PCMU
-
+    carrier_name: ClassVar[str] = "Twilio"
+    messages: ClassVar[TypeAdapter] = _TwilioMessage
+    known_events: ClassVar[frozenset[str]] = _KNOWN_EVENTS
 
     @property
     def stream_sid(self) -> str:
@@ -152,16 +150,7 @@ class TwilioSerializer(OneStream):
 
     # -- Twilio -> us -------------------------------------------------------------------------------------------
 
-    def parse(self, message: WireMessage) -> list[IncomingMessage]:
-        raw = json_object(message)
-        event = raw.get("event")
-        if isinstance(event, str) and event not in _KNOWN_EVENTS:
-            raise UnknownEventError(event)
-        try:
-            parsed = _TwilioMessage.validate_python(raw)
-        except ValidationError as exc:
-            raise MalformedMessageError(f"malformed Twilio {event or 'message'}: {first_error(exc, event)}") \
-                from None
+    def _meaning(self, parsed: Any) -> list[IncomingMessage]:  # noqa: ANN401 - one of the models above
         if isinstance(parsed, _Connected):
             return []
         if isinstance(parsed, _Start):
