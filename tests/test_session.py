@@ -22,6 +22,7 @@ from higgs_agent.model.asr import Transcript
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.protocol import server_events as se
 from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.transport.realtime_codec import deliver
 
 
 class FakeOutput:
@@ -120,7 +121,7 @@ def make_session(bundle):
 
 
 async def send(target: Session, **event) -> None:
-    await target.handle_message(json.dumps(event))
+    await deliver(target, json.dumps(event))
 
 
 async def until(output: FakeOutput, kind: str, count: int = 1, timeout: float = 60) -> dict:
@@ -207,9 +208,9 @@ async def test_close_during_a_queued_turn_starts_no_reply_and_returns(make_sessi
 
 async def test_hostile_values_get_error_events(make_session):
     session, out = await make_session()
-    await session.handle_message('{"type": "session.update", "session": {"audio": {"input": {"format": '
+    await deliver(session, '{"type": "session.update", "session": {"audio": {"input": {"format": '
                                  '{"type": "audio/pcm", "rate": 1e400}}}}}')
-    await session.handle_message("[" * 100_000)
+    await deliver(session, "[" * 100_000)
     await send(session, type="session.update", session={"audio": {"input": {"turn_detection": {
         "type": "server_vad", "silence_duration_ms": 1e400}}}})
     codes = [e["error"]["code"] for e in out.of("error")]

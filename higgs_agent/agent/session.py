@@ -1,7 +1,9 @@
 """One conversation, independent of the transport that carries it.
 
-A transport (WebSocket, WebRTC, a phone call) hands the session client messages (`handle_message`) and, if
-it decodes audio itself, raw audio (`push_audio`); the session answers through a `SessionOutput`. Data flows
+A transport (WebSocket, WebRTC, a phone call) hands the session typed client events (`handle`; the Realtime
+codec at the edge parses the wire's JSON, transport/realtime_codec.py) and, if it decodes audio itself, raw
+audio at its rate (`push_audio`); the session answers through a `SessionOutput`, and tells observers what
+happened as domain events (`observe`). Data flows
 one way: input audio -> turns (VAD or commits) -> understanding (transcript, codec codes) -> a reply
 (responder text -> engine -> codec) -> output. Turns are understood one at a time, in order; a barge-in
 cancels the reply from the audio path at once, without waiting for that queue.
@@ -10,8 +12,6 @@ cancels the reply from the audio path at once, without waiting for that queue.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import time
 from collections.abc import Mapping
@@ -154,19 +154,6 @@ class Session:
 
     # --- input -----------------------------------------------------------------------------------------
 
-    async def handle_message(self, raw: str | bytes) -> None:
-        """One client message off the wire; anything wrong with it becomes an `error` event. OutputClosed
-        (the client cannot be reached any more) is for the transport to act on."""
-        try:
-            await self.handle(ce.parse_client_event(raw, self.services.max_event_bytes))
-        except ProtocolError as exc:
-            await self.report(exc)
-        except OutputClosed:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a bug must not end the session
-            log.exception("handling a client message failed")
-            await self.report(ProtocolError("server_error", f"internal error: {exc!r}", type="server_error"))
-
     def observe(self, observer: Observer) -> None:
         """Hear the conversation's facts as domain events (agent/events.py), whatever the client is told."""
         self._observers.append(observer)
@@ -189,6 +176,8 @@ class Session:
         await self.output.send_event(event)
 
     async def handle(self, event: Any) -> None:  # noqa: ANN401 - one of client_events.ClientEvent
+        """One typed client event (the Realtime codec at the edge parsed it: transport/realtime_codec.py);
+        anything wrong with it becomes an `error` event. OutputClosed is for the transport to act on."""
         handler = {
             "session.update": self._session_update,
             "input_audio_buffer.append": self._append,
@@ -204,9 +193,15 @@ class Session:
         }[event.type]
         try:
             await handler(event)
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # the client's mistake: an `error` event, and the session goes on
             exc.event_id = exc.event_id or event.event_id
+            await self.report(exc)
+        except OutputClosed:
             raise
+        except Exception as exc:  # noqa: BLE001 - a bug must not end the session
+            log.exception("handling a %s failed", event.type)
+            await self.report(ProtocolError("server_error", f"internal error: {exc!r}", type="server_error",
+                                            event_id=event.event_id))
 
     async def push_audio(self, samples: np.ndarray, rate: int) -> None:
         """Decoded caller audio from a transport that does its own decoding (WebRTC at 48 kHz, a phone at
@@ -304,11 +299,7 @@ class Session:
 
     async def _append(self, event: ce.InputAudioBufferAppend) -> None:
         try:
-            data = base64.b64decode(event.audio, validate=True)
-        except (binascii.Error, ValueError):
-            raise ProtocolError("invalid_base64", "audio is not valid base64", param="audio") from None
-        try:
-            vad_events = self.input.append(data)
+            vad_events = self.input.append(event.data)
         except AudioFormatError as exc:
             raise ProtocolError("invalid_audio", str(exc), param="audio") from None
         await self._on_vad_events(vad_events)

@@ -8,9 +8,12 @@ fields `session_fields` checks one by one.
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
 
 from higgs_agent.protocol.errors import ProtocolError, loads_strict
 
@@ -31,6 +34,12 @@ class SessionUpdate(_ClientEvent):
 class InputAudioBufferAppend(_ClientEvent):
     type: Literal["input_audio_buffer.append"]
     audio: str
+    _data: bytes = PrivateAttr(default=b"")
+
+    @property
+    def data(self) -> bytes:
+        """The audio's bytes (base64-decoded by `parse_client_event`)."""
+        return self._data
 
 
 class InputAudioBufferCommit(_ClientEvent):
@@ -165,8 +174,15 @@ def parse_client_event(raw: str | bytes, max_bytes: int) -> ClientEvent:
     if kind not in CLIENT_EVENT_TYPES:
         raise ProtocolError("unknown_event", f"unknown event type '{kind}'", param="type", event_id=event_id)
     try:
-        return _client_event.validate_python(data)
+        event = _client_event.validate_python(data)
     except ValidationError as exc:
         raise validation_error(exc, data, event_id=event_id) from None
     except RecursionError:
         raise ProtocolError("invalid_value", "the event is nested too deeply", event_id=event_id) from None
+    if isinstance(event, InputAudioBufferAppend):
+        try:
+            event._data = base64.b64decode(event.audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("invalid_base64", "audio is not valid base64", param="audio",
+                                event_id=event_id) from None
+    return event

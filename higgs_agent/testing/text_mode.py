@@ -25,6 +25,7 @@ import numpy as np
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
 from higgs_agent.protocol import server_events as se
+from higgs_agent.transport.realtime_codec import deliver
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -119,7 +120,7 @@ class TextConversation:
 
     async def send(self, event: dict[str, Any]) -> None:
         """A client event, as JSON off the wire."""
-        await self.session.handle_message(json.dumps(event))
+        await deliver(self.session, json.dumps(event))
 
     async def run(self, user_input: str | None = None) -> TurnResult:
         """Say `user_input` (if any) and return the response it gets."""

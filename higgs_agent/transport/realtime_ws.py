@@ -31,6 +31,7 @@ from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError
 from higgs_agent.transport.audio_sink import ReplyAudioSink, WireFrame
 from higgs_agent.transport.auth import principal_of
+from higgs_agent.transport.realtime_codec import deliver
 from higgs_agent.transport.uvicorn_ws import (
     chosen_subprotocol,
     close_gracefully,
@@ -185,7 +186,7 @@ async def realtime_endpoint(websocket: WebSocket, services: AgentServices) -> No
             if message["type"] == "websocket.disconnect":
                 break
             if message.get("text") is not None:
-                await session.handle_message(message["text"])
+                await deliver(session, message["text"])
             else:
                 await session.report(ProtocolError("invalid_event", "binary frames are not part of the protocol; "
                                                    "send JSON text frames"))

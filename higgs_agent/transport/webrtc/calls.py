@@ -26,6 +26,7 @@ from higgs_agent.agent.reply import OutputClosed
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
 from higgs_agent.protocol.errors import ProtocolError, new_id
+from higgs_agent.transport.realtime_codec import deliver
 from higgs_agent.transport.webrtc.ice import rtc_configuration
 from higgs_agent.transport.webrtc.offer import ApiError
 from higgs_agent.transport.webrtc.output import CallOutput, EventListener
@@ -152,7 +153,7 @@ class Call:
                     await self.session.report(ProtocolError("invalid_event", "binary messages are not part of the "
                                                             "protocol; send JSON text, one event per message"))
                 else:
-                    await self.session.handle_message(message)
+                    await deliver(self.session, message)
         except OutputClosed as exc:
             self._end_soon(str(exc))
 
