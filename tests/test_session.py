@@ -268,8 +268,17 @@ async def test_a_turn_the_user_talked_on_after_is_answered_once_with_the_next(ma
     audio = np.concatenate([pad(half, 24000, lead_ms=300, tail_ms=800), pad(half, 24000, tail_ms=1200)])
     await send(session, type="input_audio_buffer.append", audio=base64.b64encode(float_to_pcm16(audio)).decode())
     assert len(out.of("input_audio_buffer.speech_stopped")) == 2
+    second = out.of("input_audio_buffer.speech_stopped")[1]["item_id"]
     await until(out, "response.done")
-    await asyncio.sleep(0.3)
+    # Settled: the second turn is understood (its item.done is sent in the same step that would start a
+    # reply to it), and no reply is in flight or queued. Whatever was going to answer has answered by now.
+    for _ in range(6000):
+        understood = any(e["item"]["id"] == second for e in out.of("conversation.item.done"))
+        if understood and session.reply is None and session._turns.empty():
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the session did not settle")
     assert len(out.of("response.created")) == 1
     assert len(out.of("conversation.item.input_audio_transcription.completed")) == 2
     await session.close()
