@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import logging
 import time
 import warnings
+import weakref
 from dataclasses import replace
 from xml.etree import ElementTree
 
@@ -398,6 +400,22 @@ async def test_unsigned_forged_and_stray_requests_are_refused(server, services, 
     with pytest.raises(websockets.InvalidStatus):  # and its token is spent
         await websockets.connect(call.local_stream_url(stream_url), additional_headers=call.stream_signature())
     await call.close()
+
+
+async def test_a_call_that_ends_frees_its_session_without_the_cycle_collector(server, echo_line):
+    """A session holds audio (the input tape, the caller's speech): once its call ends, reference counting
+    must free it, not a full collection that a big process runs rarely (#20)."""
+    gc.collect()
+    gc.disable()  # from here only reference counting frees anything
+    try:
+        call = simulated(server, echo_line)
+        await call.dial()
+        await call.wait_frames(1)  # the greeting: the session is live
+        session = weakref.ref(echo_line.active[call.call_sid].session)
+        await call.hang_up()
+        await until(lambda: session() is None, timeout=30)  # never, if a cycle holds it
+    finally:
+        gc.enable()
 
 
 async def test_serve_puts_the_phone_line_beside_the_keyed_api(services):

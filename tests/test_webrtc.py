@@ -664,3 +664,28 @@ def test_the_serve_flags_set_ice_servers_and_refuse_what_aiortc_cannot_use():
                            (["--client-secret-key", "short"], "at least 16 characters")):
         with pytest.raises(ValueError, match=problem):
             webrtc_settings(parser.parse_args(flags))
+
+
+async def test_a_call_that_ends_frees_its_session_without_the_cycle_collector(impatient):
+    """Once a call ends, reference counting frees its session (and its audio), not a rare full collection
+    (#20): nothing keeps the call in a cycle (the peer connection's and the channel's handlers, the output's
+    callback, the caller-audio task's exception)."""
+    import gc
+    import weakref
+
+    from higgs_agent.agent.session import Session
+
+    gc.collect()
+    gc.disable()  # from here only reference counting frees anything
+    try:
+        before = {id(obj) for obj in gc.get_objects() if type(obj) is Session}
+        caller = await Caller.call(impatient)
+        await typed_turn(caller.send, "hello")
+        await caller.until("response.done")
+        sessions = [weakref.ref(obj) for obj in gc.get_objects() if type(obj) is Session and id(obj) not in before]
+        assert len(sessions) == 1  # the call's (the server runs in this process)
+        await caller.hang_up()
+        await wait_for(lambda: sessions[0]() is None, 30, "the ended call's session being freed (a reference "
+                       "cycle would keep it until the cycle collector ran)")
+    finally:
+        gc.enable()

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -61,7 +63,9 @@ class PhoneCall:
         self.line = line
         self.answered = answered
         self.serializer = line.line.serializer()
-        self.output = PhoneOutput(self._send, wire_rate=self.serializer.wire_format.rate,
+        # The output sends through this call, weakly: call -> output -> call would keep the session (and its
+        # audio) alive after the call ends until the cycle collector ran.
+        self.output = PhoneOutput(_weakly(self._send), wire_rate=self.serializer.wire_format.rate,
                                   lead_ms=line.settings.lead_ms, mark_interval_ms=line.settings.mark_interval_ms)
         self.call_log: CallLog | None = None
         self.session: Session | None = None
@@ -240,3 +244,16 @@ class PhoneCall:
 
     async def _close(self, code: int) -> None:
         await close_gracefully(self.websocket, code)
+
+
+def _weakly(send: Callable[[OutgoingMessage], Awaitable[None]]) -> Callable[[OutgoingMessage], Awaitable[None]]:
+    """A bound `send` that does not keep its object alive (once it is gone, sending fails as a closed socket)."""
+    method = weakref.WeakMethod(send)  # type: ignore[arg-type]
+
+    async def weak_send(message: OutgoingMessage) -> None:
+        bound = method()
+        if bound is None:
+            raise ConnectionError("the call is gone")
+        await bound(message)
+
+    return weak_send

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -44,7 +45,9 @@ class Call:
         self.tenant = tenant
         self.services = services
         self.settings = settings
-        self.output = CallOutput(self._end_soon, slow_client_timeout_s=services.slow_client_timeout_s,
+        end_soon = weakref.WeakMethod(self._end_soon)  # weakly: the output must not keep the call alive
+        self.output = CallOutput(lambda reason: (method := end_soon()) is not None and method(reason),
+                                 slow_client_timeout_s=services.slow_client_timeout_s,
                                  max_queued_audio_s=settings.max_queued_audio_s)
         self.track = ReplyAudioTrack(self.output)
         self.session = Session(services, self.output, tenant=tenant)  # its voices are the tenant's
@@ -162,7 +165,11 @@ class Call:
         timeout = self.settings.media_timeout_s
         try:
             while True:
-                frame = await asyncio.wait_for(track.recv(), timeout)
+                # asyncio.timeout, not wait_for: wait_for runs recv() as a task of its own, whose stored exception
+                # (a MediaStreamError when the track ends) and traceback made a cycle with this frame, and so
+                # kept the call and its session alive until the cycle collector ran.
+                async with asyncio.timeout(timeout):
+                    frame = await track.recv()
                 await self.session.push_audio(frame_to_mono(frame), frame.sample_rate)
         except TimeoutError:
             self._end_soon(f"no audio from the client for {timeout:g} s")
@@ -227,9 +234,19 @@ class Call:
             listener.call_ended(reason)
         with contextlib.suppress(Exception):  # bounded: a peer that vanished must not hold the call open
             await asyncio.wait_for(self.pc.close(), PC_CLOSE_TIMEOUT_S)
+        self._let_go()
         self.ended.set()
         for callback in self._on_end:
             callback(self)
+
+    def _let_go(self) -> None:
+        """Drop what refers back to this call: the peer connection's and the channel's handlers (bound to it)
+        and its finished tasks (each holds its frames). Left alone, call -> pc -> handlers -> call keeps the
+        session and its audio alive until a full collection, which a big process runs rarely (#20)."""
+        self.pc.remove_all_listeners()
+        if self._channel is not None:
+            self._channel.remove_all_listeners()
+        self._tasks.clear()
 
 
 class CallRegistry:
