@@ -138,6 +138,14 @@ async def test_a_barge_in_drops_the_unsent_audio_freezes_what_was_heard_and_refu
     assert not await sink.push("r", "i", tone(0.5))  # the engine's late audio of the cut item
     assert sink.next_frame() is None
     assert sink.discard("never-started") == 0 and not await sink.push("r", "never-started", tone(0.1))
+    # A second barge-in on a cut item (a reply cancelled before its audio, then talked over again) finds
+    # nothing to drop, and leaves the playout clock of whatever plays now alone.
+    await sink.push("r2", "next", tone(0.1))
+    sink.next_frame()
+    clock.now = 5.01
+    playing = sink.heard_ms("next")
+    assert sink.discard("never-started") == 0 and sink.discard("i") == 0
+    assert sink.heard_ms("next") == playing
 
 
 async def test_a_full_sink_holds_the_producer_until_the_listener_takes_frames_or_a_barge_in():

@@ -2,13 +2,14 @@
 (tests/test_hardening.py drives the same output over real sockets whose peers really stop reading.)"""
 
 import asyncio
+import base64
 import json
 
 import numpy as np
 import pytest
 
 from higgs_agent.agent.reply import OutputClosed
-from higgs_agent.audio_formats import PCM16_24K
+from higgs_agent.audio_formats import PCM16_24K, PCMU
 from higgs_agent.protocol import server_events as se
 from higgs_agent.transport.realtime_ws import ClientTooSlow, WebSocketOutput
 
@@ -121,3 +122,22 @@ async def test_a_failed_send_fails_every_producer_at_once_and_says_so_in_the_log
     assert asyncio.get_running_loop().time() - started < 1.0  # not the slow-client timeout
     assert "sending failed (RuntimeError" in caplog.text
     await output.aclose()
+
+
+async def test_a_format_the_client_changes_during_a_reply_applies_to_the_rest_of_it():
+    socket = StuckSocket()
+    socket.block.set()
+    formats = [PCM16_24K]
+    output = WebSocketOutput(socket, lambda: formats[0], max_messages=64)
+    output.start()
+    await output.send_audio("r1", "item", np.zeros(1920, dtype=np.float32))  # 80 ms as PCM16 at 24 kHz
+    formats[0] = PCMU  # session.update mid-reply
+    await output.send_audio("r1", "item", np.zeros(1920, dtype=np.float32))  # 80 ms more
+    await output.flush_audio("r1")
+    async with asyncio.timeout(10):
+        while len(socket.sent) < 2:  # the sender hands both to the socket
+            await asyncio.sleep(0.01)
+    await output.aclose()
+    deltas = [base64.b64decode(json.loads(t)["delta"]) for t in socket.sent]
+    assert len(deltas[0]) == 1920 * 2  # PCM16: two bytes a sample at 24 kHz
+    assert len(deltas[1]) == 640 and set(deltas[1]) == {0xFF}  # mu-law at 8 kHz: 80 ms of silence

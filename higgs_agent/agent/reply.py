@@ -438,7 +438,7 @@ class ReplyRun:
         self.usage = await self._usage()
         self.finishing = True  # from here a client that read response.done may create the next response
         said = next((item for item in self.items if item.kind == "message"), None)
-        self._publish(ReplyFinished(self.id, self.status, said.id if said else None, said.text or "" if said else ""))
+        self._publish(ReplyFinished(self.id, self.status, said.id if said else None, (said.text or "") if said else ""))
         await self._send(se.ResponseDone(response=self.response()))
 
     async def _usage(self) -> se.Usage:

@@ -220,7 +220,9 @@ class ReplyAudioSink:
         clear it) and refuse the rest; returns the 24 kHz samples the listener will not hear. Never raises."""
         item = self._items.get(item_id)
         if item is None:  # nothing of it came yet: refuse what may still come
-            self._remember(item_id, _Item("", 0, StreamResampler(SAMPLE_RATE, SAMPLE_RATE), cut=True))
+            self._remember(item_id, _Item("", SAMPLE_RATE, StreamResampler(SAMPLE_RATE, SAMPLE_RATE), cut=True))
+            return 0
+        if item.cut:  # cut before: nothing of it is left here or on the far side
             return 0
         now = self._clock()
         dropped_ms = sum(entry.ms for entry in self._queue
@@ -231,9 +233,8 @@ class ReplyAudioSink:
         item.remainder = np.zeros(0, dtype=np.float32)
         if self._framing == item_id:
             self._framing = None
-        if not item.cut:
-            unheard_ms = item.sent_ms - (item.confirmed_ms if self.confirms else item.estimated_ms(now))
-            dropped_ms += self._clear_far_side(item_id, max(0.0, unheard_ms))
+        unheard_ms = item.sent_ms - (item.confirmed_ms if self.confirms else item.estimated_ms(now))
+        dropped_ms += self._clear_far_side(item_id, max(0.0, unheard_ms))
         item.cut = True
         if item.cut_at is None and item.play_end > now:
             item.cut_at = now
@@ -260,12 +261,6 @@ class ReplyAudioSink:
     def queued_ms(self) -> float:
         """Reply audio waiting here, not yet sent."""
         return sum(entry.ms for entry in self._queue if isinstance(entry, WireFrame))
-
-    def holds(self, item_id: str) -> bool:
-        """Whether audio of the item still waits here (queued, or a part-frame waiting for more)."""
-        item = self._items.get(item_id)
-        return item is not None and not item.cut and (item.queued > 0 or item.remainder.size > 0
-                                                       or (self._framing == item_id and not item.ended))
 
     async def wait_sent(self) -> None:
         """Until everything queued has gone out (raises OutputClosed if sending failed)."""
@@ -392,10 +387,12 @@ class ReplyAudioSink:
     def _queue_frames(self, item_id: str, item: _Item, frames: list[WireFrame], final: bool) -> None:
         self._queue.extend(frames)
         item.queued += len(frames)
-        if self.marker_interval_ms is not None and (item.framed_ms > item.marked_ms or (final and item.framed_ms)):
+        marked = self.marker_interval_ms is not None and (item.framed_ms > item.marked_ms
+                                                          or (final and item.framed_ms > 0))
+        if marked:
             item.marked_ms = item.framed_ms
             self._queue.append(Marker(item.response_id, item_id, item.framed_ms, final))
-        if frames or self.marker_interval_ms is not None:
+        if frames or marked:
             self._drained.clear()
             self._wakeup.set()
 

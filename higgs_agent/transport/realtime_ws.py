@@ -86,7 +86,9 @@ class WebSocketOutput(ReplyAudioSink):
         await self._put(_Outgoing(se.to_wire(event), response_id=se.response_id_of(event)))
 
     async def _write_frame(self, frame: WireFrame) -> None:
-        delta = base64.b64encode(encode_audio(frame.samples, self.output_format())).decode("ascii")
+        # At the item's rate; a format that changed during the item is met here (encode_audio resamples).
+        coded = encode_audio(frame.samples, self.output_format(), from_rate=frame.rate)
+        delta = base64.b64encode(coded).decode("ascii")
         event = se.OutputAudioDelta(response_id=frame.response_id, item_id=frame.item_id, output_index=0,
                                     content_index=0, delta=delta)
         await self._put(_Outgoing(se.to_wire(event), response_id=frame.response_id, frame=frame))
