@@ -79,29 +79,31 @@ class _StartInfo(_Inbound):
     media_format: _MediaFormat
 
 
-class _Start(_Inbound):
-    event: Literal["start"]
+class _OnStream(_Inbound):
+    """What every message on a stream may carry besides its own body."""
+
     sequence_number: int | None = None
+    stream_id: str | None = None
+
+
+class _Start(_OnStream):
+    event: Literal["start"]
     stream_id: str
     start: _StartInfo
 
 
-class _Media(_Inbound):
+class _Media(_OnStream):
     event: Literal["media"]
-    sequence_number: int | None = None
-    stream_id: str | None = None
     media: MediaInfo
 
 
-class _Dtmf(_Inbound):
+class _Dtmf(_OnStream):
     event: Literal["dtmf"]
-    stream_id: str | None = None
     dtmf: DtmfInfo
 
 
-class _Mark(_Inbound):
+class _Mark(_OnStream):
     event: Literal["mark"]
-    stream_id: str | None = None
     mark: MarkInfo
 
 
@@ -111,15 +113,13 @@ class _ErrorInfo(_Inbound):
     detail: str | None = None
 
 
-class _Error(_Inbound):
+class _Error(_OnStream):
     event: Literal["error"]
-    stream_id: str | None = None
     payload: _ErrorInfo
 
 
-class _Stop(_Inbound):
+class _Stop(_OnStream):
     event: Literal["stop"]
-    stream_id: str | None = None
 
 
 _TelnyxMessage = TypeAdapter(Annotated[_Connected | _Start | _Media | _Dtmf | _Mark | _Error | _Stop,

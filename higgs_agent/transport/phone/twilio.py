@@ -63,31 +63,30 @@ class _StartInfo(_Inbound):
     media_format: _MediaFormat
 
 
-class _Start(_Inbound):
-    event: Literal["start"]
+class _OnStream(_Inbound):
+    """What every message on a stream may carry besides its own body."""
+
     sequence_number: int | None = None
     stream_sid: str | None = None
+
+
+class _Start(_OnStream):
+    event: Literal["start"]
     start: _StartInfo
 
 
-class _Media(_Inbound):
+class _Media(_OnStream):
     event: Literal["media"]
-    sequence_number: int | None = None
-    stream_sid: str | None = None
     media: MediaInfo
 
 
-class _Dtmf(_Inbound):
+class _Dtmf(_OnStream):
     event: Literal["dtmf"]
-    sequence_number: int | None = None
-    stream_sid: str | None = None
     dtmf: DtmfInfo
 
 
-class _Mark(_Inbound):
+class _Mark(_OnStream):
     event: Literal["mark"]
-    sequence_number: int | None = None
-    stream_sid: str | None = None
     mark: MarkInfo
 
 
@@ -97,10 +96,8 @@ class _StopInfo(_Inbound):
     reason: str | None = None
 
 
-class _Stop(_Inbound):
+class _Stop(_OnStream):
     event: Literal["stop"]
-    sequence_number: int | None = None
-    stream_sid: str | None = None
     stop: _StopInfo | None = None
 
 

@@ -33,6 +33,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from higgs_agent.logs import session_id
 from higgs_agent.transport.phone.serializer import CallStarted
+from higgs_agent.transport.phone.twilio import TwilioSerializer
 
 if TYPE_CHECKING:
     from higgs_agent.transport.phone.serializer import MediaStreamSerializer
@@ -144,8 +145,6 @@ class TwilioSettings(LineSettings):
         return TwilioSignatures(self.auth_token) if self.auth_token else None
 
     def serializer(self) -> MediaStreamSerializer:
-        from higgs_agent.transport.phone.twilio import TwilioSerializer
-
         return TwilioSerializer()
 
 
