@@ -36,6 +36,7 @@ from higgs_agent.transport.uvicorn_ws import (
     chosen_subprotocol,
     close_gracefully,
     close_unresponsive,
+    send_text_within,
 )
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class WebSocketOutput(ReplyAudioSink):
                 message = lane.popleft()
                 self._outbox_room.set()
                 try:  # a send that cannot finish is a client that stopped reading
-                    await asyncio.wait_for(self.websocket.send_text(message.text), self.slow_client_timeout_s)
+                    await send_text_within(self.websocket, message.text, self.slow_client_timeout_s)
                 except TimeoutError:
                     self._abort(f"client read nothing for {self.slow_client_timeout_s:g} s")
                     return

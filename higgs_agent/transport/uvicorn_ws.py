@@ -57,6 +57,15 @@ def abort_connection(scope: MutableMapping[str, Any]) -> bool:
     return True
 
 
+async def send_text_within(websocket: WebSocket, text: str, timeout_s: float) -> None:
+    """`websocket.send_text`, or TimeoutError once it has taken `timeout_s` (a peer that stopped reading).
+    asyncio.timeout, not wait_for: wait_for sends from a task of its own, which keeps the exception of a send
+    that failed (a peer that went away), whose traceback holds the caller's frame: a cycle that kept the
+    connection's output, and through it a call and its session, alive until the cycle collector ran."""
+    async with asyncio.timeout(timeout_s):
+        await websocket.send_text(text)
+
+
 async def close_unresponsive(websocket: WebSocket, code: int, reason: str) -> None:
     """Drop the connection now where the server allows it (ours), else try a close frame with a deadline."""
     if abort_connection(websocket.scope):

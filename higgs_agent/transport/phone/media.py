@@ -44,7 +44,7 @@ from higgs_agent.transport.phone.serializer import (
     encode,
 )
 from higgs_agent.transport.phone.twiml import AnsweredCall, MediaSocketRefusedError
-from higgs_agent.transport.uvicorn_ws import close_gracefully, close_unresponsive
+from higgs_agent.transport.uvicorn_ws import close_gracefully, close_unresponsive, send_text_within
 
 if TYPE_CHECKING:
     from higgs_agent.transport.phone.routes import PhoneLine
@@ -232,7 +232,7 @@ class PhoneCall:
         text = encode(self.serializer, message)
         timeout_s = self.line.services.slow_client_timeout_s
         try:
-            await asyncio.wait_for(self.websocket.send_text(text), timeout_s)
+            await send_text_within(self.websocket, text, timeout_s)
         except TimeoutError:
             reason = f"the carrier read nothing for {timeout_s:g} s"
             log.warning("disconnecting: %s", reason)

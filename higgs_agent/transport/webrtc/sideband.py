@@ -23,6 +23,7 @@ from higgs_agent.transport.uvicorn_ws import (
     chosen_subprotocol,
     close_gracefully,
     close_unresponsive,
+    send_text_within,
 )
 from higgs_agent.transport.webrtc.calls import CallRegistry
 
@@ -75,7 +76,7 @@ class SidebandLink:
             while True:
                 await self._ready.wait()
                 if self._queue:
-                    await asyncio.wait_for(self.websocket.send_text(self._queue.popleft()), self.send_timeout_s)
+                    await send_text_within(self.websocket, self._queue.popleft(), self.send_timeout_s)
                     continue
                 if self._close is not None:
                     break
