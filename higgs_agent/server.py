@@ -81,9 +81,10 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
     from higgs_agent.streaming.engine import StreamingEngine
 
     started = time.perf_counter()
-    transcriber = Transcriber.load(args.asr_model)
+    transcriber = Transcriber.load(args.asr_model, window=getattr(args, "asr_window", "fitted"))
     transcriber.warmup()
     log.info("ASR: %s from %s (%.1f s)", transcriber.name, transcriber.source, time.perf_counter() - started)
+    turn_model = _load_turn_model()
     voice = None
     if args.voice:
         voice = encode_voice(bundle.processor, read_wav(args.voice), SAMPLE_RATE, args.voice_text)
@@ -104,7 +105,24 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
                          default_responder=default_responder(args), sampling=sampling, voice=voice,
                          extension_events=args.extension_events, mcp_servers=mcp_servers(args),
                          allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout,
-                         analyzer=analyzer, voices=voices)
+                         analyzer=analyzer, voices=voices, turn_model=turn_model)
+
+
+def _load_turn_model():  # noqa: ANN202 - SmartTurn | None
+    """semantic_vad's smart-turn, loaded and run once before serving (None, and a warning, when missing)."""
+    import numpy as np
+
+    from higgs_agent.agent.end_of_turn import RATE, SmartTurn, TurnModelMissing
+
+    started = time.perf_counter()
+    try:
+        model = SmartTurn()
+    except TurnModelMissing as exc:
+        log.warning("%s; semantic_vad will judge pauses by the words alone", exc)
+        return None
+    model.probability(np.zeros(RATE, dtype=np.float32))
+    log.info("end of turn: smart-turn v3.2 from %s (%.1f s)", model.path, time.perf_counter() - started)
+    return model
 
 
 def _warm_up_engine(engine: StreamingEngine, sampling: SamplingSettings) -> None:

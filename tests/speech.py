@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from higgs_agent.audio import read_wav
+from higgs_agent.bench.common import normalize_text, word_error_rate
 
 CACHE_DIR = Path(tempfile.gettempdir()) / "higgs-agent-test-speech"
 ESPEAK = shutil.which("espeak-ng")
@@ -55,23 +56,6 @@ def speech_edges_ms(audio: np.ndarray, rate: int, floor_db: float = -40.0, windo
     if len(loud) == 0:
         raise ValueError("no speech in the audio")
     return int(loud[0] * window_ms), int((loud[-1] + 1) * window_ms)
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    """Word-level Levenshtein distance / reference length, after `normalize_text` on both."""
-    ref, hyp = normalize_text(reference).split(), normalize_text(hypothesis).split()
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
-
-
-def normalize_text(text: str) -> str:
-    """Lower case, letters, digits and apostrophes only, single spaces."""
-    kept = "".join(ch if ch.isalnum() or ch == "'" else " " for ch in text.lower())
-    return " ".join(kept.split())
 
 
 def pad(audio: np.ndarray, rate: int, lead_ms: float = 0, tail_ms: float = 0) -> np.ndarray:

@@ -75,6 +75,16 @@ def test_bench_understanding_prints_its_json_last():
     assert figures["turns"] == 1 and figures["analysis_ms_p50"] > 0
 
 
+def test_bench_turns_compares_asr_windows_and_judges_pauses():
+    figures = bench_json("turns", "--voices", "1", "--language", "fr")
+    english = figures["asr"]["en"]
+    assert english["fitted"]["wer"] <= english["full"]["wer"] + 0.05  # the fitted window keeps the accuracy
+    assert "English-only" in figures["asr"]["fr"]["skipped"]  # tiny.en cannot be measured in French: said so
+    end = figures["end_of_turn"]
+    assert end["utterances"] == 20 and end["accuracy"]["blend"] >= 0.7
+    assert end["speech_end_to_transcript_ms"] == round(end["pause_ms"] + end["verdict_ms"], 1)
+
+
 def test_bench_translate_reports_per_phrase_latency(tiny_dir):
     figures = bench_json("translate", "--model", str(tiny_dir), "--phrases", "2", "--max-frames", "60")
     assert figures["phrases"] == figures["translated"] == 2

@@ -59,6 +59,7 @@ class ScriptedTranscriber:
     delay_s: float = 0.0
     name: str = "scripted"
     english_only: bool = True
+    busy: bool = False
 
     def transcribe(self, audio: np.ndarray, language: str | None = None, prompt: str | None = None) -> Transcript:
         import time
@@ -69,6 +70,9 @@ class ScriptedTranscriber:
     async def transcribe_async(self, audio: np.ndarray, language: str | None = None,
                                prompt: str | None = None) -> Transcript:
         return await asyncio.to_thread(self.transcribe, audio, language, prompt)
+
+    def submit(self, audio: np.ndarray, language: str | None = None, prompt: str | None = None) -> asyncio.Future:
+        return asyncio.ensure_future(self.transcribe_async(audio, language, prompt))
 
     def close(self) -> None:
         pass
@@ -227,7 +231,10 @@ async def test_sdk_defaults_semantic_vad_and_item_retrieve_are_served(make_sessi
     updated = (await until(out, "session.updated"))["session"]
     assert updated["instructions"] == "be nice"
     assert updated["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
-    assert session.config.turn_detection.vad.silence_duration_ms == 300
+    policy = session.config.turn_detection.end_of_turn  # high: pauses judged soon, a sure judge not needed
+    assert (policy.pause_ms, policy.threshold) == (120, 0.35)
+    assert session.config.turn_detection.vad.pause_ms == 120
+    assert session.config.turn_detection.vad.silence_duration_ms == policy.max_wait_ms
     await text_turn(session, "hello")
     item_id = (await until(out, "conversation.item.added"))["item"]["id"]
     await send(session, type="conversation.item.retrieve", item_id=item_id)

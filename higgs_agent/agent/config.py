@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from higgs_agent.agent.end_of_turn import EndOfTurnPolicy
 from higgs_agent.agent.vad import VadSettings, threshold_to_aggressiveness
 from higgs_agent.audio_formats import AudioFormat, AudioFormatError
 from higgs_agent.protocol.client_events import validation_error
@@ -35,7 +36,6 @@ from higgs_agent.protocol.session_fields import (
 )
 
 RESPONDERS = ("echo", "llm", "native")
-SEMANTIC_PAUSE_MS = {"low": 1200, "medium": 600, "auto": 600, "high": 300}  # eagerness -> pause that ends a turn
 CALLER_VOICE = "caller"
 # OpenAI's built-in voice names, which SDKs send by default: accepted as this server's default voice (unless a
 # voice of the same name is configured), so a client written for OpenAI works unchanged.
@@ -59,7 +59,11 @@ class TurnDetection:
     vad: VadSettings = field(default_factory=VadSettings)
     create_response: bool = True
     interrupt_response: bool = True
-    eagerness: str | None = None  # set when the client asked for semantic_vad (served by the same VAD)
+    eagerness: str | None = None  # set when the client asked for semantic_vad: pauses are judged (end_of_turn.py)
+
+    @property
+    def end_of_turn(self) -> EndOfTurnPolicy | None:
+        return EndOfTurnPolicy.for_eagerness(self.eagerness) if self.eagerness is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         """OpenAI's fields only (our VAD knobs are shown under session.higgs.turn_detection)."""
@@ -249,11 +253,11 @@ class SessionConfig:
         create = base.create_response if value.create_response is None else value.create_response
         interrupt = base.interrupt_response if value.interrupt_response is None else value.interrupt_response
         if isinstance(value, SemanticVadField):
-            # No semantic turn model here: the same VAD serves it, its eagerness setting how long a pause
-            # ends a turn. Accepted (not refused) because SDKs ask for it by default.
+            # The VAD reports pauses and the end-of-turn judge decides; its silence limit is the longest wait.
             eagerness = value.eagerness or "auto"
-            return TurnDetection(VadSettings(silence_duration_ms=SEMANTIC_PAUSE_MS[eagerness]), create, interrupt,
-                                 eagerness=eagerness)
+            policy = EndOfTurnPolicy.for_eagerness(eagerness)
+            return TurnDetection(VadSettings(silence_duration_ms=policy.max_wait_ms, pause_ms=policy.pause_ms),
+                                 create, interrupt, eagerness=eagerness)
         if value.idle_timeout_ms is not None:
             notes.append(_unsupported("session.audio.input.turn_detection.idle_timeout_ms",
                                       "idle timeouts are not available yet"))

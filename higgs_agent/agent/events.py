@@ -20,6 +20,19 @@ class UserSpeechEnded:
 
 
 @dataclass(frozen=True)
+class PauseJudged:
+    """semantic_vad weighed a pause in the caller's speech: done, or (complete False) they will go on."""
+
+    item_id: str
+    pause: int  # which pause of the session's turn detector
+    audio_end_ms: int  # where the speech paused, on the input clock
+    voice: float | None  # smart-turn's P(complete) (None: the model is not installed)
+    words: str  # open | closed | unsure
+    transcript: str  # the reading of the turn so far the words were judged from
+    complete: bool
+
+
+@dataclass(frozen=True)
 class UserTranscribed:
     item_id: str
     text: str
@@ -67,5 +80,5 @@ class AgentFailed:
     message: str
 
 
-DomainEvent = UserSpeechEnded | UserTranscribed | KeyPressed | TurnTimed | ReplyCut | ReplyFinished | AgentFailed
+DomainEvent = UserSpeechEnded | PauseJudged | UserTranscribed | KeyPressed | TurnTimed | ReplyCut | ReplyFinished | AgentFailed
 Observer = Callable[[DomainEvent], None]

@@ -15,6 +15,7 @@ from higgs_agent.agent.vad import (
     SpeechStarted,
     SpeechStopped,
     TurnDetector,
+    VadEvent,
     VadSettings,
 )
 from higgs_agent.audio_formats import AudioFormat, StreamResampler, decode_audio
@@ -76,11 +77,11 @@ class InputAudio:
         elif self._detector is None or self._detector.settings != vad:
             self._detector = TurnDetector(vad, sample_rate=ASR_RATE, origin_ms=self.audio_ms)  # session clock
 
-    def append(self, data: bytes) -> list[SpeechStarted | SpeechStopped]:
+    def append(self, data: bytes) -> list[VadEvent]:
         """Add wire bytes (AudioFormatError if malformed); return the VAD's events."""
         return self.push(decode_audio(data, self.format), self.format.rate)
 
-    def push(self, samples: np.ndarray, rate: int) -> list[SpeechStarted | SpeechStopped]:
+    def push(self, samples: np.ndarray, rate: int) -> list[VadEvent]:
         """Add float samples at `rate` (transports that deliver decoded audio call this directly, at their
         own rate: WebRTC's 48 kHz, a phone's 8 kHz)."""
         if rate != self._resampler.in_rate:
@@ -107,6 +108,17 @@ class InputAudio:
         if any(isinstance(event, SpeechStopped) for event in events):
             self.clear()  # the turn owns that audio now
         return events
+
+    def speech_so_far(self) -> tuple[int, np.ndarray] | None:
+        """The VAD's turn in progress: (its start on the input clock in ms, its 16 kHz audio so far)."""
+        return self._detector.speech_so_far() if self._detector is not None else None
+
+    def end_turn(self, pause: int) -> SpeechStopped | None:
+        """End the VAD's turn at pause number `pause` if the speaker has not gone on (see TurnDetector)."""
+        stopped = self._detector.end_turn(pause) if self._detector is not None else None
+        if stopped is not None:
+            self.clear()  # the turn owns that audio now
+        return stopped
 
     def commit(self) -> TurnAudio:
         """Take the buffer as a turn (manual mode, or a commit in VAD mode), resampler tail included."""

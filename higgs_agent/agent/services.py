@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from higgs_agent.agent.config import OPENAI_VOICES, ServerOffer, SessionConfig, Transcription
+from higgs_agent.agent.end_of_turn import SmartTurn, TurnModelMissing
 from higgs_agent.agent.reply import ReplyLimits
 from higgs_agent.agent.responders.base import Responder
 from higgs_agent.agent.tools.spec import McpServerSpec
@@ -19,6 +21,7 @@ from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.understanding.analyzer import TurnAnalyzer
 from higgs_agent.voices.library import VoiceLibrary, VoiceNotFound
 
+log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 1 << 20  # 1 MiB: ~20 s of 24 kHz PCM16 per append, base64-encoded
 DEFAULT_VOICE = "default"  # the server's --voice, else the model's own voice (pinned per session)
 
@@ -45,6 +48,8 @@ class AgentServices:
     analyzer: TurnAnalyzer | None = None  # who speaks and how, per user turn (None: not analyzed)
     voices: VoiceLibrary | None = None  # uploaded voices and presets (None: the server voice only)
     reply_limits: ReplyLimits = field(default_factory=ReplyLimits)  # every wait of a reply is bounded
+    turn_model: SmartTurn | None = None  # semantic_vad's voice judge: loaded at start by serve, else on first use
+    _turn_model_missing: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.default_responder not in self.responders:
@@ -58,6 +63,17 @@ class AgentServices:
         return SessionConfig(model=self.bundle.model_source, responder=self.default_responder,
                              extension_events=self.extension_events,
                              transcription=Transcription(self.transcriber.name))
+
+    def end_of_turn_model(self) -> SmartTurn | None:
+        """smart-turn for semantic_vad, loaded once; None (the words alone judge, said once in the log) when
+        its weights are not installed."""
+        if self.turn_model is None and not self._turn_model_missing:
+            try:
+                self.turn_model = SmartTurn()
+            except TurnModelMissing as exc:
+                self._turn_model_missing = True
+                log.warning("%s; semantic_vad judges pauses by the words alone", exc)
+        return self.turn_model
 
     def responder(self, name: str) -> Responder:
         return self.responders[name]
@@ -103,6 +119,8 @@ class AgentServices:
         """Server shutdown: stop the engine (its streams end) and release the responders' connections."""
         self.engine.close()
         self.transcriber.close()
+        if self.turn_model is not None:
+            self.turn_model.close()
         if self.analyzer is not None:
             self.analyzer.close()
         for responder in self.responders.values():

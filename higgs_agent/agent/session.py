@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from higgs_agent.agent.events import (
     UserTranscribed,
 )
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
+from higgs_agent.agent.listening import Listening
 from higgs_agent.agent.reply import OutputClosed, Preparation, ReplyRun, SessionOutput
 from higgs_agent.agent.responders.base import ReplyRequest, Responder, tools_unsupported
 from higgs_agent.agent.responders.fixed import FixedReply
@@ -43,11 +44,12 @@ from higgs_agent.agent.session_tools import SessionTools, tool_descriptions
 from higgs_agent.agent.speaker import PhraseSpeaker
 from higgs_agent.agent.tools.spec import ToolConfig
 from higgs_agent.agent.turn_timing import TurnTiming
-from higgs_agent.agent.vad import SpeechStarted
+from higgs_agent.agent.vad import SpeechPaused, SpeechStarted, SpeechStopped
 from higgs_agent.audio import resample
 from higgs_agent.audio_formats import AudioFormatError
 from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.defaults import DEFAULT_TENANT
+from higgs_agent.model.asr import Transcript
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol import server_events as se
@@ -60,6 +62,10 @@ MIN_COMMIT_MS = 100  # as the reference server: shorter buffers are refused
 MAX_PENDING_TURNS = 4  # turns waiting to be understood; past this a commit is refused, not queued
 DTMF_PAUSE_S = 1.5  # keypad digits this close together make one turn
 _CANCEL_WAIT_S = 5.0  # a stalled reply that was stopped gets this long to end before the next turn goes on
+# server_vad: a pause this long starts the turn's transcript, in case the turn ends there (when the silence that
+# ends a turn is at least this much longer)
+SPECULATIVE_PAUSE_MS = 200
+_SPECULATION_MARGIN_MS = 100
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class UserTurn:
     epoch: int = 0  # speech starts seen when it was queued: a later one means the user spoke on
     response: ce.ResponseParams | None = None  # response.create's per-response settings
     wire: WireAudio | None = None
+    early: asyncio.Future[Transcript] | None = None  # its transcript, begun at the pause where it ended
 
 
 class Session:
@@ -111,6 +118,9 @@ class Session:
         self.caller = services.analyzer.new_caller_state() if services.analyzer is not None else None
         self.closed = False
         self._observers: list[Observer] = []
+        self.listening = Listening(services.transcriber, services.end_of_turn_model, self.send, self._end_turn_at,
+                                   lambda: (self.config.transcription.language, self.config.transcription.prompt),
+                                   self._publish)
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -130,6 +140,7 @@ class Session:
         self.services.metrics.sessions_active.dec()
         if self._digit_timer is not None:
             self._digit_timer.cancel()
+        self.listening.close()
         if self._worker is not None:  # first: so it cannot start another reply
             self._worker.cancel()
             await asyncio.wait({self._worker})
@@ -207,6 +218,7 @@ class Session:
         """Decoded caller audio from a transport that does its own decoding (WebRTC at 48 kHz, a phone at
         8 kHz: any rate)."""
         await self._on_vad_events(self.input.push(samples, rate))
+        self.listening.heard(self.input.speech_so_far())
 
     async def say(self, text: str) -> None:
         """Speak fixed words as a response of their own (a greeting when a call connects, an apology): they
@@ -303,18 +315,29 @@ class Session:
         except AudioFormatError as exc:
             raise ProtocolError("invalid_audio", str(exc), param="audio") from None
         await self._on_vad_events(vad_events)
+        self.listening.heard(self.input.speech_so_far())
 
     async def _on_vad_events(self, vad_events: list) -> None:
         for vad_event in vad_events:
             if isinstance(vad_event, SpeechStarted):
                 await self._speech_started(vad_event.audio_start_ms)
+            elif isinstance(vad_event, SpeechPaused):
+                detection = self.config.turn_detection
+                self.listening.paused(vad_event, detection.end_of_turn if detection is not None else None)
             else:
-                await self._speech_stopped(vad_event.audio_end_ms, vad_event.audio)
+                await self._speech_stopped(vad_event)
+
+    async def _end_turn_at(self, pause: int) -> None:
+        """The end-of-turn judge found the turn complete at this pause: end it now, unless the caller went on."""
+        stopped = self.input.end_turn(pause)
+        if stopped is not None and not self.closed:
+            await self._speech_stopped(stopped)
 
     async def _speech_started(self, audio_start_ms: int) -> None:
         self._speech_item_id = new_id("item")
         self._turn_start_ms = audio_start_ms
         self._epoch += 1
+        self.listening.started(self._speech_item_id, audio_start_ms)
         detection = self.config.turn_detection
         truncated = None
         if detection is not None and detection.interrupt_response:
@@ -339,14 +362,19 @@ class Session:
         self._publish(ReplyCut(item.id, heard))
         return se.ItemTruncated(item_id=item.id, content_index=0, audio_end_ms=int(heard))
 
-    async def _speech_stopped(self, audio_end_ms: int, audio: np.ndarray) -> None:
-        timing = TurnTiming()
+    async def _speech_stopped(self, stopped: SpeechStopped) -> None:
+        audio_end_ms = stopped.audio_end_ms
+        # how long after the last word the turn was called (audio clock: a client streaming in real time)
+        timing = TurnTiming(end_of_turn_ms=float(self.input.audio_ms - audio_end_ms))
         item_id = self._speech_item_id or new_id("item")
         self._speech_item_id = None
+        early = self.listening.take(stopped.audio_start_ms, audio_end_ms)
+        self.listening.stopped()
         self._publish(UserSpeechEnded(item_id))
         await self.send(se.SpeechStopped(audio_end_ms=audio_end_ms, item_id=item_id))
         wire = WireAudio(self.input.tape.slice_ms(self._turn_start_ms, audio_end_ms), self.input.tape.rate)
-        await self._add_user_audio(item_id, audio, timing, create_response=self._turns_create_responses, wire=wire)
+        await self._add_user_audio(item_id, stopped.audio, timing, create_response=self._turns_create_responses,
+                                   wire=wire, early=early)
 
     async def _commit(self, event: ce.InputAudioBufferCommit) -> None:
         if self.input.buffered_ms < MIN_COMMIT_MS:
@@ -365,7 +393,8 @@ class Session:
                                 "transcription.completed)")
 
     async def _add_user_audio(self, item_id: str, audio: np.ndarray, timing: TurnTiming, create_response: bool,
-                              after: str | None = None, wire: WireAudio | None = None) -> None:
+                              after: str | None = None, wire: WireAudio | None = None,
+                              early: asyncio.Future[Transcript] | None = None) -> None:
         if self._turns.qsize() >= MAX_PENDING_TURNS:  # VAD turns too: a flood of them is dropped, and said so
             await self.report(ProtocolError("turn_queue_full", f"{MAX_PENDING_TURNS} turns are still waiting to "
                                             "be transcribed; this one was dropped"))
@@ -377,7 +406,7 @@ class Session:
         await self.send(se.ItemAdded(previous_item_id=previous, item=item.to_item()))
         wire = wire if wire is not None and len(wire.samples) else WireAudio(audio, ASR_RATE)
         self._last_audio = (item_id, wire)
-        self._queue(UserTurn(item, audio, timing, create_response, epoch=self._epoch, wire=wire))
+        self._queue(UserTurn(item, audio, timing, create_response, epoch=self._epoch, wire=wire, early=early))
 
     def _queue(self, turn: UserTurn) -> None:
         if turn.create_response:
@@ -387,6 +416,7 @@ class Session:
     async def _clear(self, event: ce.InputAudioBufferClear) -> None:
         self.input.discard()
         self._speech_item_id = None
+        self.listening.stopped()
         await self.send(se.InputAudioCleared())
 
     async def _clear_output(self, event: ce.OutputAudioBufferClear) -> None:
@@ -521,14 +551,12 @@ class Session:
     async def _transcribe(self, turn: UserTurn) -> None:
         """The turn's words, and (alongside, on its own thread) who spoke them and how."""
         item = turn.item
-        settings = self.config.transcription
         analyzer = self.services.analyzer
         analysis = (analyzer.start(turn.audio, self.caller)  # not behind a warm-up: this turn goes without
                     if analyzer is not None and self.caller is not None and not analyzer.warming else None)
         try:
             transcript = await within("transcription", self.services.reply_limits.transcription_s,
-                                      self.services.transcriber.transcribe_async(turn.audio, settings.language,
-                                                                                 settings.prompt))
+                                      self._transcript(turn))
         except Exception as exc:  # noqa: BLE001 - reported against the item, the session goes on
             if isinstance(exc, StageTimeout):
                 self._stalled(None, exc)
@@ -542,6 +570,7 @@ class Session:
             turn.timing.mark("transcript")
             log.info("user %s: %r (%s)", item.id, item.text, item.language)
             self._publish(UserTranscribed(item.id, item.text, item.language))
+            await self.listening.finish(item.id, item.text)
             await self.send(se.TranscriptionCompleted(
                 item_id=item.id, transcript=item.text, usage=se.DurationUsage(seconds=round(transcript.duration_s, 3)),
                 languages=[se.TranscriptLanguage(code=transcript.language)]))
@@ -550,6 +579,16 @@ class Session:
             if turn.wire is not None:
                 self._learn_voice(turn.wire, item.text)
         await self.send(se.ItemDone(item=item.to_item()))
+
+    async def _transcript(self, turn: UserTurn) -> Transcript:
+        """The turn's words: the reading begun at the pause where it ended, else Whisper now."""
+        settings = self.config.transcription
+        if turn.early is not None:
+            try:
+                return await asyncio.shield(turn.early)
+            except Exception:  # noqa: BLE001 - read it again below; a second failure is reported
+                log.warning("the transcript begun at the pause failed; transcribing the turn again")
+        return await self.services.transcriber.transcribe_async(turn.audio, settings.language, settings.prompt)
 
     def _learn_voice(self, wire: WireAudio, words: str) -> None:
         """Gather the caller's clean speech at its wire rate; once enough more has come, clone it afresh (in
@@ -722,4 +761,10 @@ class Session:
         return bool(detection and detection.create_response)
 
     def _vad_settings(self):  # noqa: ANN202 - VadSettings | None
-        return None if self.config.turn_detection is None else self.config.turn_detection.vad
+        """The detection's VAD; under server_vad, one that reports a pause where the transcript can begin."""
+        if self.config.turn_detection is None:
+            return None
+        vad = self.config.turn_detection.vad
+        if vad.pause_ms is None and vad.silence_duration_ms >= SPECULATIVE_PAUSE_MS + _SPECULATION_MARGIN_MS:
+            vad = replace(vad, pause_ms=SPECULATIVE_PAUSE_MS)
+        return vad

@@ -7,7 +7,10 @@
   as ~100 ms of speech: see BLIP_MS), so a click or a short blip does not start one; the onset is the first
   voiced frame of that run;
 - it stops after `silence_duration_ms` of consecutive unvoiced frames; the end of speech is where that silence
-  began.
+  began;
+- with `pause_ms` set, it reports each pause inside a turn once `pause_ms` of silence has passed (`SpeechPaused`,
+  with the turn's audio so far), so a judge of the words and the voice can end the turn early (`end_turn`) —
+  semantic turn detection — or have the transcript ready before the turn ends.
 
 Times are milliseconds of input audio since the detector started (or since `reset(restart_clock=True)`), as in
 OpenAI's `input_audio_buffer.speech_started` / `speech_stopped`. `SpeechStarted.audio_start_ms` is the onset
@@ -67,8 +70,12 @@ class VadSettings:
     prefix_padding_ms: int = 300  # audio kept before the onset and handed on with the turn
     silence_duration_ms: int = 500  # unvoiced audio that ends a turn
     min_speech_ms: int = 100  # voiced audio needed to start a turn; shorter blips are ignored
+    pause_ms: int | None = None  # silence that reports a pause (SpeechPaused); None: pauses are not reported
 
     def __post_init__(self) -> None:
+        if self.pause_ms is not None:
+            _check_int("pause_ms", self.pause_ms, 10, 10_000)
+            self.pause_ms = int(self.pause_ms)
         _check_int("aggressiveness", self.aggressiveness, 0, 3)
         _check_int("prefix_padding_ms", self.prefix_padding_ms, 0, 10_000)
         _check_int("silence_duration_ms", self.silence_duration_ms, 10, 10_000)
@@ -150,7 +157,17 @@ class SpeechStopped:
         return self.audio_start_ms * rate // 1000, self.audio_end_ms * rate // 1000
 
 
-VadEvent = SpeechStarted | SpeechStopped
+@dataclass(frozen=True)
+class SpeechPaused:
+    """`pause_ms` of silence inside a turn: the turn may be over, or the speaker may go on."""
+
+    audio_end_ms: int  # end of speech so far: where this silence began
+    audio: np.ndarray = field(repr=False)  # the turn's audio so far, [audio_start_ms, audio_end_ms)
+    audio_start_ms: int = 0
+    pause: int = 0  # which pause of the detector's life; `end_turn(pause)` ends the turn only in this one
+
+
+VadEvent = SpeechStarted | SpeechPaused | SpeechStopped
 
 
 class TurnDetector:
@@ -175,6 +192,9 @@ class TurnDetector:
         self._start_frames = speech_frames + blip_frames  # the window a start is decided on
         self._start_voiced = math.ceil(START_RATIO * speech_frames) + blip_frames  # voiced frames it needs
         self._stop_frames = max(1, math.ceil(self.settings.silence_duration_ms / frame_ms))
+        pause_ms = self.settings.pause_ms
+        self._pause_frames = math.ceil(pause_ms / frame_ms) if pause_ms is not None else None
+        self._pauses = 0  # pauses reported so far
         self._prefix_samples = self.settings.prefix_padding_ms * self._samples_per_ms
         self._clock = int(origin_ms) * self._samples_per_ms  # samples classified or pending, on the clock
         self.reset()
@@ -268,9 +288,29 @@ class TurnDetector:
             self._silent_frames = 0
             return None
         self._silent_frames += 1
+        if self._silent_frames == self._pause_frames and self._pause_frames < self._stop_frames:
+            self._pauses += 1
+            speech_end = frame_end - self._silent_frames * self.frame_samples
+            return SpeechPaused(self._ms(speech_end), self._history_audio(self._turn_start, speech_end),
+                                self._ms(self._turn_start), self._pauses)
         if self._silent_frames < self._stop_frames:
             return None
         return self._stop(frame_end - self._silent_frames * self.frame_samples, frame_end)
+
+    def speech_so_far(self) -> tuple[int, np.ndarray] | None:
+        """While in a turn: (its audio_start_ms, its audio up to the last voiced frame); else None."""
+        if not self._in_speech:
+            return None
+        end = self._frames_done - self._silent_frames * self.frame_samples
+        return self._ms(self._turn_start), self._history_audio(self._turn_start, end)
+
+    def end_turn(self, pause: int) -> SpeechStopped | None:
+        """End the turn at pause number `pause` (its judge found the turn complete); None when the speaker has
+        gone on since (or the turn ended otherwise): a late verdict never cuts new speech."""
+        if not self._in_speech or pause != self._pauses or self._pause_frames is None \
+                or self._silent_frames < self._pause_frames:
+            return None
+        return self.force_stop()
 
     def _stop(self, speech_end: int, detected: int) -> SpeechStopped:
         audio = self._history_audio(self._turn_start, speech_end)

@@ -5,16 +5,48 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from higgs_agent.audio import read_wav
 from higgs_agent.model import load_higgs
 from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.tiny import make_tiny_model
 
 if TYPE_CHECKING:
     from higgs_agent.agent.services import AgentServices
+
+
+def espeak_ng(text: str, voice: str = "en-us", wpm: int = 175, rate: int = 16_000) -> np.ndarray:
+    """`text` spoken by espeak-ng (the benchmarks' test speech) as float32 mono at `rate`."""
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("this benchmark needs espeak-ng for its test speech: apt-get install espeak-ng")
+    with tempfile.TemporaryDirectory() as folder:
+        wav = os.path.join(folder, "speech.wav")
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", wav, text], check=True)
+        return read_wav(wav, rate)
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, letters, digits and apostrophes only, single spaces."""
+    kept = "".join(ch if ch.isalnum() or ch == "'" else " " for ch in text.lower())
+    return " ".join(kept.split())
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level Levenshtein distance / reference length, after `normalize_text` on both."""
+    ref, hyp = normalize_text(reference).split(), normalize_text(hypothesis).split()
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / max(1, len(ref))
 
 
 def note(message: str) -> None:

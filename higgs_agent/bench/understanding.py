@@ -24,10 +24,7 @@ import asyncio
 import os
 import platform
 import re
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -35,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from higgs_agent.audio import read_wav
-from higgs_agent.bench.common import note
+from higgs_agent.bench.common import espeak_ng, note
 
 RATE = 16_000
 SENTENCES = [
@@ -51,12 +48,7 @@ GRID = np.round(np.arange(0.50, 0.901, 0.01), 2)
 
 
 def _espeak(text: str, voice: str, wpm: int) -> np.ndarray:
-    if shutil.which("espeak-ng") is None:
-        raise SystemExit("bench understanding needs espeak-ng for its test speech: apt-get install espeak-ng")
-    with tempfile.TemporaryDirectory() as folder:
-        wav = Path(folder) / "turn.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(wav), text], check=True)
-        return read_wav(wav, RATE)
+    return espeak_ng(text, voice, wpm, RATE)
 
 
 def _median(values: list[float]) -> float:

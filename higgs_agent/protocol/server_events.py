@@ -275,6 +275,16 @@ class TranscriptionCompleted(_Event):
     languages: list[TranscriptLanguage] | None = None  # the language Whisper detected (or was told)
 
 
+class TranscriptionDelta(_Event):
+    """Words of a turn in progress (or just ended), agreed by two readings in a row; never taken back."""
+
+    type: Literal["conversation.item.input_audio_transcription.delta"] = (
+        "conversation.item.input_audio_transcription.delta")
+    item_id: str
+    content_index: int = 0
+    delta: str
+
+
 class TranscriptionFailed(_Event):
     type: Literal["conversation.item.input_audio_transcription.failed"] = (
         "conversation.item.input_audio_transcription.failed")

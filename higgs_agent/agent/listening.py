@@ -1,0 +1,189 @@
+"""While the caller speaks: their words as they come, the transcript ready before the turn ends, and (with
+semantic_vad) the judgement that ends it.
+
+- Every `PARTIAL_EVERY_MS` of new speech, when the ASR thread is idle, the turn so far is read again and the
+  words two readings agree on go out as transcription deltas (partial_transcript.py).
+- At each pause the VAD reports, the turn so far is read at once. If the turn ends at that pause (no speech
+  since), that reading *is* the final transcript: the session takes it (`take`) instead of starting Whisper
+  after the turn. With semantic_vad the same reading, and smart-turn on the same audio, judge whether the turn
+  is over (end_of_turn.py); a "yes" ends it at once (`end_turn`), a "no" lets the VAD's longest wait decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from higgs_agent.agent.end_of_turn import EndOfTurnPolicy, SmartTurn, words_verdict
+from higgs_agent.agent.events import DomainEvent, PauseJudged
+from higgs_agent.agent.input_audio import ASR_RATE
+from higgs_agent.agent.partial_transcript import StablePrefix
+from higgs_agent.agent.vad import SpeechPaused
+from higgs_agent.model.asr import Transcriber, Transcript
+from higgs_agent.protocol import server_events as se
+
+log = logging.getLogger(__name__)
+PARTIAL_EVERY_MS = 1000  # new speech between two readings of a turn in progress
+_KEPT_PREFIXES = 8  # turns whose deltas are remembered until their final transcript
+
+
+@dataclass
+class _Reading:
+    start_ms: int
+    end_ms: int
+    task: asyncio.Future[Transcript]
+
+
+class Listening:
+    def __init__(self, transcriber: Transcriber, turn_model: Callable[[], SmartTurn | None],
+                 send: Callable[[se.ServerEvent], Awaitable[None]], end_turn: Callable[[int], Awaitable[None]],
+                 language: Callable[[], tuple[str | None, str | None]],
+                 publish: Callable[[DomainEvent], None]) -> None:
+        self._transcriber = transcriber
+        self._turn_model = turn_model
+        self._send = send
+        self._end_turn = end_turn  # the session ends the VAD's turn at that pause, if the caller has not gone on
+        self._language = language  # (language, prompt) of the session's transcription settings
+        self._publish = publish  # the session's domain events
+        self._item_id: str | None = None  # the turn in progress (its item id from speech_started)
+        self._reading: _Reading | None = None  # the latest reading of it
+        self._read_to_ms = 0  # end of the speech the latest reading covered
+        self._prefixes: OrderedDict[str, StablePrefix] = OrderedDict()
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- what the session tells it --------------------------------------------------------------------
+
+    def started(self, item_id: str, start_ms: int) -> None:
+        self._item_id = item_id
+        self._reading = None
+        self._read_to_ms = start_ms
+        self._prefixes[item_id] = StablePrefix()
+        while len(self._prefixes) > _KEPT_PREFIXES:
+            self._prefixes.popitem(last=False)
+
+    def heard(self, speech: tuple[int, np.ndarray] | None) -> None:
+        """New audio arrived; `speech` is the turn so far (InputAudio.speech_so_far)."""
+        if self._item_id is None or speech is None or self._transcriber.busy:
+            return
+        start_ms, audio = speech
+        end_ms = start_ms + len(audio) * 1000 // ASR_RATE
+        if end_ms - self._read_to_ms >= PARTIAL_EVERY_MS:
+            self._read(start_ms, end_ms, audio)
+
+    def paused(self, event: SpeechPaused, policy: EndOfTurnPolicy | None) -> None:
+        if self._item_id is None:
+            return
+        reading = self._reading
+        if reading is None or (reading.start_ms, reading.end_ms) != (event.audio_start_ms, event.audio_end_ms):
+            reading = self._read(event.audio_start_ms, event.audio_end_ms, event.audio)
+        if policy is not None:
+            self._spawn(self._judge(event, policy, reading, self._item_id))
+
+    def stopped(self) -> None:
+        self._item_id = None
+
+    def take(self, start_ms: int, end_ms: int) -> asyncio.Future[Transcript] | None:
+        """The reading of exactly this turn's audio, made at its last pause; None when there is none."""
+        reading = self._reading
+        self._reading = None
+        if reading is not None and (reading.start_ms, reading.end_ms) == (start_ms, end_ms):
+            return reading.task
+        return None
+
+    async def finish(self, item_id: str, transcript: str) -> None:
+        """The turn's final transcript is out next: send what it adds to its deltas first."""
+        prefix = self._prefixes.pop(item_id, None)
+        if prefix is not None and prefix.sent and (delta := prefix.finish(transcript)):
+            await self._send(se.TranscriptionDelta(item_id=item_id, delta=delta))
+
+    def close(self) -> None:
+        """The session is over: stop what is in flight and let go of the session's callbacks (they refer to
+        the session, which refers to this: a cycle that would keep a closed session's audio alive)."""
+        self._item_id = None
+        self._reading = None
+        self._prefixes.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        self._send = _send_nothing
+        self._end_turn = _end_nothing
+        self._language = _no_language
+        self._turn_model = _no_model
+        self._publish = _publish_nothing
+
+    # --- readings and judgements -----------------------------------------------------------------------
+
+    def _read(self, start_ms: int, end_ms: int, audio: np.ndarray) -> _Reading:
+        language, prompt = self._language()
+        task = self._transcriber.submit(audio, language, prompt)
+        task.add_done_callback(_retrieve)  # a reading nobody awaits any more must not log "never retrieved"
+        reading = _Reading(start_ms, end_ms, task)
+        self._reading = reading
+        self._read_to_ms = end_ms
+        self._spawn(self._deltas(reading, self._item_id))
+        return reading
+
+    async def _deltas(self, reading: _Reading, item_id: str | None) -> None:
+        try:
+            transcript = await asyncio.shield(reading.task)
+        except Exception:  # noqa: BLE001 - a partial reading that failed: the final one reports errors
+            return
+        prefix = self._prefixes.get(item_id) if item_id is not None else None
+        if prefix is None or self._item_id != item_id:
+            return  # the turn is over: its final transcript speaks for it
+        if delta := prefix.update(transcript.text):
+            await self._send(se.TranscriptionDelta(item_id=item_id, delta=delta))
+
+    async def _judge(self, event: SpeechPaused, policy: EndOfTurnPolicy, reading: _Reading,
+                     item_id: str) -> None:
+        model = self._turn_model()
+        voice = asyncio.ensure_future(model.probability_async(event.audio)) if model is not None else None
+        try:
+            transcript = await asyncio.shield(reading.task)
+            probability = await voice if voice is not None else None
+        except Exception:
+            log.exception("judging a pause failed")
+            return
+        words = words_verdict(transcript.text, transcript.language)
+        complete = policy.complete(probability, words)
+        log.debug("pause %d at %d ms: voice %s, words %s (%r) -> %s", event.pause, event.audio_end_ms,
+                  "-" if probability is None else f"{probability:.2f}", words, transcript.text[-40:],
+                  "end of turn" if complete else "wait")
+        self._publish(PauseJudged(item_id, event.pause, event.audio_end_ms, probability, words, transcript.text,
+                                  complete))
+        if complete and self._item_id == item_id:
+            await self._end_turn(event.pause)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _send_nothing(event: se.ServerEvent) -> None:
+    return None
+
+
+async def _end_nothing(pause: int) -> None:
+    return None
+
+
+def _no_language() -> tuple[str | None, str | None]:
+    return None, None
+
+
+def _no_model() -> SmartTurn | None:
+    return None
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _publish_nothing(event: DomainEvent) -> None:
+    return None

@@ -1,0 +1,154 @@
+"""`higgs-agent bench turns`: how soon the agent knows the caller is done, and has their words (#22).
+
+On espeak-ng speech (finished sentences and unfinished clauses, in several voices), in one run:
+
+- **asr**: Whisper over faster-whisper's full 30 s window (the baseline) and over a window fitted to the turn
+  (model/asr.py): median milliseconds per turn, word error rate on the finished sentences, and the speed-up.
+  `--language xx` adds that language's sentences (espeak-ng's voice for it), which needs a multilingual
+  `--asr-model`: with the default English-only tiny.en it is reported as skipped, with the reason.
+- **end_of_turn**: the semantic_vad judge at each utterance's first pause: smart-turn's voice verdict alone
+  (P >= 0.5), the words alone (not open), and the blend the server uses (end_of_turn.py), as the share of
+  utterances each gets right (finished -> end, unfinished -> wait); and the time a pause costs until the verdict
+  (the reading and smart-turn side by side); `speech_end_to_transcript_ms` adds the pause the judge waits for
+  (auto eagerness), against server_vad's fixed 500 ms silence plus the full-window transcript after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import numpy as np
+
+from higgs_agent.bench.common import espeak_ng, note, word_error_rate
+
+RATE = 16_000
+FINISHED = [
+    "What time does the museum open today?", "Thank you, that is all I needed.",
+    "Can you tell me the weather forecast for tomorrow?", "I would like to book a table for two people.",
+    "My name is John Smith.", "Yes, please go ahead.", "No thanks.", "Please cancel my subscription.",
+    "My package never arrived and I have been waiting for two whole weeks.",
+    "Could you please check the status of my refund from last month?",
+]
+UNFINISHED = [
+    "I would like to book a table for", "Can you tell me the weather forecast for", "My name is",
+    "I think that we should", "The reason I am calling is because", "So what I wanted to ask was, um",
+    "I need to change the delivery address to", "Could you check whether my order", "I was wondering if you could",
+    "Please send the invoice to my",
+]
+VOICES = {"en": [("en-us", 150), ("en-gb+m1", 135), ("en-us+f4", 170)]}
+OTHER_LANGUAGES = {  # what the translation mode's callers say, read by espeak-ng's voice for the language
+    "fr": ["Bonjour, je voudrais un grand café au lait.", "Pouvez-vous m'aider à trouver la gare ?",
+           "Ma commande n'est jamais arrivée.", "Quelle heure est-il, s'il vous plaît ?"],
+    "es": ["Buenos días, quisiera un café con leche.", "¿Puede ayudarme a encontrar la estación?",
+           "Mi pedido nunca llegó.", "¿Qué hora es, por favor?"],
+    "de": ["Guten Morgen, ich hätte gern einen großen Kaffee.", "Können Sie mir helfen, den Bahnhof zu finden?",
+           "Meine Bestellung ist nie angekommen.", "Wie spät ist es, bitte?"],
+}
+SERVER_VAD_SILENCE_MS = 500
+
+
+def _espeak(text: str, voice: str, wpm: int) -> np.ndarray:
+    return np.concatenate([np.zeros(RATE // 4, dtype=np.float32), espeak_ng(text, voice, wpm, RATE)])
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
+def _asr(full, fitted, corpus: list[tuple[str, np.ndarray]], language: str) -> dict:  # noqa: ANN001
+    """Both windows over the same turns: median ms, mean WER, and the speed-up of the fitted one."""
+    figures = {}
+    for name, transcriber in (("full", full), ("fitted", fitted)):
+        times, errors = [], []
+        for text, audio in corpus:
+            started = time.perf_counter()
+            heard = transcriber.transcribe(audio, language).text
+            times.append(_ms(started))
+            errors.append(word_error_rate(text, heard))
+        figures[name] = {"median_ms": _median(times), "wer": round(sum(errors) / len(errors), 4)}
+    figures["speedup"] = round(figures["full"]["median_ms"] / figures["fitted"]["median_ms"], 2)
+    return figures
+
+
+async def _judge(fitted, model, policy, audio: np.ndarray) -> tuple[float, str, float]:  # noqa: ANN001
+    """One pause judged the way the session does: the reading and smart-turn side by side."""
+    from higgs_agent.agent.end_of_turn import words_verdict
+
+    paused = np.concatenate([audio, np.zeros(policy.pause_ms * RATE // 1000, dtype=np.float32)])
+    started = time.perf_counter()
+    reading, voice = await asyncio.gather(fitted.transcribe_async(audio), model.probability_async(paused))
+    return voice, words_verdict(reading.text, reading.language), _ms(started)
+
+
+def _end_of_turn(fitted, corpus: list[tuple[bool, np.ndarray]]) -> dict:  # noqa: ANN001
+    from higgs_agent.agent.end_of_turn import EndOfTurnPolicy, SmartTurn
+
+    model = SmartTurn()
+    policy = EndOfTurnPolicy.for_eagerness("auto")
+    right = {"voice": 0, "words": 0, "blend": 0}
+    decide_ms, judged = [], []
+    for finished, audio in corpus:
+        voice, words, took = asyncio.run(_judge(fitted, model, policy, audio))
+        decide_ms.append(took)
+        judged.append((finished, voice, words))
+        right["voice"] += (voice >= 0.5) == finished
+        right["words"] += (words != "open") == finished
+        right["blend"] += policy.complete(voice, words) == finished
+    model.close()
+    count = len(corpus)
+    finished_count = sum(1 for finished, _ in corpus if finished)
+    ended = sum(1 for finished, v, w in judged if finished and policy.complete(v, w))
+    held = sum(1 for finished, v, w in judged if not finished and not policy.complete(v, w))
+    return {
+        "utterances": count,
+        "accuracy": {name: round(value / count, 3) for name, value in right.items()},
+        "finished_ended_at_first_pause": f"{ended}/{finished_count}",
+        "unfinished_held": f"{held}/{count - finished_count}",
+        "verdict_ms": _median(decide_ms),
+        "pause_ms": policy.pause_ms,
+    }
+
+
+def run_turns_bench(args: argparse.Namespace) -> dict:
+    from higgs_agent.model.asr import Transcriber
+
+    note("loading Whisper twice (full and fitted windows) ...")
+    full = Transcriber.load(args.asr_model, window="full")
+    fitted = Transcriber.load(args.asr_model, window="fitted")
+    full.warmup()
+    fitted.warmup()
+    voices = VOICES["en"][:max(1, args.voices)]
+    note(f"synthesizing {len(FINISHED) + len(UNFINISHED)} utterances x {len(voices)} voices ...")
+    finished = [(text, _espeak(text, voice, wpm)) for text in FINISHED for voice, wpm in voices]
+    unfinished = [(text, _espeak(text, voice, wpm)) for text in UNFINISHED for voice, wpm in voices]
+    note("transcribing (both windows) ...")
+    result: dict = {"bench": "turns", "asr_model": full.name, "asr": {"en": _asr(full, fitted, finished, "en")}}
+    for language in args.language or []:
+        if fitted.english_only:
+            result["asr"][language] = {"skipped": f"{fitted.name} is English-only; pass a multilingual "
+                                                  f"--asr-model (e.g. a CTranslate2 folder of Whisper small)"}
+            continue
+        sentences = OTHER_LANGUAGES.get(language)
+        if sentences is None:
+            raise SystemExit(f"no sentences for {language!r}; known: {', '.join(OTHER_LANGUAGES)}")
+        corpus = [(text, _espeak(text, language, 150)) for text in sentences]
+        result["asr"][language] = _asr(full, fitted, corpus, language)
+    note("judging each utterance's first pause (smart-turn + words) ...")
+    end = _end_of_turn(fitted, [(True, audio) for _, audio in finished] + [(False, audio) for _, audio in unfinished])
+    # From where the VAD hears the speech end (bench agent measures from the true last word, over a socket):
+    # semantic_vad waits its pause, then the verdict, and the transcript is ready with it; server_vad (before
+    # #22) waited its silence, then transcribed the whole turn over the full window.
+    end["speech_end_to_transcript_ms"] = round(end["pause_ms"] + end["verdict_ms"], 1)
+    end["server_vad_speech_end_to_transcript_ms"] = round(SERVER_VAD_SILENCE_MS
+                                                          + result["asr"]["en"]["full"]["median_ms"], 1)
+    result["end_of_turn"] = end
+    full.close()
+    fitted.close()
+    return result
