@@ -46,6 +46,12 @@ class FakeOutput:
     def heard_ms(self, item_id: str) -> float:
         return self.samples / 24.0
 
+    def hold_audio(self) -> bool:
+        return False
+
+    def release_audio(self) -> None:
+        pass
+
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -23,14 +24,16 @@ from higgs_agent.agent.end_of_turn import (
     smart_turn_weights,
     words_verdict,
 )
-from higgs_agent.agent.events import PauseJudged
+from higgs_agent.agent.events import InterruptionJudged, PauseJudged
 from higgs_agent.agent.partial_transcript import StablePrefix
 from higgs_agent.agent.responders.echo import EchoResponder
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
 from higgs_agent.audio import float_to_pcm16
 from higgs_agent.model.sampling import SamplingSettings
+from higgs_agent.protocol import server_events as se
 from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.transport.audio_sink import ReplyAudioSink
 
 RATE = 24_000  # the session's default input: pcm16 at 24 kHz
 UNFINISHED = "The reason I am calling is because"  # Whisper reads it with its open ending in every voice tried
@@ -48,11 +51,11 @@ async def make_session(bundle, transcriber, turn_model):
     engine = StreamingEngine(bundle)
     sessions: list[Session] = []
 
-    async def make(turn_detection: dict) -> tuple[Session, FakeOutput, list[PauseJudged]]:
+    async def make(turn_detection: dict, output=None) -> tuple[Session, FakeOutput, list[PauseJudged]]:
         services = AgentServices(engine=engine, transcriber=transcriber, responders={"echo": EchoResponder()},
                                  default_responder="echo", sampling=SamplingSettings(greedy=True, max_frames=20),
                                  turn_model=turn_model)
-        output = FakeOutput()
+        output = output or FakeOutput()
         session = Session(services, output)
         judged: list[PauseJudged] = []
         session.observe(lambda event: judged.append(event) if isinstance(event, PauseJudged) else None)
@@ -207,3 +210,92 @@ async def test_partial_transcripts_arrive_while_the_caller_speaks(make_session, 
     assert {d["item_id"] for d in deltas} == {done["item_id"]}
     assert done["transcript"].startswith(partial) or word_error_rate(sentence, partial) <= 0.5
     assert word_error_rate(sentence, done["transcript"]) <= 0.3
+
+
+# --- interruptions that mean it ---------------------------------------------------------------------------------
+
+
+class PulledOutput(ReplyAudioSink):
+    """A listener whose playback the test drives: reply audio waits in the sink until pulled, as WebRTC's track
+    pulls it every 20 ms."""
+
+    def __init__(self) -> None:
+        super().__init__(mode="pulled", wire_rate=RATE)
+        self.events: list[dict] = []
+
+    async def send_event(self, event: se.ServerEvent) -> None:
+        self.events.append(json.loads(se.to_wire(event)))
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == kind]
+
+    def play(self, frames: int) -> int:
+        return sum(self.next_frame() is not None for _ in range(frames))
+
+
+async def speaking_session(make_session) -> tuple[Session, PulledOutput, list]:
+    """A semantic_vad session whose reply to a first turn is queued and 200 ms of it heard."""
+    output = PulledOutput()
+    session, out, _ = await make_session({"type": "semantic_vad"}, output=output)
+    judged: list[InterruptionJudged] = []
+    session.observe(lambda event: judged.append(event) if isinstance(event, InterruptionJudged) else None)
+    await append(session, np.concatenate([silence(300, RATE), speech("Tell me about the weather tomorrow."),
+                                          silence(500, RATE)]))
+    await until(out, "response.done", timeout=120)
+    assert out.play(10) == 10  # the caller has heard 200 ms of the reply, which goes on playing
+    return session, out, judged
+
+
+async def interruption_judged(judged: list, timeout_s: float = 60) -> InterruptionJudged:
+    async with asyncio.timeout(timeout_s):
+        while not judged:
+            await asyncio.sleep(0.01)
+    return judged[0]
+
+
+@on_session_loop
+async def test_okay_said_over_a_reply_leaves_it_playing(make_session):
+    session, out, judged = await speaking_session(make_session)
+    await append(session, np.concatenate([speech("Okay."), silence(500, RATE)]), chunk_ms=20)
+    started = await until(out, "input_audio_buffer.speech_started", count=2)
+    verdict = await interruption_judged(judged)
+    assert verdict == InterruptionJudged(started["item_id"], interrupted=False)
+    assert out.of("conversation.item.truncated") == [] and not out.held
+    assert out.play(5) == 5  # it plays on from where it was held
+    await send(session, type="conversation.item.create", item={"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "and the day after?"}]})
+    await send(session, type="response.create")
+    await until(out, "response.created", count=2)  # the typed turn's; none was made for "okay"
+    assert [e["response"]["id"] for e in out.of("response.created")][1] != out.of("response.done")[0]["response"]["id"]
+    assert len(out.of("response.created")) == 2
+
+
+@on_session_loop
+async def test_wait_stop_cuts_the_reply_at_once_and_is_answered(make_session):
+    session, out, judged = await speaking_session(make_session)
+    reply_item = out.of("response.output_item.added")[0]["item"]["id"]
+    await append(session, speech("Wait, stop!")[: RATE // 2], chunk_ms=20)  # the first half second of it
+    await until(out, "input_audio_buffer.speech_started", count=2)
+    assert out.held and out.play(5) == 0  # silent from the moment the caller spoke, as a barge-in always was
+    await append(session, np.concatenate([speech("Wait, stop!")[RATE // 2:], silence(500, RATE)]), chunk_ms=20)
+    verdict = await interruption_judged(judged)
+    assert verdict.interrupted
+    truncated = await until(out, "conversation.item.truncated")
+    assert truncated["item_id"] == reply_item and 0 < truncated["audio_end_ms"] <= 200  # at most what was played
+    await until(out, "response.created", count=2)  # and the caller's words are answered
+
+
+@on_session_loop
+async def test_speech_over_a_reply_under_server_vad_cuts_it_at_once(make_session):
+    output = PulledOutput()
+    session, out, _ = await make_session({"type": "server_vad"}, output=output)
+    await append(session, np.concatenate([silence(300, RATE), speech("Tell me about the weather tomorrow."),
+                                          silence(700, RATE)]))
+    await until(out, "response.done", timeout=120)
+    out.play(10)
+    await append(session, np.concatenate([speech("Okay."), silence(700, RATE)]), chunk_ms=20)
+    truncated = await until(out, "conversation.item.truncated")  # OpenAI's documented server_vad behaviour
+    assert 0 < truncated["audio_end_ms"] <= 200

@@ -33,6 +33,15 @@ class PauseJudged:
 
 
 @dataclass(frozen=True)
+class InterruptionJudged:
+    """Speech over a reply held it; its words decided: an interruption (the reply was cut) or a backchannel
+    (it played on)."""
+
+    item_id: str
+    interrupted: bool
+
+
+@dataclass(frozen=True)
 class UserTranscribed:
     item_id: str
     text: str
@@ -80,5 +89,5 @@ class AgentFailed:
     message: str
 
 
-DomainEvent = UserSpeechEnded | PauseJudged | UserTranscribed | KeyPressed | TurnTimed | ReplyCut | ReplyFinished | AgentFailed
+DomainEvent = UserSpeechEnded | PauseJudged | InterruptionJudged | UserTranscribed | KeyPressed | TurnTimed | ReplyCut | ReplyFinished | AgentFailed
 Observer = Callable[[DomainEvent], None]

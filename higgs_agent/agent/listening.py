@@ -29,6 +29,7 @@ from higgs_agent.protocol import server_events as se
 
 log = logging.getLogger(__name__)
 PARTIAL_EVERY_MS = 1000  # new speech between two readings of a turn in progress
+WATCHED_EVERY_MS = 300  # ... of a turn that may be interrupting the agent (its words decide: interruptions.py)
 _KEPT_PREFIXES = 8  # turns whose deltas are remembered until their final transcript
 
 
@@ -43,13 +44,16 @@ class Listening:
     def __init__(self, transcriber: Transcriber, turn_model: Callable[[], SmartTurn | None],
                  send: Callable[[se.ServerEvent], Awaitable[None]], end_turn: Callable[[int], Awaitable[None]],
                  language: Callable[[], tuple[str | None, str | None]],
-                 publish: Callable[[DomainEvent], None]) -> None:
+                 publish: Callable[[DomainEvent], None],
+                 on_words: Callable[[str, str], Awaitable[None]] = lambda item_id, text: _nothing()) -> None:
         self._transcriber = transcriber
         self._turn_model = turn_model
         self._send = send
         self._end_turn = end_turn  # the session ends the VAD's turn at that pause, if the caller has not gone on
         self._language = language  # (language, prompt) of the session's transcription settings
         self._publish = publish  # the session's domain events
+        self._on_words = on_words  # every reading of the watched turn: (item id, its words so far)
+        self._watched: str | None = None
         self._item_id: str | None = None  # the turn in progress (its item id from speech_started)
         self._reading: _Reading | None = None  # the latest reading of it
         self._read_to_ms = 0  # end of the speech the latest reading covered
@@ -66,13 +70,18 @@ class Listening:
         while len(self._prefixes) > _KEPT_PREFIXES:
             self._prefixes.popitem(last=False)
 
+    def watch(self, item_id: str | None) -> None:
+        """Read this turn often and report each reading (`on_words`), while it may be an interruption."""
+        self._watched = item_id
+
     def heard(self, speech: tuple[int, np.ndarray] | None) -> None:
         """New audio arrived; `speech` is the turn so far (InputAudio.speech_so_far)."""
         if self._item_id is None or speech is None or self._transcriber.busy:
             return
         start_ms, audio = speech
         end_ms = start_ms + len(audio) * 1000 // ASR_RATE
-        if end_ms - self._read_to_ms >= PARTIAL_EVERY_MS:
+        every = WATCHED_EVERY_MS if self._watched == self._item_id else PARTIAL_EVERY_MS
+        if end_ms - self._read_to_ms >= every:
             self._read(start_ms, end_ms, audio)
 
     def paused(self, event: SpeechPaused, policy: EndOfTurnPolicy | None) -> None:
@@ -114,6 +123,7 @@ class Listening:
         self._language = _no_language
         self._turn_model = _no_model
         self._publish = _publish_nothing
+        self._on_words = _words_nowhere
 
     # --- readings and judgements -----------------------------------------------------------------------
 
@@ -135,6 +145,8 @@ class Listening:
         prefix = self._prefixes.get(item_id) if item_id is not None else None
         if prefix is None or self._item_id != item_id:
             return  # the turn is over: its final transcript speaks for it
+        if self._watched == item_id:
+            await self._on_words(item_id, transcript.text)
         if delta := prefix.update(transcript.text):
             await self._send(se.TranscriptionDelta(item_id=item_id, delta=delta))
 
@@ -186,4 +198,12 @@ def _retrieve(task: asyncio.Future) -> None:
 
 
 def _publish_nothing(event: DomainEvent) -> None:
+    return None
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _words_nowhere(item_id: str, text: str) -> None:
     return None

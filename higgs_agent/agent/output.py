@@ -32,3 +32,9 @@ class SessionOutput(Protocol):
 
     def heard_ms(self, item_id: str) -> float:
         """How much of the item's audio the listener has heard by now."""
+
+    def hold_audio(self) -> bool:
+        """Stop playing reply audio out, keeping it (maybe an interruption); False where it cannot."""
+
+    def release_audio(self) -> None:
+        """Play on after `hold_audio`."""

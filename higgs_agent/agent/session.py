@@ -26,6 +26,7 @@ from higgs_agent.agent.conversation import Conversation, ConversationItem, ToolC
 from higgs_agent.agent.events import (
     AgentFailed,
     DomainEvent,
+    InterruptionJudged,
     KeyPressed,
     Observer,
     ReplyCut,
@@ -34,6 +35,7 @@ from higgs_agent.agent.events import (
     UserTranscribed,
 )
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
+from higgs_agent.agent.interruptions import MAX_BACKCHANNEL_MS, is_backchannel
 from higgs_agent.agent.listening import Listening
 from higgs_agent.agent.reply import OutputClosed, Preparation, ReplyRun, SessionOutput
 from higgs_agent.agent.responders.base import ReplyRequest, Responder, tools_unsupported
@@ -120,7 +122,8 @@ class Session:
         self._observers: list[Observer] = []
         self.listening = Listening(services.transcriber, services.end_of_turn_model, self.send, self._end_turn_at,
                                    lambda: (self.config.transcription.language, self.config.transcription.prompt),
-                                   self._publish)
+                                   self._publish, self._words_while_speaking)
+        self._interruption: str | None = None  # the caller's speech that holds the reply: interruption or not?
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -218,7 +221,7 @@ class Session:
         """Decoded caller audio from a transport that does its own decoding (WebRTC at 48 kHz, a phone at
         8 kHz: any rate)."""
         await self._on_vad_events(self.input.push(samples, rate))
-        self.listening.heard(self.input.speech_so_far())
+        await self._heard()
 
     async def say(self, text: str) -> None:
         """Speak fixed words as a response of their own (a greeting when a call connects, an apology): they
@@ -315,7 +318,14 @@ class Session:
         except AudioFormatError as exc:
             raise ProtocolError("invalid_audio", str(exc), param="audio") from None
         await self._on_vad_events(vad_events)
-        self.listening.heard(self.input.speech_so_far())
+        await self._heard()
+
+    async def _heard(self) -> None:
+        speech = self.input.speech_so_far()
+        self.listening.heard(speech)
+        if self._interruption is not None and speech is not None \
+                and len(speech[1]) * 1000 // ASR_RATE >= MAX_BACKCHANNEL_MS:
+            await self._settle_interruption(backchannel=False)  # too long to be an "uh-huh"
 
     async def _on_vad_events(self, vad_events: list) -> None:
         for vad_event in vad_events:
@@ -341,11 +351,43 @@ class Session:
         detection = self.config.turn_detection
         truncated = None
         if detection is not None and detection.interrupt_response:
-            if (reply := self._active_reply) is not None:
+            if self._interruption is not None:  # a held reply, and new speech: the last check was not settled
+                await self._settle_interruption(backchannel=False)
+            elif detection.end_of_turn is not None and self._reply_audible() and self.output.hold_audio():
+                self._interruption = self._speech_item_id  # its words decide (interruptions.py)
+                self.listening.watch(self._speech_item_id)
+            elif (reply := self._active_reply) is not None:
                 reply.stop("turn_detected")  # barge-in: its queued audio is dropped before this event is sent
             else:
                 truncated = self._cut_playing_reply()
         await self.send(se.SpeechStarted(audio_start_ms=audio_start_ms, item_id=self._speech_item_id))
+        if truncated is not None:
+            await self.send(truncated)
+
+    def _reply_audible(self) -> bool:
+        """A reply is being made, or its audio has not all been heard yet."""
+        item = self._last_reply_item
+        return self._active_reply is not None or (
+            item is not None and self.output.heard_ms(item.id) < item.audio_ms)
+
+    async def _words_while_speaking(self, item_id: str, words: str) -> None:
+        """A reading of the speech that holds the reply: a word that is not a backchannel interrupts."""
+        if item_id == self._interruption and not is_backchannel(words):
+            await self._settle_interruption(backchannel=False)
+
+    async def _settle_interruption(self, backchannel: bool) -> None:
+        """The held reply plays on (a backchannel), or is cut as a barge-in always cut it."""
+        item_id, self._interruption = self._interruption, None
+        self.listening.watch(None)
+        truncated = None
+        if not backchannel:
+            if (reply := self._active_reply) is not None:
+                reply.stop("turn_detected")
+            else:
+                truncated = self._cut_playing_reply()
+        self.output.release_audio()
+        if item_id is not None:
+            self._publish(InterruptionJudged(item_id, not backchannel))
         if truncated is not None:
             await self.send(truncated)
 
@@ -417,6 +459,8 @@ class Session:
         self.input.discard()
         self._speech_item_id = None
         self.listening.stopped()
+        if self._interruption is not None:  # that speech is gone: the reply plays on
+            await self._settle_interruption(backchannel=True)
         await self.send(se.InputAudioCleared())
 
     async def _clear_output(self, event: ce.OutputAudioBufferClear) -> None:
@@ -513,6 +557,11 @@ class Session:
             await self._transcribe(turn)
         if turn in self._pending:
             self._pending.remove(turn)
+        if turn.item is not None and turn.item.id == self._interruption:  # it ended before its words decided
+            backchannel = is_backchannel(turn.item.text or "")
+            await self._settle_interruption(backchannel)
+            if backchannel:
+                return  # the reply plays on; "uh-huh" needs no answer
         if not turn.create_response or self.closed:
             return
         if self._spoke_on(turn):

@@ -84,6 +84,12 @@ class RecordingOutput:
     def heard_ms(self, item_id: str) -> float:
         return 0.0
 
+    def hold_audio(self) -> bool:
+        return False
+
+    def release_audio(self) -> None:
+        pass
+
     async def next_of(self, kind: str, since: int, timeout: float) -> int:
         """The index of the first `kind` event at or after `since`, once it has arrived."""
         async with asyncio.timeout(timeout):

@@ -150,6 +150,7 @@ class ReplyAudioSink:
         self._control_task: asyncio.Task[None] | None = None
         self.closed_reason: str | None = None
         self.seconds_sent = 0.0  # reply audio that left for the listener, every item together
+        self.held = False  # paced and pulled: nothing goes out (the caller may be interrupting)
 
     # -- lifetime ----------------------------------------------------------------------------------------------
 
@@ -278,6 +279,20 @@ class ReplyAudioSink:
     def discard_audio(self, item_id: str) -> int:
         return self.discard(item_id)
 
+    def hold_audio(self) -> bool:
+        """Stop playing out, keeping what is queued (the caller started speaking: maybe an interruption, maybe
+        an "uh-huh"); False where the sink cannot hold (write-through: the client holds the audio it got)."""
+        if self.mode == "write_through":
+            return False
+        self.held = True
+        return True
+
+    def release_audio(self) -> None:
+        """Play on from where `hold_audio` stopped (it was not an interruption)."""
+        if self.held:
+            self.held = False
+            self._wakeup.set()
+
     # -- the transport's side ----------------------------------------------------------------------------------
 
     @property
@@ -324,7 +339,7 @@ class ReplyAudioSink:
 
     def next_frame(self) -> WireFrame | None:
         """Pulled sinks: the frame due now (None: play silence), counted as delivered."""
-        while self._queue:
+        while self._queue and not self.held:
             entry = self._queue.popleft()
             if isinstance(entry, WireFrame):
                 self._room.set()
@@ -443,6 +458,12 @@ class ReplyAudioSink:
                         return
                     continue
                 head = self._queue[0]
+                if isinstance(head, WireFrame) and self.held:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()  # release_audio, a discard or the close wakes it
+                    if self.closed_reason is not None:
+                        return
+                    continue
                 if isinstance(head, WireFrame):
                     wait = self._ahead_s(self._clock()) - self.lead_s
                     if wait > 1e-6:
