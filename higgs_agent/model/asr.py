@@ -204,8 +204,10 @@ class Transcriber:
         with self._lock:
             started = time.perf_counter()
             if self.window == "fitted" and duration <= FITTED_MAX_S:
-                text, language, probability = self._fitted(audio, language, prompt, task)
-                return Transcript(text, language, probability, duration, (time.perf_counter() - started) * 1000)
+                fitted = self._fitted(audio, language, prompt, task)
+                if fitted is not None:
+                    text, language, probability = fitted
+                    return Transcript(text, language, probability, duration, (time.perf_counter() - started) * 1000)
             segments, info = self.model.transcribe(
                 audio, language=language, task=task, beam_size=1, best_of=1, temperature=0.0,
                 condition_on_previous_text=False, vad_filter=False, without_timestamps=True,
@@ -216,8 +218,9 @@ class Transcriber:
         return Transcript(text, info.language, float(info.language_probability), duration, elapsed)
 
     def _fitted(self, audio: np.ndarray, language: str | None, prompt: str | None, task: str,
-                ) -> tuple[str, str, float]:
-        """One greedy decode over an encoder window fitted to the turn (see the module's doc)."""
+                ) -> tuple[str, str, float] | None:
+        """One greedy decode over an encoder window fitted to the turn (see the module's doc); None when Whisper
+        is unsure of it (average log prob under -1, faster-whisper's own retry mark): the full window reads it."""
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
@@ -249,6 +252,8 @@ class Transcriber:
         if result.no_speech_prob > _SURE_NO_SPEECH or (result.no_speech_prob > _NO_SPEECH_PROB
                                                        and average_log_prob < _LOG_PROB_FLOOR):
             return "", language, float(probability)
+        if average_log_prob < _LOG_PROB_FLOOR:
+            return None  # e.g. 'stop please' over a phone line read as 'start clean' at -1.34
         return tokenizer.decode(ids).strip(), language, float(probability)
 
     def warmup(self) -> float:
