@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
     agent.add_argument("--turns", type=int, default=5, help="turns per session (default: %(default)s)")
     agent.add_argument("--max-frames", type=int, default=200, help="frame budget per phrase (default: %(default)s)")
+    agent.add_argument("--last-word", action="store_true",
+                       help="also send the speech at real-time pace, ending at its last word, and compare how the "
+                            "turn's end is found: the client committing at once (baseline), server_vad, semantic_vad")
     agent.add_argument("--understanding", action="store_true",
                        help="also run the turns with the caller analysis on, and report what it adds to the "
                             "first audio byte")

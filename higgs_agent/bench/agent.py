@@ -108,7 +108,49 @@ def _agent_bench(args: argparse.Namespace, services: AgentServices, bundle: Any,
     }
     if args.understanding:
         result["understanding"] = _understanding_cost(services, speech, args.turns, figures)
+    if getattr(args, "last_word", False):
+        result["from_last_word"] = _from_last_word(services, speech, args.turns)
     return result
+
+
+LAST_WORD_MODES = {  # how the turn's end is found, each measured the same way
+    "commit_at_last_word": {"manual_commit": True},  # the baseline: the client itself says "done" at once
+    "server_vad": {"session": {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}}},
+    "semantic_vad": {"session": {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}},
+}
+
+
+def _trimmed_to_last_word(speech: np.ndarray, floor_db: float = -40.0) -> np.ndarray:
+    """The speech cut where its last 10 ms window within `floor_db` of the loudest ends (the true last word)."""
+    hop = SAMPLE_RATE // 100
+    frames = len(speech) // hop
+    rms = np.sqrt(np.mean(speech[:frames * hop].reshape(frames, hop).astype(np.float64) ** 2, axis=1))
+    loud = np.flatnonzero(rms > rms.max() * 10 ** (floor_db / 20))
+    return speech[:(int(loud[-1]) + 1) * hop]
+
+
+def _from_last_word(services: AgentServices, speech: np.ndarray, count: int) -> dict:
+    """Speech sent at real-time pace, ending at the last word; per turn-end mode, the medians from that word:
+    the client's first reply audio, and the server's stages (end_of_turn: last speech the VAD heard -> turn
+    called; then transcript, first text, first audio frame, first byte sent, each from the turn's call)."""
+    from higgs_agent.client import talk
+    from higgs_agent.server import serve_in_background
+
+    speech = _trimmed_to_last_word(speech)
+    figures: dict[str, dict] = {}
+    with serve_in_background(services) as base:
+        url = base.replace("http://", "ws://") + "/v1/realtime"
+        for mode, options in LAST_WORD_MODES.items():
+            turns = [asyncio.run(talk(url, speech, SAMPLE_RATE, realtime_pace=True, timeout_s=300, **options))
+                     for _ in range(count)]
+            figures[mode] = {"client_first_audio_ms_p50": _median([t.first_audio_after_ms for t in turns]),
+                             **{f"{stage}_ms_p50": _median([t.latency_ms.get(stage) for t in turns])
+                                for stage in ("end_of_turn", "transcript", "first_text", "first_audio_sent")}}
+    base_ms = figures["commit_at_last_word"]["client_first_audio_ms_p50"]
+    for mode in ("server_vad", "semantic_vad"):
+        ms = figures[mode]["client_first_audio_ms_p50"]
+        figures[mode]["added_over_commit_ms"] = round(ms - base_ms, 1) if None not in (ms, base_ms) else None
+    return figures
 
 
 def _turns(services: AgentServices, speech: np.ndarray, count: int) -> list[dict]:
