@@ -77,7 +77,8 @@ class ScriptedTranscriber:
                                prompt: str | None = None) -> Transcript:
         return await asyncio.to_thread(self.transcribe, audio, language, prompt)
 
-    def submit(self, audio: np.ndarray, language: str | None = None, prompt: str | None = None) -> asyncio.Future:
+    def submit(self, audio: np.ndarray, language: str | None = None, prompt: str | None = None,
+               draft: bool = False) -> asyncio.Future:
         return asyncio.ensure_future(self.transcribe_async(audio, language, prompt))
 
     def close(self) -> None:
@@ -238,8 +239,8 @@ async def test_sdk_defaults_semantic_vad_and_item_retrieve_are_served(make_sessi
     assert updated["instructions"] == "be nice"
     assert updated["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
     policy = session.config.turn_detection.end_of_turn  # high: pauses judged soon, a sure judge not needed
-    assert (policy.pause_ms, policy.threshold) == (120, 0.35)
-    assert session.config.turn_detection.vad.pause_ms == 120
+    assert (policy.pause_ms, policy.threshold) == (60, 0.35)
+    assert session.config.turn_detection.vad.pause_ms == 60
     assert session.config.turn_detection.vad.silence_duration_ms == policy.max_wait_ms
     await text_turn(session, "hello")
     item_id = (await until(out, "conversation.item.added"))["item"]["id"]

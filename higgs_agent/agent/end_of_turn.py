@@ -142,9 +142,11 @@ class EndOfTurnPolicy:
 # eagerness -> (pause judged after, threshold, longest silence). "auto" is "medium", as OpenAI documents.
 # A threshold of 0.5 ends a turn on closed words whatever the voice says, never on open ones; "high" lets a very
 # sure voice (>= 0.7) overrule open words, "low" wants the voice to agree (>= 0.4) even with closed words.
+# The pause is counted from the VAD's first unvoiced frame, itself ~100-150 ms after the last word (webrtcvad's
+# hangover): at "auto" a turn is judged ~200-250 ms after the last word.
 _EAGERNESS: dict[str, tuple[int, float, int]] = {
-    "high": (120, 0.35, 1200),
-    "medium": (160, 0.5, 2500),
-    "auto": (160, 0.5, 2500),
-    "low": (300, 0.7, 5000),
+    "high": (60, 0.35, 1200),
+    "medium": (100, 0.5, 2500),
+    "auto": (100, 0.5, 2500),
+    "low": (200, 0.7, 5000),
 }

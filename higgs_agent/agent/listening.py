@@ -30,6 +30,7 @@ from higgs_agent.protocol import server_events as se
 log = logging.getLogger(__name__)
 PARTIAL_EVERY_MS = 1000  # new speech between two readings of a turn in progress
 WATCHED_EVERY_MS = 300  # ... of a turn that may be interrupting the agent (its words decide: interruptions.py)
+_SPEAKING_GAP_MS = 60  # unvoiced audio after the last voiced frame past which the caller counts as pausing
 _KEPT_PREFIXES = 8  # turns whose deltas are remembered until their final transcript
 
 
@@ -74,15 +75,17 @@ class Listening:
         """Read this turn often and report each reading (`on_words`), while it may be an interruption."""
         self._watched = item_id
 
-    def heard(self, speech: tuple[int, np.ndarray] | None) -> None:
-        """New audio arrived; `speech` is the turn so far (InputAudio.speech_so_far)."""
+    def heard(self, speech: tuple[int, np.ndarray] | None, now_ms: int) -> None:
+        """New audio arrived; `speech` is the turn so far (InputAudio.speech_so_far), `now_ms` the input clock."""
         if self._item_id is None or speech is None or self._transcriber.busy:
             return
         start_ms, audio = speech
         end_ms = start_ms + len(audio) * 1000 // ASR_RATE
+        if now_ms - end_ms > _SPEAKING_GAP_MS:
+            return  # the caller is pausing: the pause's own reading is due, and must not wait behind this one
         every = WATCHED_EVERY_MS if self._watched == self._item_id else PARTIAL_EVERY_MS
         if end_ms - self._read_to_ms >= every:
-            self._read(start_ms, end_ms, audio)
+            self._read(start_ms, end_ms, audio, draft=True)
 
     def paused(self, event: SpeechPaused, policy: EndOfTurnPolicy | None) -> None:
         if self._item_id is None:
@@ -127,9 +130,9 @@ class Listening:
 
     # --- readings and judgements -----------------------------------------------------------------------
 
-    def _read(self, start_ms: int, end_ms: int, audio: np.ndarray) -> _Reading:
+    def _read(self, start_ms: int, end_ms: int, audio: np.ndarray, draft: bool = False) -> _Reading:
         language, prompt = self._language()
-        task = self._transcriber.submit(audio, language, prompt)
+        task = self._transcriber.submit(audio, language, prompt, draft=draft)
         task.add_done_callback(_retrieve)  # a reading nobody awaits any more must not log "never retrieved"
         reading = _Reading(start_ms, end_ms, task)
         self._reading = reading

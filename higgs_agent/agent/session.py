@@ -322,7 +322,7 @@ class Session:
 
     async def _heard(self) -> None:
         speech = self.input.speech_so_far()
-        self.listening.heard(speech)
+        self.listening.heard(speech, self.input.audio_ms)
         if self._interruption is not None and speech is not None \
                 and len(speech[1]) * 1000 // ASR_RATE >= MAX_BACKCHANNEL_MS:
             await self._settle_interruption(backchannel=False)  # too long to be an "uh-huh"

@@ -145,12 +145,12 @@ class Transcriber:
         return self._queued > 0
 
     def submit(self, audio16k: np.ndarray, language: str | None = None, prompt: str | None = None,
-               task: str = "transcribe") -> asyncio.Future[Transcript]:
+               task: str = "transcribe", *, draft: bool = False) -> asyncio.Future[Transcript]:
         """Queue `transcribe` on the ASR thread now (the session context, hence its log id, goes along); `busy`
-        says so from this moment."""
+        says so from this moment. `draft`: a partial reading, never read again over the full window."""
         context = contextvars.copy_context()
         future = asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: context.run(self.transcribe, audio16k, language, prompt, task))
+            self._executor, lambda: context.run(self.transcribe, audio16k, language, prompt, task, draft=draft))
         self._queued += 1
         future.add_done_callback(self._finished)
         return future
@@ -189,7 +189,7 @@ class Transcriber:
         return not self.model.model.is_multilingual
 
     def transcribe(self, audio16k: np.ndarray, language: str | None = None, prompt: str | None = None,
-                   task: str = "transcribe") -> Transcript:
+                   task: str = "transcribe", *, draft: bool = False) -> Transcript:
         """16 kHz float32 mono (one turn) -> text. Greedy, temperature 0, no VAD filter: the same audio always
         gives the same text. `language` None lets a multilingual model detect it; English-only models say "en".
         `prompt` is Whisper's initial prompt (names, spellings). `task="translate"`: Whisper's own translation
@@ -204,7 +204,7 @@ class Transcriber:
         with self._lock:
             started = time.perf_counter()
             if self.window == "fitted" and duration <= FITTED_MAX_S:
-                fitted = self._fitted(audio, language, prompt, task)
+                fitted = self._fitted(audio, language, prompt, task, draft)
                 if fitted is not None:
                     text, language, probability = fitted
                     return Transcript(text, language, probability, duration, (time.perf_counter() - started) * 1000)
@@ -217,7 +217,7 @@ class Transcriber:
             elapsed = (time.perf_counter() - started) * 1000
         return Transcript(text, info.language, float(info.language_probability), duration, elapsed)
 
-    def _fitted(self, audio: np.ndarray, language: str | None, prompt: str | None, task: str,
+    def _fitted(self, audio: np.ndarray, language: str | None, prompt: str | None, task: str, draft: bool,
                 ) -> tuple[str, str, float] | None:
         """One greedy decode over an encoder window fitted to the turn (see the module's doc); None when Whisper
         is unsure of it (average log prob under -1, faster-whisper's own retry mark): the full window reads it."""
@@ -252,7 +252,7 @@ class Transcriber:
         if result.no_speech_prob > _SURE_NO_SPEECH or (result.no_speech_prob > _NO_SPEECH_PROB
                                                        and average_log_prob < _LOG_PROB_FLOOR):
             return "", language, float(probability)
-        if average_log_prob < _LOG_PROB_FLOOR:
+        if average_log_prob < _LOG_PROB_FLOOR and not draft:
             return None  # e.g. 'stop please' over a phone line read as 'start clean' at -1.34
         return tokenizer.decode(ids).strip(), language, float(probability)
 
