@@ -460,6 +460,6 @@ async def test_a_closed_session_lets_go_of_its_audio_whatever_still_refers_to_it
     await send(session, type="input_audio_buffer.append",
                audio=base64.b64encode(float_to_pcm16(pad(speech, 24000, lead_ms=300, tail_ms=1200))).decode())
     await until(out, "response.done")
-    assert len(session.input.tape.slice_ms(0, 10_000)) and session.caller_voice.speech_s > 0
+    assert len(session.input.tape.slice_ms(0, 10_000)) and session.cloning.voice.speech_s > 0
     await session.close()
-    assert not len(session.input.tape.slice_ms(0, 10_000)) and session.caller_voice.speech_s == 0
+    assert not len(session.input.tape.slice_ms(0, 10_000)) and session.cloning.voice.speech_s == 0

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from higgs_agent.agent.caller_cloning import CallerCloning
 from higgs_agent.agent.client_items import client_item
 from higgs_agent.agent.config import CALLER_VOICE, output_modality
 from higgs_agent.agent.conversation import Conversation, ConversationItem, ToolCall
@@ -57,7 +58,6 @@ from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError, new_id
 from higgs_agent.understanding.context import context_line, delivery_scene
-from higgs_agent.voices.caller_voice import CallerClip, CallerVoice
 
 log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # as the reference server: shorter buffers are refused
@@ -107,9 +107,7 @@ class Session:
         self._epoch = 0  # speech starts so far
         self._last_audio: tuple[str, WireAudio] | None = None  # the latest user turn's audio, for its codes
         self._turn_start_ms = 0  # where the turn in progress starts on the input clock (its prefix included)
-        self.caller_voice = CallerVoice()  # the caller's speech, gathered turn after turn, to clone from
-        self.caller_reference: VoiceReference | None = None
-        self._recloning: asyncio.Task | None = None  # a clone of the caller's voice being made
+        self.cloning = CallerCloning(services.engine, services.transcriber, self._keep, self.config.id)
         self._worker: asyncio.Task | None = None
         self._digits: list[str] = []  # DTMF keys waiting to become a turn
         self._digit_timer: asyncio.TimerHandle | None = None
@@ -158,13 +156,17 @@ class Session:
         # this session: a reference cycle through every task the session still names. Left alone, the session
         # and its audio (two minutes of input tape, the caller's gathered speech) wait for the cycle collector,
         # whose full passes are rare in a big process: the soak's memory creep (#20). Let go of them here.
-        self._worker = self._listing = self._recloning = self._digit_timer = None
+        self._worker = self._listing = self._digit_timer = None
         # And whatever still refers to the session (a transport's own cycles: aiortc's event handlers,
         # a carrier's paced output), its audio goes now.
         self.input.release()
-        self.caller_voice = CallerVoice()
-        self.caller_reference = None
+        self.cloning.release()
         self._last_audio = None
+
+    def _keep(self, task: asyncio.Future) -> None:
+        """A background task of the session's, cancelled when it closes."""
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- input -----------------------------------------------------------------------------------------
 
@@ -626,7 +628,8 @@ class Session:
             if analysis is not None:
                 await self._understand(item, analysis, transcript.language)
             if turn.wire is not None:
-                self._learn_voice(turn.wire, item.text)
+                self.cloning.learn(turn.wire.samples, turn.wire.rate, item.text,
+                                   speaking_in_it=self.config.voice == CALLER_VOICE)
         await self.send(se.ItemDone(item=item.to_item()))
 
     async def _transcript(self, turn: UserTurn) -> Transcript:
@@ -638,35 +641,6 @@ class Session:
             except Exception:  # noqa: BLE001 - read it again below; a second failure is reported
                 log.warning("the transcript begun at the pause failed; transcribing the turn again")
         return await self.services.transcriber.transcribe_async(turn.audio, settings.language, settings.prompt)
-
-    def _learn_voice(self, wire: WireAudio, words: str) -> None:
-        """Gather the caller's clean speech at its wire rate; once enough more has come, clone it afresh (in
-        the background: the turn does not wait for it)."""
-        self.caller_voice.add_turn(wire.samples, wire.rate, words)
-        if self.config.voice != CALLER_VOICE:
-            # Gathered only: a clone is an encode on the model worker per turn (and, each clip being its own
-            # length, a new oneDNN convolution cached each time: one source of the soak's memory growth). It is
-            # made once the session speaks in the caller's voice.
-            return
-        clip = self.caller_voice.take_due_clip()
-        if clip is not None:
-            task = asyncio.create_task(self._reclone(clip), name=f"{self.config.id}-voice")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-            self._recloning = task
-
-    async def _reclone(self, clip: CallerClip) -> None:
-        try:
-            codes = await self.services.engine.encode(clip.audio, clip.rate)
-            words = clip.transcript
-            if words is None:  # a turn was cut to fit: the clip's own words
-                words = (await self.services.transcriber.transcribe_async(resample(clip.audio, clip.rate,
-                                                                                   ASR_RATE))).text.strip()
-        except Exception:  # noqa: BLE001 - the previous reference stays
-            log.exception("cloning the caller's voice failed")
-            return
-        self.caller_reference = VoiceReference(codes=codes, transcript=words)
-        log.info("caller voice: %.1f s of speech from %d turns at %d Hz", clip.speech_s, clip.turns, clip.rate)
 
     async def _understand(self, item: ConversationItem, analysis: Any, language: str) -> None:  # noqa: ANN401
         try:
@@ -706,7 +680,7 @@ class Session:
                     else self.config.output_modality)
         text_only = modality == "text"
         caller_voice = self.config.voice == CALLER_VOICE and not text_only
-        wants_codes = (caller_voice and self.caller_reference is None and self._recloning is None) or \
+        wants_codes = (caller_voice and self.cloning.reference is None and self.cloning.task is None) or \
             self.config.responder == "native"
         audio16k = turn.audio if turn.audio is not None else None
         override = None
@@ -731,13 +705,12 @@ class Session:
                                    on_first_text=lambda: timing.mark("first_text"), user_audio16k=audio16k,
                                    tools=box.tools if box else (),
                                    tool_choice=box.tool_choice if box else ToolConfig().tool_choice)
-            if caller_voice and self._recloning is not None and not self._recloning.done():
-                # the reply speaks in the newest clone
-                await within("caller_voice", limits.caller_voice_s, asyncio.shield(self._recloning))
+            if caller_voice and self.cloning.cloning:  # the reply speaks in the newest clone
+                await within("caller_voice", limits.caller_voice_s, asyncio.shield(self.cloning.task))
             if text_only:  # nothing is spoken: no voice to fetch
                 return Preparation(request, history)
             if caller_voice:  # the gathered clone, else this very turn (a first turn has nothing else yet)
-                reference = self.caller_reference or (
+                reference = self.cloning.reference or (
                     VoiceReference(codes=codes, transcript=user.text or "") if codes is not None and user else None)
             else:
                 reference = await within("voice_reference", limits.voice_reference_s,
