@@ -104,8 +104,13 @@ def speech_seconds(audio16k: np.ndarray) -> float:
     return spoken * VAD_FRAME_MS / 1000
 
 
+# Whisper writes the same audio as "I've been" or "I have been" from one reading to the next (the fitted and the
+# full window differ here): a contraction counts as the two words it was said as, so the rate does not move.
+_CONTRACTION = re.compile(r"[a-z](?:['’](?:ve|re|ll|d|m)|n['’]t)\b", re.IGNORECASE)
+
+
 def count_words(text: str) -> int:
-    return len(_WORD.findall(text))
+    return len(_WORD.findall(text)) + len(_CONTRACTION.findall(text))
 
 
 def speaking_rate(transcript: str, speech_s: float, language: str | None = None) -> float | None:
