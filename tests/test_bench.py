@@ -53,6 +53,15 @@ def test_bench_agent_measures_turn_latency_over_a_real_socket(tiny_dir):
     assert "weather" in figures["transcript"].lower()
 
 
+def test_bench_agent_measures_from_the_last_word_how_each_detection_ends_the_turn(tiny_dir):
+    figures = bench_json("agent", "--model", str(tiny_dir), "--turns", "1", "--last-word")["from_last_word"]
+    assert set(figures) == {"commit_at_last_word", "server_vad", "semantic_vad"}
+    assert all(mode["client_first_audio_ms_p50"] is not None for mode in figures.values())
+    assert figures["commit_at_last_word"]["end_of_turn_ms_p50"] is None  # the client said so itself
+    assert figures["server_vad"]["end_of_turn_ms_p50"] >= 500  # its silence, in audio time
+    assert figures["semantic_vad"]["end_of_turn_ms_p50"] < 2500  # the judge called it, not the longest wait
+
+
 def test_bench_agent_reports_what_the_caller_analysis_adds(tiny_dir):
     figures = bench_json("agent", "--model", str(tiny_dir), "--turns", "1", "--understanding")
     cost = figures["understanding"]
