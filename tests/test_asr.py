@@ -135,3 +135,14 @@ def test_unknown_model_name_lists_the_known_ones():
     with pytest.raises(ASRModelNotFoundError, match="unknown ASR model 'tiny.fr'") as info:
         Transcriber.load("tiny.fr")
     assert "small.en" in str(info.value) and "--asr-model PATH" in str(info.value)
+
+
+def test_busy_comes_down_even_when_the_loop_that_asked_has_closed(transcriber):
+    """A reading submitted from an event loop that ends before it finishes (a session torn down mid-reading)
+    must not leave the transcriber busy for ever: partial readings wait for it to be idle."""
+    async def ask_and_leave() -> None:
+        transcriber.submit(np.zeros(16_000, dtype=np.float32))
+
+    asyncio.run(ask_and_leave())
+    transcriber.transcribe_on_thread(np.zeros(1600, dtype=np.float32))  # queued behind it on the ASR thread
+    assert not transcriber.busy

@@ -198,8 +198,9 @@ async def test_partial_transcripts_arrive_while_the_caller_speaks(make_session, 
     step = RATE // 10
     for start in range(0, len(audio), step):  # 100 ms at a time, letting each reading finish before going on
         await append(session, audio[start:start + step])
-        while transcriber.busy:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(60):
+            while transcriber.busy:
+                await asyncio.sleep(0.01)
     deltas = out.of("conversation.item.input_audio_transcription.delta")
     assert deltas, "no partial transcript while the caller was speaking"
     assert out.of("input_audio_buffer.speech_stopped") == []  # all of them came before the turn ended

@@ -137,7 +137,8 @@ class Transcriber:
         self.window = window
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="higgs-asr")
-        self._queued = 0  # transcribe_async calls not yet finished
+        self._queued = 0  # submitted readings not yet finished
+        self._count_lock = threading.Lock()
 
     @property
     def busy(self) -> bool:
@@ -149,14 +150,22 @@ class Transcriber:
         """Queue `transcribe` on the ASR thread now (the session context, hence its log id, goes along); `busy`
         says so from this moment. `draft`: a partial reading, never read again over the full window."""
         context = contextvars.copy_context()
-        future = asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: context.run(self.transcribe, audio16k, language, prompt, task, draft=draft))
-        self._queued += 1
-        future.add_done_callback(self._finished)
-        return future
 
-    def _finished(self, future: asyncio.Future) -> None:
-        self._queued -= 1
+        def run() -> Transcript:
+            try:
+                return context.run(self.transcribe, audio16k, language, prompt, task, draft=draft)
+            finally:  # counted down on the thread: a loop that closed before its callbacks ran cannot leave it up
+                with self._count_lock:
+                    self._queued -= 1
+
+        with self._count_lock:
+            self._queued += 1
+        try:
+            return asyncio.get_running_loop().run_in_executor(self._executor, run)
+        except BaseException:  # not queued after all (the executor is shut down)
+            with self._count_lock:
+                self._queued -= 1
+            raise
 
     async def transcribe_async(self, audio16k: np.ndarray, language: str | None = None,
                                prompt: str | None = None, task: str = "transcribe") -> Transcript:
