@@ -143,8 +143,11 @@ async def test_a_spoken_turn_is_shown_and_played_and_talking_over_the_reply_stop
         assert len(stats["firstAudioMs"]) == 2 and all(ms > 0 for ms in stats["firstAudioMs"].values())
         assert int(await chat.page.get_attribute("#ttfa", "data-ms")) > 0
         stages = {stage: await chat.page.get_attribute(f"#stages [data-stage='{stage}']", "data-ms")
-                  for stage in ("transcript", "first_text", "first_audio_frame", "first_audio_sent")}
-        assert all(value and int(value) > 0 for value in stages.values()), stages
+                  for stage in ("end_of_turn", "transcript", "first_text", "first_audio_frame", "first_audio_sent")}
+        assert all(value for value in stages.values()), stages  # every stage shown
+        assert int(stages["end_of_turn"]) >= 500, stages  # server_vad: its silence, counted in audio time
+        later = [int(stages[s]) for s in ("transcript", "first_text", "first_audio_frame", "first_audio_sent")]
+        assert later == sorted(later) and later[-1] > 0, stages
         print(f"{transport}: page time to first audio (ms) {stats['firstAudioMs']}, server stages {stages}")
 
         print("laptop:", await chat.screenshot(artifacts, f"{transport}-laptop"))

@@ -154,6 +154,9 @@ class VoiceChat {
         this.turnClock = { userItemId: event.item_id, stoppedAt: performance.now(), itemId: null };
         this.graph?.armOnset();
         break;
+      case "conversation.item.input_audio_transcription.delta":
+        this.view.userPartial(event.item_id, event.delta);
+        break;
       case "conversation.item.input_audio_transcription.completed":
         this.view.userText(event.item_id, event.transcript);
         break;

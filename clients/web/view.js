@@ -65,6 +65,14 @@ export class ChatView {
     return this.#turn(itemId, "user", "…");
   }
 
+  /** Words of a turn still being spoken (deltas two readings agreed on), until its transcript replaces them. */
+  userPartial(itemId, delta) {
+    const turn = this.userTurn(itemId);
+    if (!turn.classList.contains("pending")) return;
+    turn.dataset.partial = (turn.dataset.partial ?? "") + delta;
+    turn.querySelector(".text").textContent = `${turn.dataset.partial} …`;
+  }
+
   userText(itemId, text) {
     const turn = this.userTurn(itemId);
     turn.querySelector(".text").textContent = text || "(nothing understood)";
