@@ -92,6 +92,10 @@ def test_bench_turns_compares_asr_windows_and_judges_pauses():
     end = figures["end_of_turn"]
     assert end["utterances"] == 20 and end["accuracy"]["blend"] >= 0.7
     assert end["speech_end_to_transcript_ms"] == round(end["pause_ms"] + end["verdict_ms"], 1)
+    vad = figures["vad"]  # both detectors under each condition, and neither misses a clean sentence
+    assert set(vad) == {f"{name}/{condition}" for name in ("webrtcvad", "silero")
+                        for condition in ("clean", "noisy_10db", "phone")}
+    assert vad["webrtcvad/clean"]["missed"] == vad["silero/clean"]["missed"] == 0
 
 
 def test_bench_translate_reports_per_phrase_latency(tiny_dir):

@@ -54,13 +54,18 @@ class TurnModelMissing(RuntimeError):
     """smart-turn's weights are not installed."""
 
 
-def smart_turn_weights() -> Path:
-    """smart-turn v3.2's ONNX file inside the installed `pipecat-ai` package (found without importing it)."""
+def pipecat_data_file(*parts: str) -> Path:
+    """A file inside the installed `pipecat-ai` package, found without importing it."""
     spec = importlib.util.find_spec("pipecat")
     if spec is None or not spec.submodule_search_locations:
         raise TurnModelMissing("semantic_vad needs Pipecat's smart-turn weights: `pip install pipecat-ai` (the "
                                "README's install has it), or use turn_detection server_vad")
-    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*_WEIGHTS)
+    return Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+
+
+def smart_turn_weights() -> Path:
+    """smart-turn v3.2's ONNX file inside the installed `pipecat-ai` package."""
+    path = pipecat_data_file(*_WEIGHTS)
     if not path.is_file():
         raise TurnModelMissing(f"{path} is missing: this pipecat-ai has no smart-turn v3.2 weights; install the "
                                "version in uv.lock")
