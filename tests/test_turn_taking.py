@@ -300,3 +300,29 @@ async def test_speech_over_a_reply_under_server_vad_cuts_it_at_once(make_session
     await append(session, np.concatenate([speech("Okay."), silence(700, RATE)]), chunk_ms=20)
     truncated = await until(out, "conversation.item.truncated")  # OpenAI's documented server_vad behaviour
     assert 0 < truncated["audio_end_ms"] <= 200
+
+
+@on_session_loop
+async def test_the_turn_so_far_is_copied_only_when_it_is_read():
+    """heard() runs on every append; copying a long turn's audio each time would cost O(n^2) over the turn."""
+    from higgs_agent.agent.listening import PARTIAL_EVERY_MS, Listening
+    from higgs_agent.model.asr import Transcript
+
+    class Idle:  # a transcriber that is never busy and reads at once
+        busy = False
+
+        def submit(self, audio, language=None, prompt=None, draft=False):
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(Transcript("words", "en", 1.0, 0.0, 0.0))
+            return future
+
+    async def nothing(*args):
+        return None
+
+    listening = Listening(Idle(), lambda: None, nothing, nothing, lambda: (None, None), lambda event: None)
+    listening.started("item_1", 0)
+    copies = []
+    for end_ms in range(20, 10_001, 20):  # ten seconds of speech, 20 ms per append
+        listening.heard((0, end_ms), end_ms, lambda: copies.append(1) or np.zeros(16, dtype=np.float32))
+    assert len(copies) == 10_000 // PARTIAL_EVERY_MS  # one per reading, not one per append
+    listening.close()

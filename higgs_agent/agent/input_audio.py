@@ -109,8 +109,12 @@ class InputAudio:
             self.clear()  # the turn owns that audio now
         return events
 
-    def speech_so_far(self) -> tuple[int, np.ndarray] | None:
-        """The VAD's turn in progress: (its start on the input clock in ms, its 16 kHz audio so far)."""
+    def speech_span(self) -> tuple[int, int] | None:
+        """The VAD's turn in progress: [start, end of its last voiced frame) in ms on the input clock."""
+        return self._detector.speech_span() if self._detector is not None else None
+
+    def speech_so_far(self) -> np.ndarray | None:
+        """The VAD's turn in progress: its 16 kHz audio so far (a copy: ask only when it will be read)."""
         return self._detector.speech_so_far() if self._detector is not None else None
 
     def end_turn(self, pause: int) -> SpeechStopped | None:

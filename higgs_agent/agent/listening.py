@@ -21,7 +21,6 @@ import numpy as np
 
 from higgs_agent.agent.end_of_turn import EndOfTurnPolicy, SmartTurn, words_verdict
 from higgs_agent.agent.events import DomainEvent, PauseJudged
-from higgs_agent.agent.input_audio import ASR_RATE
 from higgs_agent.agent.partial_transcript import StablePrefix
 from higgs_agent.agent.vad import SpeechPaused
 from higgs_agent.model.asr import Transcriber, Transcript
@@ -75,17 +74,17 @@ class Listening:
         """Read this turn often and report each reading (`on_words`), while it may be an interruption."""
         self._watched = item_id
 
-    def heard(self, speech: tuple[int, np.ndarray] | None, now_ms: int) -> None:
-        """New audio arrived; `speech` is the turn so far (InputAudio.speech_so_far), `now_ms` the input clock."""
-        if self._item_id is None or speech is None or self._transcriber.busy:
+    def heard(self, span: tuple[int, int] | None, now_ms: int, audio: Callable[[], np.ndarray | None]) -> None:
+        """New audio arrived: `span` is the turn so far on the input clock (InputAudio.speech_span), `now_ms` the
+        clock, `audio` gives its samples (a copy, so only asked for when a reading starts)."""
+        if self._item_id is None or span is None or self._transcriber.busy:
             return
-        start_ms, audio = speech
-        end_ms = start_ms + len(audio) * 1000 // ASR_RATE
+        start_ms, end_ms = span
         if now_ms - end_ms > _SPEAKING_GAP_MS:
             return  # the caller is pausing: the pause's own reading is due, and must not wait behind this one
         every = WATCHED_EVERY_MS if self._watched == self._item_id else PARTIAL_EVERY_MS
-        if end_ms - self._read_to_ms >= every:
-            self._read(start_ms, end_ms, audio, draft=True)
+        if end_ms - self._read_to_ms >= every and (samples := audio()) is not None:
+            self._read(start_ms, end_ms, samples, draft=True)
 
     def paused(self, event: SpeechPaused, policy: EndOfTurnPolicy | None) -> None:
         if self._item_id is None:

@@ -323,10 +323,9 @@ class Session:
         await self._heard()
 
     async def _heard(self) -> None:
-        speech = self.input.speech_so_far()
-        self.listening.heard(speech, self.input.audio_ms)
-        if self._interruption is not None and speech is not None \
-                and len(speech[1]) * 1000 // ASR_RATE >= MAX_BACKCHANNEL_MS:
+        span = self.input.speech_span()
+        self.listening.heard(span, self.input.audio_ms, self.input.speech_so_far)
+        if self._interruption is not None and span is not None and span[1] - span[0] >= MAX_BACKCHANNEL_MS:
             await self._settle_interruption(backchannel=False)  # too long to be an "uh-huh"
 
     async def _on_vad_events(self, vad_events: list) -> None:

@@ -297,12 +297,18 @@ class TurnDetector:
             return None
         return self._stop(frame_end - self._silent_frames * self.frame_samples, frame_end)
 
-    def speech_so_far(self) -> tuple[int, np.ndarray] | None:
-        """While in a turn: (its audio_start_ms, its audio up to the last voiced frame); else None."""
+    def speech_span(self) -> tuple[int, int] | None:
+        """While in a turn: its [audio_start_ms, end of its last voiced frame) on the clock (no copy); else None."""
+        if not self._in_speech:
+            return None
+        return self._ms(self._turn_start), self._ms(self._frames_done - self._silent_frames * self.frame_samples)
+
+    def speech_so_far(self) -> np.ndarray | None:
+        """While in a turn: its audio over `speech_span` (a copy); else None."""
         if not self._in_speech:
             return None
         end = self._frames_done - self._silent_frames * self.frame_samples
-        return self._ms(self._turn_start), self._history_audio(self._turn_start, end)
+        return self._history_audio(self._turn_start, end)
 
     def end_turn(self, pause: int) -> SpeechStopped | None:
         """End the turn at pause number `pause` (its judge found the turn complete); None when the speaker has
