@@ -305,7 +305,7 @@ async def test_speech_over_a_reply_under_server_vad_cuts_it_at_once(make_session
 @on_session_loop
 async def test_the_turn_so_far_is_copied_only_when_it_is_read():
     """heard() runs on every append; copying a long turn's audio each time would cost O(n^2) over the turn."""
-    from higgs_agent.agent.listening import PARTIAL_EVERY_MS, Listening
+    from higgs_agent.agent.listening import PARTIAL_EVERY_MS, Listening, ListeningHooks
     from higgs_agent.model.asr import Transcript
 
     class Idle:  # a transcriber that is never busy and reads at once
@@ -319,7 +319,9 @@ async def test_the_turn_so_far_is_copied_only_when_it_is_read():
     async def nothing(*args):
         return None
 
-    listening = Listening(Idle(), lambda: None, nothing, nothing, lambda: (None, None), lambda event: None)
+    listening = Listening(Idle(), ListeningHooks(send=nothing, end_turn=nothing, language=lambda: (None, None),
+                                                 publish=lambda event: None, on_words=nothing,
+                                                 turn_model=lambda: None))
     listening.started("item_1", 0)
     copies = []
     for end_ms in range(20, 10_001, 20):  # ten seconds of speech, 20 ms per append

@@ -33,6 +33,19 @@ _SPEAKING_GAP_MS = 60  # unvoiced audio after the last voiced frame past which t
 _KEPT_PREFIXES = 8  # turns whose deltas are remembered until their final transcript
 
 
+@dataclass(frozen=True)
+class ListeningHooks:
+    """What the listener asks of its session. They refer to the session, which refers to the listener: `close`
+    lets go of them, so a closed session is freed by reference counting, not left to the cycle collector."""
+
+    send: Callable[[se.ServerEvent], Awaitable[None]]
+    end_turn: Callable[[int], Awaitable[None]]  # end the VAD's turn at that pause, if the caller has not gone on
+    language: Callable[[], tuple[str | None, str | None]]  # (language, prompt) of the transcription settings
+    publish: Callable[[DomainEvent], None]  # the session's domain events
+    on_words: Callable[[str, str], Awaitable[None]]  # every reading of the watched turn: (item id, its words)
+    turn_model: Callable[[], SmartTurn | None]  # semantic_vad's voice judge (None: the words alone judge)
+
+
 @dataclass
 class _Reading:
     start_ms: int
@@ -41,18 +54,9 @@ class _Reading:
 
 
 class Listening:
-    def __init__(self, transcriber: Transcriber, turn_model: Callable[[], SmartTurn | None],
-                 send: Callable[[se.ServerEvent], Awaitable[None]], end_turn: Callable[[int], Awaitable[None]],
-                 language: Callable[[], tuple[str | None, str | None]],
-                 publish: Callable[[DomainEvent], None],
-                 on_words: Callable[[str, str], Awaitable[None]] = lambda item_id, text: _nothing()) -> None:
+    def __init__(self, transcriber: Transcriber, hooks: ListeningHooks) -> None:
         self._transcriber = transcriber
-        self._turn_model = turn_model
-        self._send = send
-        self._end_turn = end_turn  # the session ends the VAD's turn at that pause, if the caller has not gone on
-        self._language = language  # (language, prompt) of the session's transcription settings
-        self._publish = publish  # the session's domain events
-        self._on_words = on_words  # every reading of the watched turn: (item id, its words so far)
+        self._hooks: ListeningHooks | None = hooks  # None once closed
         self._watched: str | None = None
         self._item_id: str | None = None  # the turn in progress (its item id from speech_started)
         self._reading: _Reading | None = None  # the latest reading of it
@@ -109,28 +113,23 @@ class Listening:
     async def finish(self, item_id: str, transcript: str) -> None:
         """The turn's final transcript is out next: send what it adds to its deltas first."""
         prefix = self._prefixes.pop(item_id, None)
-        if prefix is not None and prefix.sent and (delta := prefix.finish(transcript)):
-            await self._send(se.TranscriptionDelta(item_id=item_id, delta=delta))
+        hooks = self._hooks
+        if hooks is not None and prefix is not None and prefix.sent and (delta := prefix.finish(transcript)):
+            await hooks.send(se.TranscriptionDelta(item_id=item_id, delta=delta))
 
     def close(self) -> None:
-        """The session is over: stop what is in flight and let go of the session's callbacks (they refer to
-        the session, which refers to this: a cycle that would keep a closed session's audio alive)."""
+        """The session is over: stop what is in flight and let go of the session (its hooks)."""
         self._item_id = None
         self._reading = None
         self._prefixes.clear()
         for task in list(self._tasks):
             task.cancel()
-        self._send = _send_nothing
-        self._end_turn = _end_nothing
-        self._language = _no_language
-        self._turn_model = _no_model
-        self._publish = _publish_nothing
-        self._on_words = _words_nowhere
+        self._hooks = None
 
     # --- readings and judgements -----------------------------------------------------------------------
 
     def _read(self, start_ms: int, end_ms: int, audio: np.ndarray, draft: bool = False) -> _Reading:
-        language, prompt = self._language()
+        language, prompt = self._hooks.language() if self._hooks is not None else (None, None)
         task = self._transcriber.submit(audio, language, prompt, draft=draft)
         task.add_done_callback(_retrieve)  # a reading nobody awaits any more must not log "never retrieved"
         reading = _Reading(start_ms, end_ms, task)
@@ -145,32 +144,38 @@ class Listening:
         except Exception:  # noqa: BLE001 - a partial reading that failed: the final one reports errors
             return
         prefix = self._prefixes.get(item_id) if item_id is not None else None
-        if prefix is None or self._item_id != item_id:
-            return  # the turn is over: its final transcript speaks for it
+        hooks = self._hooks
+        if hooks is None or prefix is None or self._item_id != item_id:
+            return  # the turn is over (or the session): its final transcript speaks for it
         if self._watched == item_id:
-            await self._on_words(item_id, transcript.text)
+            await hooks.on_words(item_id, transcript.text)
         if delta := prefix.update(transcript.text):
-            await self._send(se.TranscriptionDelta(item_id=item_id, delta=delta))
+            await hooks.send(se.TranscriptionDelta(item_id=item_id, delta=delta))
 
     async def _judge(self, event: SpeechPaused, policy: EndOfTurnPolicy, reading: _Reading,
                      item_id: str) -> None:
-        model = self._turn_model()
+        if self._hooks is None:
+            return
+        model = self._hooks.turn_model()
         voice = asyncio.ensure_future(model.probability_async(event.audio)) if model is not None else None
         try:
             transcript = await asyncio.shield(reading.task)
             probability = await voice if voice is not None else None
-        except Exception:
+        except Exception:  # noqa: BLE001 - no verdict: the VAD's longest wait ends the turn
             log.exception("judging a pause failed")
             return
+        hooks = self._hooks
+        if hooks is None:
+            return  # the session closed while the pause was judged
         words = words_verdict(transcript.text, transcript.language)
         complete = policy.complete(probability, words)
         log.debug("pause %d at %d ms: voice %s, words %s (%r) -> %s", event.pause, event.audio_end_ms,
                   "-" if probability is None else f"{probability:.2f}", words, transcript.text[-40:],
                   "end of turn" if complete else "wait")
-        self._publish(PauseJudged(item_id, event.pause, event.audio_end_ms, probability, words, transcript.text,
+        hooks.publish(PauseJudged(item_id, event.pause, event.audio_end_ms, probability, words, transcript.text,
                                   complete))
         if complete and self._item_id == item_id:
-            await self._end_turn(event.pause)
+            await hooks.end_turn(event.pause)
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -178,34 +183,6 @@ class Listening:
         task.add_done_callback(self._tasks.discard)
 
 
-async def _send_nothing(event: se.ServerEvent) -> None:
-    return None
-
-
-async def _end_nothing(pause: int) -> None:
-    return None
-
-
-def _no_language() -> tuple[str | None, str | None]:
-    return None, None
-
-
-def _no_model() -> SmartTurn | None:
-    return None
-
-
 def _retrieve(task: asyncio.Future) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _publish_nothing(event: DomainEvent) -> None:
-    return None
-
-
-async def _nothing() -> None:
-    return None
-
-
-async def _words_nowhere(item_id: str, text: str) -> None:
-    return None

@@ -37,7 +37,7 @@ from higgs_agent.agent.events import (
 )
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
 from higgs_agent.agent.interruptions import MAX_BACKCHANNEL_MS, is_backchannel
-from higgs_agent.agent.listening import Listening
+from higgs_agent.agent.listening import Listening, ListeningHooks
 from higgs_agent.agent.reply import OutputClosed, Preparation, ReplyRun, SessionOutput
 from higgs_agent.agent.responders.base import ReplyRequest, Responder, tools_unsupported
 from higgs_agent.agent.responders.fixed import FixedReply
@@ -118,9 +118,10 @@ class Session:
         self.caller = services.analyzer.new_caller_state() if services.analyzer is not None else None
         self.closed = False
         self._observers: list[Observer] = []
-        self.listening = Listening(services.transcriber, services.end_of_turn_model, self.send, self._end_turn_at,
-                                   lambda: (self.config.transcription.language, self.config.transcription.prompt),
-                                   self._publish, self._words_while_speaking)
+        self.listening = Listening(services.transcriber, ListeningHooks(
+            send=self.send, end_turn=self._end_turn_at, publish=self._publish, on_words=self._words_while_speaking,
+            language=lambda: (self.config.transcription.language, self.config.transcription.prompt),
+            turn_model=services.end_of_turn_model))
         self._interruption: str | None = None  # the caller's speech that holds the reply: interruption or not?
 
     # --- lifecycle -------------------------------------------------------------------------------------
