@@ -358,13 +358,19 @@ class Session:
             elif detection.end_of_turn is not None and self._reply_audible() and self.output.hold_audio():
                 self._interruption = self._speech_item_id  # its words decide (interruptions.py)
                 self.listening.watch(self._speech_item_id)
-            elif (reply := self._active_reply) is not None:
-                reply.stop("turn_detected")  # barge-in: its queued audio is dropped before this event is sent
             else:
-                truncated = self._cut_playing_reply()
+                truncated = self._barge_in()  # the reply's queued audio is dropped before this event is sent
         await self.send(se.SpeechStarted(audio_start_ms=audio_start_ms, item_id=self._speech_item_id))
         if truncated is not None:
             await self.send(truncated)
+
+    def _barge_in(self) -> se.ItemTruncated | None:
+        """Cut the reply being made, or the one still playing after its response.done (then: the truncation
+        to send, after what the caller is told first)."""
+        if (reply := self._active_reply) is not None:
+            reply.stop("turn_detected")
+            return None
+        return self._cut_playing_reply()
 
     def _reply_audible(self) -> bool:
         """A reply is being made, or its audio has not all been heard yet."""
@@ -381,12 +387,7 @@ class Session:
         """The held reply plays on (a backchannel), or is cut as a barge-in always cut it."""
         item_id, self._interruption = self._interruption, None
         self.listening.watch(None)
-        truncated = None
-        if not backchannel:
-            if (reply := self._active_reply) is not None:
-                reply.stop("turn_detected")
-            else:
-                truncated = self._cut_playing_reply()
+        truncated = None if backchannel else self._barge_in()
         self.output.release_audio()
         if item_id is not None:
             self._publish(InterruptionJudged(item_id, not backchannel))
