@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from higgs_agent.audio import read_wav
-from higgs_agent.bench.common import normalize_text, word_error_rate
+from higgs_agent.bench.common import normalize_text, speech_edges_ms, word_error_rate
 
 CACHE_DIR = Path(tempfile.gettempdir()) / "higgs-agent-test-speech"
 ESPEAK = shutil.which("espeak-ng")
@@ -45,17 +45,6 @@ def speech_with_silence(text: str, lead_ms: float, tail_ms: float, rate: int = 1
     speech, _ = synthesize(text, sample_rate=rate, **kwargs)
     audio = np.concatenate([silence(lead_ms, rate), speech, silence(tail_ms, rate)])
     return audio, speech_edges_ms(audio, rate)
-
-
-def speech_edges_ms(audio: np.ndarray, rate: int, floor_db: float = -40.0, window_ms: int = 10) -> tuple[int, int]:
-    """First and last 10 ms window whose RMS is within `floor_db` of the loudest window: the true speech edges."""
-    hop = rate * window_ms // 1000
-    frames = len(audio) // hop
-    rms = np.sqrt(np.mean(audio[: frames * hop].reshape(frames, hop).astype(np.float64) ** 2, axis=1))
-    loud = np.flatnonzero(rms > rms.max() * 10 ** (floor_db / 20))
-    if len(loud) == 0:
-        raise ValueError("no speech in the audio")
-    return int(loud[0] * window_ms), int((loud[-1] + 1) * window_ms)
 
 
 def pad(audio: np.ndarray, rate: int, lead_ms: float = 0, tail_ms: float = 0) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ import numpy as np
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.audio import read_wav
+from higgs_agent.bench.common import median_ms, speech_edges_ms
 
 UTTERANCE = "hello, can you tell me the weather forecast for tomorrow"
 
@@ -37,11 +37,6 @@ def espeak(text: str) -> np.ndarray:
         subprocess.run(["espeak-ng", "-w", str(wav), text], check=True)
         audio = read_wav(wav, SAMPLE_RATE)
     return np.concatenate([np.zeros(SAMPLE_RATE * 3 // 10, dtype=np.float32), audio])
-
-
-def _median(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return round(statistics.median(present), 1) if present else None
 
 
 async def _engine_ttfa_ms(services: AgentServices, text: str) -> float:
@@ -95,7 +90,7 @@ def _agent_bench(args: argparse.Namespace, services: AgentServices, bundle: Any,
     said = turns[-1]["transcript_text"] or UTTERANCE
     baseline = [asyncio.run(_engine_ttfa_ms(services, said)) for _ in range(args.turns)]
     figures = _figures(turns)
-    engine_ttfa = _median(baseline)
+    engine_ttfa = median_ms(baseline)
     speech_part = (figures["first_audio_sent"] or 0) - (figures["first_text"] or 0)
     result = {
         "turns": len(turns),
@@ -120,15 +115,6 @@ LAST_WORD_MODES = {  # how the turn's end is found, each measured the same way
 }
 
 
-def _trimmed_to_last_word(speech: np.ndarray, floor_db: float = -40.0) -> np.ndarray:
-    """The speech cut where its last 10 ms window within `floor_db` of the loudest ends (the true last word)."""
-    hop = SAMPLE_RATE // 100
-    frames = len(speech) // hop
-    rms = np.sqrt(np.mean(speech[:frames * hop].reshape(frames, hop).astype(np.float64) ** 2, axis=1))
-    loud = np.flatnonzero(rms > rms.max() * 10 ** (floor_db / 20))
-    return speech[:(int(loud[-1]) + 1) * hop]
-
-
 def _from_last_word(services: AgentServices, speech: np.ndarray, count: int) -> dict:
     """Speech sent at real-time pace, ending at the last word; per turn-end mode, the medians from that word:
     the client's first reply audio, and the server's stages (end_of_turn: last speech the VAD heard -> turn
@@ -136,15 +122,15 @@ def _from_last_word(services: AgentServices, speech: np.ndarray, count: int) -> 
     from higgs_agent.client import talk
     from higgs_agent.server import serve_in_background
 
-    speech = _trimmed_to_last_word(speech)
+    speech = speech[:speech_edges_ms(speech, SAMPLE_RATE)[1] * SAMPLE_RATE // 1000]  # to the true last word
     figures: dict[str, dict] = {}
     with serve_in_background(services) as base:
         url = base.replace("http://", "ws://") + "/v1/realtime"
         for mode, options in LAST_WORD_MODES.items():
             turns = [asyncio.run(talk(url, speech, SAMPLE_RATE, realtime_pace=True, timeout_s=300, **options))
                      for _ in range(count)]
-            figures[mode] = {"client_first_audio_ms_p50": _median([t.first_audio_after_ms for t in turns]),
-                             **{f"{stage}_ms_p50": _median([t.latency_ms.get(stage) for t in turns])
+            figures[mode] = {"client_first_audio_ms_p50": median_ms([t.first_audio_after_ms for t in turns]),
+                             **{f"{stage}_ms_p50": median_ms([t.latency_ms.get(stage) for t in turns])
                                 for stage in ("end_of_turn", "transcript", "first_text", "first_audio_sent")}}
     base_ms = figures["commit_at_last_word"]["client_first_audio_ms_p50"]
     for mode in ("server_vad", "semantic_vad"):
@@ -168,7 +154,7 @@ def _turns(services: AgentServices, speech: np.ndarray, count: int) -> list[dict
 
 
 def _figures(turns: list[dict]) -> dict[str, float | None]:
-    return {stage: _median([t.get(stage) for t in turns]) for stage in
+    return {stage: median_ms([t.get(stage) for t in turns]) for stage in
             ("transcript", "first_text", "first_audio_frame", "first_audio_sent", "client_first_audio")}
 
 

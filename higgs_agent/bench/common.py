@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,6 +32,23 @@ def espeak_ng(text: str, voice: str = "en-us", wpm: int = 175, rate: int = 16_00
         wav = os.path.join(folder, "speech.wav")
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", wav, text], check=True)
         return read_wav(wav, rate)
+
+
+def speech_edges_ms(audio: np.ndarray, rate: int, floor_db: float = -40.0, window_ms: int = 10) -> tuple[int, int]:
+    """First and last `window_ms` window whose RMS is within `floor_db` of the loudest: the true speech edges."""
+    hop = rate * window_ms // 1000
+    frames = len(audio) // hop
+    rms = np.sqrt(np.mean(audio[: frames * hop].reshape(frames, hop).astype(np.float64) ** 2, axis=1))
+    loud = np.flatnonzero(rms > rms.max() * 10 ** (floor_db / 20))
+    if len(loud) == 0:
+        raise ValueError("no speech in the audio")
+    return int(loud[0] * window_ms), int((loud[-1] + 1) * window_ms)
+
+
+def median_ms(values: Iterable[float | None]) -> float | None:
+    """The median of the values present, to 0.1 ms; None when there are none."""
+    present = [value for value in values if value is not None]
+    return round(statistics.median(present), 1) if present else None
 
 
 def normalize_text(text: str) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import statistics
 from typing import Any
 
 from higgs_agent import SAMPLE_RATE
@@ -66,13 +65,9 @@ async def greeting_call(base: str, settings: Any) -> float:  # noqa: ANN401
     return (first[0].arrived - call.started_at) * 1000.0
 
 
-def _median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 1) if values else None
-
-
 def run_phone_bench(args: argparse.Namespace) -> dict:
     from higgs_agent.bench.agent import UTTERANCE, espeak
-    from higgs_agent.bench.common import describe, echo_agent_services, note
+    from higgs_agent.bench.common import describe, echo_agent_services, median_ms, note
     from higgs_agent.client import talk
     from higgs_agent.transport.phone.call import CallSettings
     from higgs_agent.transport.phone.routes import PhoneLine
@@ -105,10 +100,10 @@ def run_phone_bench(args: argparse.Namespace) -> dict:
     records = [log for log in plain.finished if log.call_sid in call_sids]
     phone_turns = [t for log in records for t in log.turns if t.first_frame_ms is not None]
     ws_ms = [r.first_audio_after_ms for r in websocket if r.first_audio_after_ms is not None]
-    phone_p50, ws_p50 = _median(phone_ms), _median(ws_ms)
+    phone_p50, ws_p50 = median_ms(phone_ms), median_ms(ws_ms)
 
     def stages(latencies: list[dict[str, float | None]]) -> dict[str, float | None]:
-        return {stage: _median([v for lat in latencies if (v := lat.get(stage)) is not None])
+        return {stage: median_ms([v for lat in latencies if (v := lat.get(stage)) is not None])
                 for stage in ("transcript", "first_audio_frame", "first_audio_sent")}
 
     return {
@@ -116,9 +111,9 @@ def run_phone_bench(args: argparse.Namespace) -> dict:
         "phone_first_frame_ms_p50": phone_p50,
         "websocket_first_audio_ms_p50": ws_p50,
         "phone_minus_websocket_ms": round(phone_p50 - ws_p50, 1) if phone_p50 is not None and ws_p50 else None,
-        "greeting_first_frame_ms_p50": _median(greeting_ms),
+        "greeting_first_frame_ms_p50": median_ms(greeting_ms),
         "phone_server_ms_p50": {**stages([t.stages for t in phone_turns]),
-                                "first_frame_on_wire": _median([t.first_frame_ms for t in phone_turns])},
+                                "first_frame_on_wire": median_ms([t.first_frame_ms for t in phone_turns])},
         "websocket_server_ms_p50": stages([r.latency_ms for r in websocket]),
         "phone_first_frame_ms": [round(v, 1) for v in phone_ms],
         "websocket_first_audio_ms": [round(v, 1) for v in ws_ms],

@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import statistics
 import time
 
 import numpy as np
 
-from higgs_agent.bench.common import espeak_ng, note, word_error_rate
+from higgs_agent.bench.common import espeak_ng, median_ms, note, speech_edges_ms, word_error_rate
 
 RATE = 16_000
 FINISHED = [
@@ -65,10 +64,6 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def _median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 1) if values else None
-
-
 def _asr(full, fitted, corpus: list[tuple[str, np.ndarray]], language: str) -> dict:  # noqa: ANN001
     """Both windows over the same turns: median ms, mean WER, and the speed-up of the fitted one."""
     figures = {}
@@ -79,7 +74,7 @@ def _asr(full, fitted, corpus: list[tuple[str, np.ndarray]], language: str) -> d
             heard = transcriber.transcribe(audio, language).text
             times.append(_ms(started))
             errors.append(word_error_rate(text, heard))
-        figures[name] = {"median_ms": _median(times), "wer": round(sum(errors) / len(errors), 4)}
+        figures[name] = {"median_ms": median_ms(times), "wer": round(sum(errors) / len(errors), 4)}
     figures["speedup"] = round(figures["full"]["median_ms"] / figures["fitted"]["median_ms"], 2)
     return figures
 
@@ -118,18 +113,9 @@ def _end_of_turn(fitted, corpus: list[tuple[bool, np.ndarray]]) -> dict:  # noqa
         "accuracy": {name: round(value / count, 3) for name, value in right.items()},
         "finished_ended_at_first_pause": f"{ended}/{finished_count}",
         "unfinished_held": f"{held}/{count - finished_count}",
-        "verdict_ms": _median(decide_ms),
+        "verdict_ms": median_ms(decide_ms),
         "pause_ms": policy.pause_ms,
     }
-
-
-def _true_edges(audio: np.ndarray, floor_db: float = -40.0) -> tuple[float, float]:
-    """First and last 10 ms window within `floor_db` of the loudest, in ms."""
-    hop = RATE // 100
-    frames = len(audio) // hop
-    rms = np.sqrt(np.mean(audio[:frames * hop].reshape(frames, hop).astype(np.float64) ** 2, axis=1))
-    loud = np.flatnonzero(rms > rms.max() * 10 ** (floor_db / 20))
-    return float(loud[0] * 10), float((loud[-1] + 1) * 10)
 
 
 def _webrtc_frames(audio: np.ndarray) -> tuple[list[bool], float]:
@@ -182,7 +168,7 @@ def _vad_comparison(corpus: list[np.ndarray]) -> dict:
     rows: dict[str, dict[str, list]] = {}
     for clean in corpus:
         audio = np.concatenate([clean, np.zeros(RATE, dtype=np.float32)])
-        start_ms, end_ms = _true_edges(clean)
+        start_ms, end_ms = speech_edges_ms(clean, RATE)
         for condition, heard in _conditions(audio, rng).items():
             for name, frames in (("webrtcvad", _webrtc_frames(heard)), ("silero", _silero_frames(silero, heard))):
                 row = rows.setdefault(f"{name}/{condition}", {"lag": [], "pauses": [], "missed": 0})
@@ -192,7 +178,7 @@ def _vad_comparison(corpus: list[np.ndarray]) -> dict:
                     continue
                 row["lag"].append(figures[0])
                 row["pauses"].append(figures[1])
-    return {key: {"end_heard_after_ms_p50": _median(row["lag"]),
+    return {key: {"end_heard_after_ms_p50": median_ms(row["lag"]),
                   "false_pauses_per_utterance": round(sum(row["pauses"]) / max(1, len(row["pauses"])), 2),
                   "missed": row["missed"]} for key, row in rows.items()}
 
