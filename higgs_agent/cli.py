@@ -73,7 +73,7 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                             f"(default: {DEFAULT_ASR_MODEL}, installed with the package)")
     serve.add_argument("--asr-window", choices=("fitted", "full"), default="fitted",
                        help="Whisper's encoder window: fitted to the turn (4x faster on a CPU, same accuracy: "
-                            "bench asr) or faster-whisper's full 30 s (default: %(default)s)")
+                            "bench turns) or faster-whisper's full 30 s (default: %(default)s)")
     serve.add_argument("--responder", choices=["echo", "llm", "native"], default=None,
                        help="who writes the replies: echo (says back what it heard), llm (an OpenAI-compatible "
                             "chat endpoint), native (the Higgs model's own text head; needs a checkpoint with "

@@ -1,7 +1,7 @@
 """Is the caller done? Semantic turn detection (`turn_detection: {"type": "semantic_vad"}`).
 
 A pause-only VAD ends a turn after a fixed silence: too slow for a finished sentence, too quick for "I would
-like to book a table for ..." and a breath. Here the VAD only reports pauses (`SpeechPaused`, ~100-300 ms of
+like to book a table for ..." and a breath. Here the VAD only reports pauses (`SpeechPaused`, 60-200 ms of
 silence by eagerness), and each pause is judged from two things heard in it:
 
 - the voice: Pipecat's smart-turn v3.2 (`SmartTurn`), an 8 MB ONNX Whisper-encoder classifier trained on 23
@@ -44,7 +44,14 @@ WORDS_SCORE: dict[Words, float] = {"open": 0.0, "unsure": 0.5, "closed": 1.0}
 # Words a finished English sentence does not end on: articles, prepositions, conjunctions, auxiliaries,
 # possessives and fillers. Other languages are judged by their punctuation (and the voice) alone.
 _OPEN_ENDINGS = {
-    "en": frozenset(["a", "an", "the", "my", "your", "his", "her", "its", "our", "their", "this", "that", "these", "those", "some", "any", "every", "each", "to", "for", "of", "in", "on", "at", "by", "with", "from", "into", "onto", "about", "as", "than", "like", "between", "through", "over", "under", "after", "before", "during", "without", "within", "until", "against", "toward", "towards", "and", "or", "but", "nor", "so", "because", "if", "when", "while", "although", "though", "unless", "since", "whereas", "whether", "then", "is", "are", "was", "were", "am", "be", "been", "being", "do", "does", "did", "have", "has", "had", "will", "would", "can", "could", "should", "shall", "may", "might", "must", "i", "we", "you", "he", "she", "they", "it's", "i'm", "we're", "you're", "they're", "there's", "i'd", "i'll", "um", "uh", "er", "erm", "hmm", "like"]),
+    "en": frozenset("""
+        a an the my your his her its our their this that these those some any every each to for of in on at by
+        with from into onto about as than like between through over under after before during without within
+        until against toward towards and or but nor so because if when while although though unless since
+        whereas whether then is are was were am be been being do does did have has had will would can could
+        should shall may might must i we you he she they it's i'm we're you're they're there's i'd i'll um uh er
+        erm hmm
+    """.split()),
 }
 _OPEN_MARKS = ("...", "…", ",", "-", "—", ":", ";")
 _CLOSED_MARKS = (".", "?", "!")

