@@ -55,3 +55,25 @@ def test_the_circle_check_sees_a_circle():
     assert graph.nominate_cycle_breakers("higgs_agent.streaming")
     graph.add_import(importer="higgs_agent.model.prompts", imported="higgs_agent.agent.session")
     assert graph.find_illegal_dependencies_for_layers(layers=LAYERS)
+
+
+WIRE_EVENTS = "higgs_agent.protocol.server_events"
+
+
+def wire_speakers(graph: grimp.ImportGraph) -> list[str]:
+    """Modules of the conversation core that import the Realtime wire's events: none may (#21)."""
+    return sorted(module for module in graph.find_modules_that_directly_import(WIRE_EVENTS)
+                  if module == "higgs_agent.agent" or module.startswith("higgs_agent.agent."))
+
+
+def test_the_conversation_core_speaks_domain_events_not_the_wire(graph):
+    """The session and its reply say what happened as domain events (agent/events.py); the OpenAI Realtime
+    protocol is one codec at the edge (transport/realtime_codec.py), the phone lines' serializers beside it."""
+    assert "higgs_agent.transport.realtime_codec" in graph.find_modules_that_directly_import(WIRE_EVENTS)
+    assert wire_speakers(graph) == []
+
+
+def test_the_wire_check_sees_a_core_module_that_speaks_the_wire():
+    graph = grimp.build_graph("higgs_agent", cache_dir=None, exclude_type_checking_imports=True)
+    graph.add_import(importer="higgs_agent.agent.reply", imported=WIRE_EVENTS)
+    assert wire_speakers(graph) == ["higgs_agent.agent.reply"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from higgs_agent.agent.events import DomainEvent, ReplyFinished
 from higgs_agent.agent.responders.base import ReplyRequest
 from higgs_agent.agent.responders.echo import EchoResponder
 from higgs_agent.agent.services import AgentServices
@@ -22,16 +23,17 @@ from higgs_agent.model.asr import Transcript
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.protocol import server_events as se
 from higgs_agent.streaming.engine import StreamingEngine
-from higgs_agent.transport.realtime_codec import deliver
+from higgs_agent.transport.realtime_codec import RealtimeEncoder, deliver
 
 
 class FakeOutput:
     def __init__(self) -> None:
         self.events: list[dict] = []
         self.samples = 0
+        self.encoder = RealtimeEncoder()
 
-    async def send_event(self, event: se.ServerEvent) -> None:
-        self.events.append(json.loads(se.to_wire(event)))  # what a client would read
+    async def send_event(self, event: DomainEvent) -> None:
+        self.events.extend(json.loads(se.to_wire(w)) for w in self.encoder.encode(event))  # what a client reads
 
     async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
         self.samples += len(samples)
@@ -350,9 +352,9 @@ class HeldAfterDoneOutput(PacedOutput):
         super().__init__()
         self.gate = asyncio.Event()
 
-    async def send_event(self, event: se.ServerEvent) -> None:
+    async def send_event(self, event: DomainEvent) -> None:
         await super().send_event(event)
-        if isinstance(event, se.ResponseDone):
+        if isinstance(event, ReplyFinished):
             await self.gate.wait()
 
 
@@ -405,15 +407,22 @@ async def test_observers_hear_the_conversation_as_domain_events_whatever_the_cli
 
     user_item = out.of("input_audio_buffer.speech_stopped")[0]["item_id"]
     said = "".join(e["delta"] for e in out.of("response.output_audio_transcript.delta") if e["item_id"] == reply_item)
-    assert seen[:5] == [
-        ev.UserSpeechEnded(user_item),
-        ev.UserTranscribed(user_item, "hello there", "en"),
-        ev.TurnTimed(reply_id, user_item, reply_item, seen[2].stages_ms),
-        ev.ReplyFinished(reply_id, "completed", reply_item, said),
-        ev.KeyPressed("5"),
+    facts = [e for e in seen if isinstance(e, ev.UserSpeechEnded | ev.UserTranscribed | ev.TurnTimed
+                                           | ev.ReplyFinished | ev.KeyPressed)]
+    stopped = out.of("input_audio_buffer.speech_stopped")[0]
+    assert facts[:5] == [
+        ev.UserSpeechEnded(user_item, stopped["audio_end_ms"]),
+        ev.UserTranscribed(user_item, "hello there", "en", facts[1].audio_s),
+        ev.TurnTimed(reply_id, user_item, reply_item, facts[2].stages_ms),
+        ev.ReplyFinished(reply_id, "completed", reply_item, said, facts[3].state),
+        ev.KeyPressed("5", facts[4].at),
     ]
+    # Everything the client was told came from the same stream, in the same order.
+    assert [type(e).__name__ for e in seen if isinstance(e, ev.UserSpeechStarted | ev.UserSpeechEnded)][:2] == \
+        ["UserSpeechStarted", "UserSpeechEnded"]
+    assert facts[3].state.items[0].id == reply_item and facts[1].audio_s > 1.0
     # The client never asked for the latency event (an extension); observers get the figures all the same.
-    assert not out.of("higgs.turn.latency") and seen[2].stages_ms["transcript"] is not None
+    assert not out.of("higgs.turn.latency") and facts[2].stages_ms["transcript"] is not None
     assert ev.ReplyCut(reply_item, pytest.approx(truncated["audio_end_ms"], abs=1)) in seen
     assert "an observer failed on UserSpeechEnded" in caplog.text
 

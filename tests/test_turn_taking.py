@@ -24,7 +24,7 @@ from higgs_agent.agent.end_of_turn import (
     smart_turn_weights,
     words_verdict,
 )
-from higgs_agent.agent.events import InterruptionJudged, PauseJudged
+from higgs_agent.agent.events import DomainEvent, InterruptionJudged, PauseJudged
 from higgs_agent.agent.partial_transcript import StablePrefix
 from higgs_agent.agent.responders.echo import EchoResponder
 from higgs_agent.agent.services import AgentServices
@@ -34,6 +34,7 @@ from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.protocol import server_events as se
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.transport.audio_sink import ReplyAudioSink
+from higgs_agent.transport.realtime_codec import RealtimeEncoder
 
 RATE = 24_000  # the session's default input: pcm16 at 24 kHz
 UNFINISHED = "The reason I am calling is because"  # Whisper reads it with its open ending in every voice tried
@@ -223,9 +224,10 @@ class PulledOutput(ReplyAudioSink):
     def __init__(self) -> None:
         super().__init__(mode="pulled", wire_rate=RATE)
         self.events: list[dict] = []
+        self.encoder = RealtimeEncoder()
 
-    async def send_event(self, event: se.ServerEvent) -> None:
-        self.events.append(json.loads(se.to_wire(event)))
+    async def send_event(self, event: DomainEvent) -> None:
+        self.events.extend(json.loads(se.to_wire(w)) for w in self.encoder.encode(event))
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]

@@ -10,7 +10,7 @@ import pytest
 
 from higgs_agent.agent.reply import OutputClosed
 from higgs_agent.audio_formats import PCM16_24K, PCMU
-from higgs_agent.protocol import server_events as se
+from higgs_agent.agent.events import InputCleared, Place, ReplyMessageClosed, ReplyStarted, ReplyState, UserSpeechStarted
 from higgs_agent.transport.realtime_ws import ClientTooSlow, WebSocketOutput
 
 
@@ -51,7 +51,7 @@ async def test_a_client_that_stops_reading_costs_bounded_memory_then_is_closed()
     await until(lambda: socket.closed_with is not None)
     assert socket.closed_with[0] == 1008
     with pytest.raises(OutputClosed):  # after the close: producers learn it at once
-        await output.send_event(se.InputAudioCleared())
+        await output.send_event(InputCleared())
     await output.aclose()
 
 
@@ -61,7 +61,7 @@ async def test_barge_in_drops_queued_audio_of_that_item_only():
     output.start()
     for _ in range(5):
         await output.send_audio("r1", "old", np.zeros(960, dtype=np.float32))
-    await output.send_event(se.InputAudioCleared())
+    await output.send_event(InputCleared())
     await output.send_audio("r2", "new", np.zeros(480, dtype=np.float32))
     await until(lambda: len(socket.taken) == 1)  # the sender holds the control event (it went first), blocked
     dropped = output.discard_audio("old")
@@ -82,16 +82,17 @@ async def test_control_events_overtake_queued_audio_but_a_responses_own_events_s
     for _ in range(4):
         await output.send_audio("r1", "item1", np.zeros(960, dtype=np.float32))
         await until(lambda: len(socket.taken) == 1)  # the first is in the sender's hands, blocked in send_text
-    await output.send_event(se.OutputAudioDone(response_id="r1", item_id="item1", output_index=0, content_index=0))
-    await output.send_event(se.SpeechStarted(audio_start_ms=100, item_id="item2"))  # the user speaks
-    await output.send_event(se.ResponseCreated(response=se.Response(id="r2", status="in_progress")))
+    await output.send_event(ReplyMessageClosed(Place("r1", "item1", 0), "", spoken=True))
+    await output.send_event(UserSpeechStarted("item2", 100))  # the user speaks
+    await output.send_event(ReplyStarted(ReplyState("r2", "in_progress")))
     socket.block.set()
-    await until(lambda: len(socket.sent) == 7)
+    await until(lambda: len(socket.sent) == 9)
     kinds = [json.loads(t)["type"] for t in socket.sent]
     assert kinds == ["response.output_audio.delta",  # already in the sender's hands
                      "input_audio_buffer.speech_started", "response.created",  # control: ahead of queued audio
                      "response.output_audio.delta", "response.output_audio.delta", "response.output_audio.delta",
-                     "response.output_audio.done"]  # r1's own event: behind r1's audio
+                     "response.output_audio.done", "response.output_audio_transcript.done",
+                     "response.content_part.done"]  # r1's own events: behind r1's audio
     await output.aclose()
 
 
@@ -102,7 +103,7 @@ async def test_dropping_queued_audio_wakes_a_producer_waiting_for_room():
     for _ in range(5):  # one in the sender's hands, four queued: the outbox is full
         await output.send_audio("r1", "old", np.zeros(960, dtype=np.float32))
         await until(lambda: len(socket.taken) == 1)
-    waiting = asyncio.create_task(output.send_event(se.InputAudioCleared()))
+    waiting = asyncio.create_task(output.send_event(InputCleared()))
     await until(lambda: output.queued == 4 and not output._outbox_room.is_set())  # it waits for room
     assert not waiting.done()
     output.discard_audio("old")  # the barge-in drops the queued reply ...

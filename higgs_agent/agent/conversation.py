@@ -10,7 +10,6 @@ from typing import Any, Literal
 import torch
 
 from higgs_agent.agent.tools.chat_history import function_call_message, function_output_message
-from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError
 from higgs_agent.understanding.context import TurnContext
 
@@ -93,37 +92,6 @@ class ConversationItem:
     @property
     def spoken_text(self) -> str:
         return " ".join(p.text for p in self.phrases)
-
-    def to_item(self) -> se.Item:
-        if self.kind != "message":
-            return _tool_item(self)
-        part: se.TextPart | se.AudioPart
-        if self.content_type in ("input_text", "output_text"):
-            part = se.TextPart(type=self.content_type, text=self.text or "")
-        else:
-            part = se.AudioPart(type=self.content_type, transcript=self.text)
-        return se.MessageItem(id=self.id, status=self.status, role=self.role, content=[part])
-
-
-def _tool_item(item: ConversationItem) -> se.Item:
-    call = item.call
-    assert call is not None
-    if item.kind == "function_call":
-        return se.FunctionCallItem(id=item.id, status=item.status, call_id=call.call_id, name=call.name,
-                                   arguments=call.arguments)
-    if item.kind == "function_call_output":
-        return se.FunctionCallOutputItem(id=item.id, call_id=call.call_id, output=call.output or "")
-    if item.kind == "mcp_call":
-        return se.McpCallItem(id=item.id, server_label=call.server_label or "", name=call.name,
-                              arguments=call.arguments, output=call.output, error=call.error,
-                              approval_request_id=call.approval_request_id)
-    if item.kind == "mcp_list_tools":
-        return se.McpListToolsItem(id=item.id, server_label=call.server_label or "", tools=call.tools or [])
-    if item.kind == "mcp_approval_request":
-        return se.McpApprovalRequestItem(id=item.id, server_label=call.server_label or "", name=call.name,
-                                         arguments=call.arguments)
-    return se.McpApprovalResponseItem(id=item.id, approval_request_id=call.approval_request_id or "",
-                                      approve=bool(call.approve), reason=call.reason)
 
 
 class Conversation:

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from higgs_agent.agent.end_of_turn import EndOfTurnPolicy, SmartTurn, words_verdict
-from higgs_agent.agent.events import DomainEvent, PauseJudged
+from higgs_agent.agent.events import DomainEvent, PauseJudged, Say, UserTranscriptGrew
 from higgs_agent.agent.partial_transcript import StablePrefix
 from higgs_agent.agent.vad import SpeechPaused
 from higgs_agent.model.asr import Transcriber, Transcript
-from higgs_agent.protocol import server_events as se
 
 log = logging.getLogger(__name__)
 PARTIAL_EVERY_MS = 1000  # new speech between two readings of a turn in progress
@@ -38,7 +37,7 @@ class ListeningHooks:
     """What the listener asks of its session. They refer to the session, which refers to the listener: `close`
     lets go of them, so a closed session is freed by reference counting, not left to the cycle collector."""
 
-    send: Callable[[se.ServerEvent], Awaitable[None]]
+    send: Say
     end_turn: Callable[[int], Awaitable[None]]  # end the VAD's turn at that pause, if the caller has not gone on
     language: Callable[[], tuple[str | None, str | None]]  # (language, prompt) of the transcription settings
     publish: Callable[[DomainEvent], None]  # the session's domain events
@@ -115,7 +114,7 @@ class Listening:
         prefix = self._prefixes.pop(item_id, None)
         hooks = self._hooks
         if hooks is not None and prefix is not None and prefix.sent and (delta := prefix.finish(transcript)):
-            await hooks.send(se.TranscriptionDelta(item_id=item_id, delta=delta))
+            await hooks.send(UserTranscriptGrew(item_id, delta))
 
     def close(self) -> None:
         """The session is over: stop what is in flight and let go of the session (its hooks)."""
@@ -150,7 +149,7 @@ class Listening:
         if self._watched == item_id:
             await hooks.on_words(item_id, transcript.text)
         if delta := prefix.update(transcript.text):
-            await hooks.send(se.TranscriptionDelta(item_id=item_id, delta=delta))
+            await hooks.send(UserTranscriptGrew(item_id, delta))
 
     async def _judge(self, event: SpeechPaused, policy: EndOfTurnPolicy, reading: _Reading,
                      item_id: str) -> None:

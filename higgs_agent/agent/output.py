@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from higgs_agent.protocol import server_events as se
+from higgs_agent.agent.events import DomainEvent
 
 
 class OutputClosed(Exception):
@@ -14,12 +14,13 @@ class OutputClosed(Exception):
 
 
 class SessionOutput(Protocol):
-    """What a transport gives a session: events out, reply audio out, the end of a response's audio, a way to
+    """What a transport gives a session: the session's events out (a transport encodes those its wire carries,
+    before it awaits anything: an event may name a live conversation item), reply audio out, the end of a response's audio, a way to
     drop reply audio the listener has not yet heard (barge-in), and what the listener has heard. Sends raise
     OutputClosed once the client cannot be reached. Transports implement the audio half with a
     `ReplyAudioSink` (transport/audio_sink.py)."""
 
-    async def send_event(self, event: se.ServerEvent) -> None: ...
+    async def send_event(self, event: DomainEvent) -> None: ...
 
     async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
         """float32 mono 24 kHz; the transport encodes it for its wire."""

@@ -31,7 +31,20 @@ from typing import Any
 
 from higgs_agent import FRAME_RATE, HOP_LENGTH, SAMPLE_RATE
 from higgs_agent.agent.conversation import Conversation, ConversationItem, SpokenPhrase, heard_text
-from higgs_agent.agent.events import AgentFailed, DomainEvent, Observer, ReplyCut, ReplyFinished
+from higgs_agent.agent.events import (
+    AgentFailed,
+    DomainEvent,
+    Failure,
+    ReplyCut,
+    ReplyFinished,
+    ReplyMessageClosed,
+    ReplyMessageOpened,
+    ReplyStarted,
+    ReplyState,
+    ReplyWords,
+    Say,
+    Usage,
+)
 from higgs_agent.agent.output import OutputClosed, SessionOutput
 from higgs_agent.agent.responders.base import ReplyEvent, ReplyRequest, Responder, ResponderError
 from higgs_agent.agent.reply_calls import CallOutcome, ToolCalls
@@ -47,7 +60,6 @@ from higgs_agent.agent.tools.calls import (
 from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.model.prompts import VoiceReference
-from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import new_id
 from higgs_agent.streaming.engine import AtCapacityError, Lease, StreamingEngine
 
@@ -96,6 +108,7 @@ class ReplyRun:
     timing: TurnTiming
     conversation: Conversation
     prepare: Callable[[], Awaitable[Preparation]]
+    say: Say  # the session's: to its observers and its client
     tools: SessionTools | None = None
     user_item_id: str | None = None  # the turn this answers (for the latency event)
     user_audio_s: float = 0.0  # the turn's audio, for usage
@@ -106,15 +119,15 @@ class ReplyRun:
     count_tokens: Callable[[str], Awaitable[int]] | None = None
     limits: ReplyLimits = field(default_factory=ReplyLimits)
     on_stall: Callable[[ReplyRun, StageTimeout], None] | None = None  # counted and logged by the session
-    on_event: Observer | None = None  # the domain's facts (a cut, the end), for the session's observers
     id: str = field(default_factory=lambda: new_id("resp"))
     status: str = "in_progress"
-    status_details: se.StatusDetails | None = None
+    reason: str | None = None  # why it was cancelled, or is incomplete
+    failure: Failure | None = None  # why it failed
     item: ConversationItem | None = None  # the message being said now (a barge-in truncates its audio)
     heard_ms_at_cancel: float | None = None
     client_heard_ms: float | None = None  # from the client's conversation.item.truncate: wins when given
     task: asyncio.Task | None = None
-    usage: se.Usage | None = None
+    usage: Usage | None = None
     frames_out: int = 0
     _request: ReplyRequest | None = None
     _latency_sent: bool = False
@@ -125,7 +138,7 @@ class ReplyRun:
     _failed_by_stall: bool = False
 
     def __post_init__(self) -> None:
-        self.events = ResponseItems(self.id, self.output, self.conversation)
+        self.events = ResponseItems(self.id, self.say, self.conversation)
         self.calls = ToolCalls(self.events, self.tools, self.conversation)
 
     @property
@@ -163,7 +176,7 @@ class ReplyRun:
                 raise StageTimeout("previous_reply", bound, f"{self.id} sent nothing for {idle:.1f} s")
             await asyncio.wait({self.task}, timeout=bound - idle)
 
-    async def _send(self, event: se.ServerEvent) -> None:
+    async def _send(self, event: DomainEvent) -> None:
         await self.events.send(event)
 
     def stop(self, reason: str) -> bool:
@@ -172,8 +185,7 @@ class ReplyRun:
         response was already over."""
         if self.done or self.status != "in_progress":
             return False
-        self.status = "cancelled"
-        self.status_details = se.StatusDetails(type="cancelled", reason=reason)  # type: ignore[arg-type]
+        self.status, self.reason = "cancelled", reason
         if self.item is not None:
             self.output.discard_audio(self.item.id)
             self.heard_ms_at_cancel = self.output.heard_ms(self.item.id)
@@ -198,17 +210,15 @@ class ReplyRun:
         if self.stop(reason):
             await self.wait()
 
-    def response(self, with_output: bool = True) -> se.Response:
-        return se.Response(id=self.id, status=self.status, status_details=self.status_details,  # type: ignore[arg-type]
-                           output=[item.to_item() for item in self.items] if with_output else [],
-                           usage=self.usage, metadata=self.metadata,
-                           output_modalities=["text" if self.text_only else "audio"])
+    def state(self) -> ReplyState:
+        return ReplyState(self.id, self.status, self.reason, self.failure, tuple(self.items), self.usage,
+                          self.metadata, self.text_only)
 
     # -- the run ---------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
-            await self._send(se.ResponseCreated(response=self.response(with_output=False)))
+            await self._send(ReplyStarted(self.state()))
             # A text-only reply never reaches the engine: it holds no slot.
             capacity = contextlib.nullcontext(None) if self.text_only else self.engine.lease(self.id)
             async with capacity as lease:
@@ -221,9 +231,7 @@ class ReplyRun:
             if self._stall is not None:  # abandoned by the session: already counted there
                 await self._fail("reply_stalled", _stalled_message(self._stall))
             else:
-                self.status = "cancelled"
-                self.status_details = self.status_details or se.StatusDetails(type="cancelled",
-                                                                              reason="client_cancelled")
+                self.status, self.reason = "cancelled", self.reason or "client_cancelled"
         except StageTimeout as exc:
             self._stalled(exc)
             self._failed_by_stall = True  # the worker may be what stalled: no more work for it (usage)
@@ -234,9 +242,7 @@ class ReplyRun:
             await self._fail(code, str(exc))
         except OutputClosed as exc:  # the client is gone: nobody to tell
             log.info("%s stopped: %s", self.id, exc)
-            self.status = "failed"
-            self.status_details = se.StatusDetails(type="failed", error=se.StatusError(
-                type="server_error", code="client_gone", message=str(exc)))
+            self.status, self.failure = "failed", Failure("client_gone", str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - a bug fails this response, never the session
             log.exception("%s failed", self.id)
@@ -251,18 +257,10 @@ class ReplyRun:
         else:
             log.error("%s stalled at %s: %s", self.id, exc.stage, exc)
 
-    def _publish(self, event: DomainEvent) -> None:
-        if self.on_event is not None:
-            self.on_event(event)
-
     async def _fail(self, code: str, message: str) -> None:
-        self._publish(AgentFailed(code, message))
-        self.status = "failed"
-        self.status_details = se.StatusDetails(type="failed", error=se.StatusError(type="server_error", code=code,
-                                                                                    message=message))
+        self.status, self.failure = "failed", Failure(code, message)
         with contextlib.suppress(OutputClosed):
-            await self._send(se.Error(error=se.ErrorDetail(type="server_error", code=code,
-                                                                        message=message)))
+            await self._send(AgentFailed(code, message, self.id))
 
     async def _converse(self, lease: Lease | None, prepared: Preparation) -> None:
         """Responder rounds: after calls the server ran (or calls it could not run), the responder hears
@@ -295,8 +293,7 @@ class ReplyRun:
                 elif isinstance(event, str):
                     assert lease is not None
                     if not await self._speak(event, lease, prepared):
-                        self.status = "incomplete"
-                        self.status_details = se.StatusDetails(type="incomplete", reason="max_output_tokens")
+                        self.status, self.reason = "incomplete", "max_output_tokens"
                         return outcome
                 elif isinstance(event, FunctionCallStarted):
                     await self._close_message()
@@ -334,8 +331,7 @@ class ReplyRun:
         kind = "output_text" if self.text_only else "output_audio"
         item = ConversationItem(new_id("item"), "assistant", kind, text="", status="in_progress")
         await self.events.add(item)
-        part = se.TextPart(type="text", text="") if self.text_only else se.AudioPart(type="audio", transcript="")
-        await self._send(se.ContentPartAdded(**self.events.part(item), part=part))
+        await self._send(ReplyMessageOpened(self.events.place(item), spoken=not self.text_only))
         self.item, self._message_open = item, True
         return item
 
@@ -349,14 +345,8 @@ class ReplyRun:
             if item.content_type == "output_audio":
                 item.text = item.spoken_text
             item.status = status  # type: ignore[assignment]
-        part = self.events.part(item)
-        if item.content_type == "output_text":
-            await self._send(se.OutputTextDone(**part, text=item.text or ""))
-            await self._send(se.ContentPartDone(**part, part=se.TextPart(type="text", text=item.text or "")))
-        else:
-            await self._send(se.OutputAudioDone(**part))
-            await self._send(se.OutputTranscriptDone(**part, transcript=item.text or ""))
-            await self._send(se.ContentPartDone(**part, part=se.AudioPart(type="audio", transcript=item.text)))
+        await self._send(ReplyMessageClosed(self.events.place(item), item.text,
+                                            spoken=item.content_type == "output_audio"))
         await self.events.done(item)
 
     async def _write(self, phrase: str) -> None:
@@ -365,7 +355,7 @@ class ReplyRun:
         assert item is not None
         delta = phrase if not item.text else " " + phrase
         item.text = (item.text or "") + delta
-        await self._send(se.OutputTextDelta(**self.events.part(item), delta=delta))
+        await self._send(ReplyWords(self.events.place(item), delta, spoken=False))
 
     # -- speech ----------------------------------------------------------------------------------------
 
@@ -385,8 +375,8 @@ class ReplyRun:
         if prepared.speaker_voices:
             phrase, said = self._tags.tag(phrase)
         start_ms = item.audio_ms
-        await self._send(se.OutputTranscriptDelta(**self.events.part(item), delta=said if not item.phrases
-                                                              else " " + said))
+        await self._send(ReplyWords(self.events.place(item), said if not item.phrases else " " + said,
+                                    spoken=True))
         samples = 0
         item.phrases.append(SpokenPhrase(said, start_ms, start_ms))  # the timeline grows as audio goes out
         speech = self.speaker.speak(phrase, lease, prepared.voice, prepared.scene, max_frames=left,
@@ -423,9 +413,7 @@ class ReplyRun:
                 heard = self.heard_ms_at_cancel
                 heard = self.output.heard_ms(item.id) if heard is None else heard
                 item.text = heard_text(item.phrases, heard)
-                self._publish(ReplyCut(item.id, heard))
-                await self._send(se.ItemTruncated(item_id=item.id, content_index=0,
-                                                              audio_end_ms=int(heard)))
+                await self._send(ReplyCut(item.id, heard))
             item.status = "incomplete"
         elif self.status == "cancelled" and item is not None:
             item.status = "incomplete"  # a text reply cut short: the words sent so far stand
@@ -438,10 +426,10 @@ class ReplyRun:
         self.usage = await self._usage()
         self.finishing = True  # from here a client that read response.done may create the next response
         said = next((item for item in self.items if item.kind == "message"), None)
-        self._publish(ReplyFinished(self.id, self.status, said.id if said else None, (said.text or "") if said else ""))
-        await self._send(se.ResponseDone(response=self.response()))
+        await self._send(ReplyFinished(self.id, self.status, said.id if said else None,
+                                       (said.text or "") if said else "", self.state()))
 
-    async def _usage(self) -> se.Usage:
+    async def _usage(self) -> Usage:
         """Tokens in and out as OpenAI counts them: text tokens (the Higgs model's own tokenizer) and audio
         tokens (codec frames: 25 a second, in the user's turn and in the reply)."""
         text_in = text_out = 0
@@ -456,4 +444,4 @@ class ReplyRun:
                 self._stalled(exc)
             except Exception:  # noqa: BLE001
                 log.exception("%s: counting tokens for usage failed", self.id)
-        return se.Usage.of(text_in, int(round(self.user_audio_s * FRAME_RATE)), text_out, self.frames_out)
+        return Usage(text_in, int(round(self.user_audio_s * FRAME_RATE)), text_out, self.frames_out)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from higgs_agent.agent.conversation import Conversation, ConversationItem, ToolCall
+from higgs_agent.agent.events import AgentFailed, CallArgumentsDone, CallArgumentsGrew, McpCallRunning
 from higgs_agent.agent.response_items import ResponseItems
 from higgs_agent.agent.responders.base import ReplyRequest
 from higgs_agent.agent.session_tools import SessionTools
@@ -21,7 +22,6 @@ from higgs_agent.agent.tools.calls import (
     FunctionCallStarted,
 )
 from higgs_agent.agent.tools.chat_history import function_call_message, function_output_message
-from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import new_id
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,7 @@ class ToolCalls:
         if item is None or item.call is None:
             return
         item.call.arguments += event.delta
-        index = self.items.index(item)
-        if item.kind == "function_call":
-            await self.items.send(se.FunctionCallArgumentsDelta(
-                response_id=self.items.response_id, item_id=item.id, output_index=index, call_id=item.call.call_id,
-                delta=event.delta))
-        else:
-            await self.items.send(se.McpCallArgumentsDelta(response_id=self.items.response_id, item_id=item.id,
-                                                                  output_index=index, delta=event.delta))
+        await self.items.send(CallArgumentsGrew(self.items.place(item), item, event.delta))
 
     async def done(self, item: ConversationItem | None, event: FunctionCallDone, request: ReplyRequest,
                    outcome: CallOutcome) -> None:
@@ -81,17 +74,12 @@ class ToolCalls:
             return
         assert item.call is not None
         item.call.arguments = event.arguments
-        index = self.items.index(item)
+        await self.items.send(CallArgumentsDone(self.items.place(item), item))
         if item.kind == "function_call":
-            await self.items.send(se.FunctionCallArgumentsDone(
-                response_id=self.items.response_id, item_id=item.id, output_index=index, call_id=item.call.call_id,
-                name=item.call.name, arguments=event.arguments))
             item.status = "completed"
             await self.items.done(item)
             outcome.client_calls += 1
             return
-        await self.items.send(se.McpCallArgumentsDone(response_id=self.items.response_id, item_id=item.id,
-                                                             output_index=index, arguments=event.arguments))
         assert tool is not None
         await self.run_mcp(item, tool, event.parsed)
         outcome.server_calls += 1
@@ -99,18 +87,18 @@ class ToolCalls:
     async def run_mcp(self, item: ConversationItem, tool: Any, arguments: dict[str, Any]) -> None:  # noqa: ANN401
         """Run an MCP call item on its server (a timeout and a failure are results the model speaks about)."""
         assert self.tools is not None and item.call is not None
-        index = self.items.index(item)
-        await self.items.send(se.McpCallInProgress(item_id=item.id, output_index=index))
+        place = self.items.place(item)
+        await self.items.send(McpCallRunning(place, "in_progress"))
         result = await self.tools.run(tool, arguments)
         if result.ok:
             item.call.output = result.output
             item.status = "completed"
-            await self.items.send(se.McpCallCompleted(item_id=item.id, output_index=index))
+            await self.items.send(McpCallRunning(place, "completed"))
         else:
             item.call.error = result.error.to_dict() if result.error is not None else {"message": "failed"}
             item.status = "incomplete"
             log.warning("%s: MCP call %s failed: %s", self.items.response_id, item.call.name, item.call.error)
-            await self.items.send(se.McpCallFailed(item_id=item.id, output_index=index))
+            await self.items.send(McpCallRunning(place, "failed"))
         await self.items.done(item)
 
     async def run_approved(self, request: ReplyRequest) -> bool:
@@ -154,7 +142,6 @@ class ToolCalls:
         if item is not None:
             item.status = "incomplete"
             await self.items.done(item)
-        await self.items.send(se.Error(error=se.ErrorDetail(
-            type="server_error", code="invalid_tool_call", message=event.error)))
+        await self.items.send(AgentFailed("invalid_tool_call", event.error, self.items.response_id))
         outcome.retry_messages += [function_call_message(event.call_id, event.name, event.arguments or "{}"),
                                    function_output_message(event.call_id, f"Error: {event.error}")]

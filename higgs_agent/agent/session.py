@@ -25,14 +25,26 @@ from higgs_agent.agent.client_items import client_item
 from higgs_agent.agent.config import CALLER_VOICE, output_modality
 from higgs_agent.agent.conversation import Conversation, ConversationItem, ToolCall
 from higgs_agent.agent.events import (
-    AgentFailed,
+    CallerUnderstood,
     DomainEvent,
+    ErrorReported,
+    InputCleared,
+    InputCommitted,
     InterruptionJudged,
+    ItemAdded,
+    ItemDeleted,
+    ItemFinished,
+    ItemShown,
     KeyPressed,
     Observer,
     ReplyCut,
+    SessionChanged,
+    SessionOpened,
+    ToolsListing,
+    TranscriptionFailed,
     TurnTimed,
     UserSpeechEnded,
+    UserSpeechStarted,
     UserTranscribed,
 )
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
@@ -55,7 +67,6 @@ from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.model.asr import Transcript
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol import client_events as ce
-from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError, new_id
 from higgs_agent.understanding.context import context_line, delivery_scene
 
@@ -130,7 +141,7 @@ class Session:
         self.services.metrics.sessions_total.inc()
         self.services.metrics.sessions_active.inc()
         self._worker = asyncio.create_task(self._understand_turns(), name=f"{self.config.id}-turns")
-        await self.send(se.SessionCreated(session=self._session_object()))
+        await self.send(SessionOpened(self.config, self.tools.config))
         if self.tools.operator_servers:
             self._listing = asyncio.create_task(self._list_tools(), name=f"{self.config.id}-mcp")
 
@@ -184,12 +195,11 @@ class Session:
 
     async def report(self, error: ProtocolError) -> None:
         self.services.metrics.errors.labels(code=error.code).inc()
-        await self.send(se.Error.of(error))
+        await self.send(ErrorReported(error))
 
-    async def send(self, event: se.ServerEvent) -> None:
-        """To the client; extension events only to a session that opted in."""
-        if event.is_extension and not self.config.sends_extension(event.type):  # type: ignore[attr-defined]
-            return
+    async def send(self, event: DomainEvent) -> None:
+        """What the session says: to its observers, then to its client (the transport encodes it for its wire)."""
+        self._publish(event)
         await self.output.send_event(event)
 
     async def handle(self, event: Any) -> None:  # noqa: ANN401 - one of client_events.ClientEvent
@@ -237,8 +247,7 @@ class Session:
         """A key the caller pressed (a phone transport's DTMF): sent to the client as OpenAI's
         `input_audio_buffer.dtmf_event_received`, and collected into a user turn the responder reads ("The
         caller pressed 1, 2 on the keypad.") once no key has followed for `DTMF_PAUSE_S`."""
-        self._publish(KeyPressed(digit))
-        await self.send(se.DtmfReceived(event=digit, received_at=int(time.time())))
+        await self.send(KeyPressed(digit, time.time()))
         self._digits.append(digit)
         if self._digit_timer is not None:
             self._digit_timer.cancel()
@@ -252,8 +261,8 @@ class Session:
         item = self.conversation.add(ConversationItem(new_id("item"), "user", "input_text",
                                                       text=f"The caller pressed {', '.join(digits)} on the keypad."))
         previous = self.conversation.previous_id(item)
-        await self.send(se.ItemAdded(previous_item_id=previous, item=item.to_item()))
-        await self.send(se.ItemDone(previous_item_id=previous, item=item.to_item()))
+        await self.send(ItemAdded(item, previous))
+        await self.send(ItemFinished(item, previous))
         self._queue(UserTurn(item, None, TurnTiming(), create_response=self._turns_create_responses,
                              epoch=self._epoch))
 
@@ -294,10 +303,7 @@ class Session:
             await self.report(note)
         if self.tools.servers != servers_before:
             await self._list_tools()
-        await self.send(se.SessionUpdated(session=self._session_object()))
-
-    def _session_object(self) -> dict[str, Any]:
-        return {**self.config.to_dict(), **self.tools.config.to_dict()}
+        await self.send(SessionChanged(self.config, self.tools.config))
 
     async def _list_tools(self) -> None:
         """List the MCP servers not listed yet; each listing is an `mcp_list_tools` item, as OpenAI sends."""
@@ -305,15 +311,15 @@ class Session:
             item = self.conversation.add(ConversationItem.tool(new_id("mcpl"), "mcp_list_tools", ToolCall(
                 "", "", server_label=listing.server_label, tools=tool_descriptions(listing.tools))))
             previous = self.conversation.previous_id(item)
-            await self.send(se.ItemAdded(previous_item_id=previous, item=item.to_item()))
-            await self.send(se.McpListToolsInProgress(item_id=item.id))
+            await self.send(ItemAdded(item, previous))
+            await self.send(ToolsListing(item.id, "in_progress"))
             if listing.error is None:
-                await self.send(se.McpListToolsCompleted(item_id=item.id))
+                await self.send(ToolsListing(item.id, "completed"))
             else:
-                await self.send(se.McpListToolsFailed(item_id=item.id))
+                await self.send(ToolsListing(item.id, "failed"))
                 await self.report(ProtocolError("mcp_list_tools_failed", f"MCP server {listing.server_label}: "
                                                 f"{listing.error.get('message')}", type="server_error"))
-            await self.send(se.ItemDone(previous_item_id=previous, item=item.to_item()))
+            await self.send(ItemFinished(item, previous))
 
     async def _append(self, event: ce.InputAudioBufferAppend) -> None:
         try:
@@ -360,11 +366,11 @@ class Session:
                 self.listening.watch(self._speech_item_id)
             else:
                 truncated = self._barge_in()  # the reply's queued audio is dropped before this event is sent
-        await self.send(se.SpeechStarted(audio_start_ms=audio_start_ms, item_id=self._speech_item_id))
+        await self.send(UserSpeechStarted(self._speech_item_id, audio_start_ms))
         if truncated is not None:
             await self.send(truncated)
 
-    def _barge_in(self) -> se.ItemTruncated | None:
+    def _barge_in(self) -> ReplyCut | None:
         """Cut the reply being made, or the one still playing after its response.done (then: the truncation
         to send, after what the caller is told first)."""
         if (reply := self._active_reply) is not None:
@@ -394,7 +400,7 @@ class Session:
         if truncated is not None:
             await self.send(truncated)
 
-    def _cut_playing_reply(self) -> se.ItemTruncated | None:
+    def _cut_playing_reply(self) -> ReplyCut | None:
         """A barge-in after `response.done` while the reply still plays (transports that pace audio out at
         real time, WebRTC and phones, hold it after the response is over): drop what was not played and
         cut the turn to what was heard."""
@@ -404,8 +410,7 @@ class Session:
             return None
         heard = min(self.output.heard_ms(item.id), item.audio_ms)
         self.conversation.truncate(item.id, 0, heard)
-        self._publish(ReplyCut(item.id, heard))
-        return se.ItemTruncated(item_id=item.id, content_index=0, audio_end_ms=int(heard))
+        return ReplyCut(item.id, heard)
 
     async def _speech_stopped(self, stopped: SpeechStopped) -> None:
         audio_end_ms = stopped.audio_end_ms
@@ -415,8 +420,7 @@ class Session:
         self._speech_item_id = None
         early = self.listening.take(stopped.audio_start_ms, audio_end_ms)
         self.listening.stopped()
-        self._publish(UserSpeechEnded(item_id))
-        await self.send(se.SpeechStopped(audio_end_ms=audio_end_ms, item_id=item_id))
+        await self.send(UserSpeechEnded(item_id, audio_end_ms))
         wire = WireAudio(self.input.tape.slice_ms(self._turn_start_ms, audio_end_ms), self.input.tape.rate)
         await self._add_user_audio(item_id, stopped.audio, timing, create_response=self._turns_create_responses,
                                    wire=wire, early=early)
@@ -447,8 +451,8 @@ class Session:
         item = self.conversation.add(ConversationItem(item_id, "user", "input_audio",
                                                       audio_seconds=len(audio) / ASR_RATE), after=after)
         previous = self.conversation.previous_id(item)
-        await self.send(se.InputAudioCommitted(previous_item_id=previous, item_id=item_id))
-        await self.send(se.ItemAdded(previous_item_id=previous, item=item.to_item()))
+        await self.send(InputCommitted(item_id, previous))
+        await self.send(ItemAdded(item, previous))
         wire = wire if wire is not None and len(wire.samples) else WireAudio(audio, ASR_RATE)
         self._last_audio = (item_id, wire)
         self._queue(UserTurn(item, audio, timing, create_response, epoch=self._epoch, wire=wire, early=early))
@@ -464,7 +468,7 @@ class Session:
         self.listening.stopped()
         if self._interruption is not None:  # that speech is gone: the reply plays on
             await self._settle_interruption(backchannel=True)
-        await self.send(se.InputAudioCleared())
+        await self.send(InputCleared())
 
     async def _clear_output(self, event: ce.OutputAudioBufferClear) -> None:
         """The client stopped playback: cancel the reply, or cut the one still playing; keep what was heard."""
@@ -486,23 +490,21 @@ class Session:
     async def _add_done(self, item: ConversationItem, after: str | None) -> None:
         added = self.conversation.add(item, after=after)
         previous = self.conversation.previous_id(added)
-        await self.send(se.ItemAdded(previous_item_id=previous, item=added.to_item()))
-        await self.send(se.ItemDone(previous_item_id=previous, item=added.to_item()))
+        await self.send(ItemAdded(added, previous))
+        await self.send(ItemFinished(added, previous))
 
     async def _truncate(self, event: ce.ConversationItemTruncate) -> None:
         item = self.conversation.truncate(event.item_id, event.content_index, event.audio_end_ms)
         if self.reply is not None and self.reply.item is item:
             self.reply.client_heard_ms = event.audio_end_ms  # the client knows best what it played
-        self._publish(ReplyCut(item.id, event.audio_end_ms))
-        await self.send(se.ItemTruncated(item_id=item.id, content_index=event.content_index,
-                                         audio_end_ms=event.audio_end_ms))
+        await self.send(ReplyCut(item.id, event.audio_end_ms))
 
     async def _delete(self, event: ce.ConversationItemDelete) -> None:
         self.conversation.delete(event.item_id)
-        await self.send(se.ItemDeleted(item_id=event.item_id))
+        await self.send(ItemDeleted(event.item_id))
 
     async def _retrieve(self, event: ce.ConversationItemRetrieve) -> None:
-        await self.send(se.ItemRetrieved(item=self.conversation.get(event.item_id).to_item()))
+        await self.send(ItemShown(self.conversation.get(event.item_id)))
 
     async def _response_create(self, event: ce.ResponseCreate) -> None:
         reply = self._active_reply
@@ -613,25 +615,20 @@ class Session:
             if isinstance(exc, StageTimeout):
                 self._stalled(None, exc)
             log.exception("transcription failed")
-            self._publish(AgentFailed("transcription_failed", f"transcription failed: {exc}"))
             item.text = ""
-            await self.send(se.TranscriptionFailed(item_id=item.id, error=se.ErrorDetail(
-                type="transcription_error", code="transcription_failed", message=f"transcription failed: {exc}")))
+            await self.send(TranscriptionFailed(item.id, f"transcription failed: {exc}"))
         else:
             item.text, item.language = transcript.text.strip(), transcript.language
             turn.timing.mark("transcript")
             log.info("user %s: %r (%s)", item.id, item.text, item.language)
-            self._publish(UserTranscribed(item.id, item.text, item.language))
             await self.listening.finish(item.id, item.text)
-            await self.send(se.TranscriptionCompleted(
-                item_id=item.id, transcript=item.text, usage=se.DurationUsage(seconds=round(transcript.duration_s, 3)),
-                languages=[se.TranscriptLanguage(code=transcript.language)]))
+            await self.send(UserTranscribed(item.id, item.text, item.language, transcript.duration_s))
             if analysis is not None:
                 await self._understand(item, analysis, transcript.language)
             if turn.wire is not None:
                 self.cloning.learn(turn.wire.samples, turn.wire.rate, item.text,
                                    speaking_in_it=self.config.voice == CALLER_VOICE)
-        await self.send(se.ItemDone(item=item.to_item()))
+        await self.send(ItemFinished(item))
 
     async def _transcript(self, turn: UserTurn) -> Transcript:
         """The turn's words: the reading begun at the pause where it ended, else Whisper now."""
@@ -654,7 +651,7 @@ class Session:
             log.exception("understanding the turn failed")
             return
         log.info("caller context %s: %s", item.id, context_line(item.context))
-        await self.send(se.InputContext(item_id=item.id, **item.context.to_event_fields()))
+        await self.send(CallerUnderstood(item.id, item.context))
 
     async def _user_codes(self, item: ConversationItem | None) -> Any:  # noqa: ANN401 - codes tensor or None
         """The codec codes of the latest user turn, encoded on first use (only some replies need them)."""
@@ -730,7 +727,7 @@ class Session:
             return await engine.run(lambda: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
                                     stage="count_tokens")
 
-        self.reply = ReplyRun(self.output, engine, responder, self.speaker, timing, self.conversation, prepare,
+        self.reply = ReplyRun(self.output, engine, responder, self.speaker, timing, self.conversation, prepare, self.send,
                               tools=self.tools, user_item_id=user.id if user is not None else None,
                               user_audio_s=user.audio_seconds if user is not None else 0.0,
                               metadata=params.metadata if params is not None else None,
@@ -738,7 +735,7 @@ class Session:
                                                  and params.max_output_tokens is not None
                                                  else self.config.max_output_tokens),
                               on_latency=self._latency, count_tokens=count_tokens, limits=limits,
-                              on_stall=self._stalled, on_event=self._publish, text_only=text_only)
+                              on_stall=self._stalled, text_only=text_only)
         self.reply.start(on_done=self._reply_done)
 
     def _responder(self) -> Responder:
@@ -770,9 +767,8 @@ class Session:
         stages = ", ".join(f"{stage.replace('_', ' ')} {'-' if ms is None else f'{ms:.0f} ms'}"
                            for stage, ms in latency_ms.items())
         log.info("turn latency %s: %s (from the end of the user's speech)", run.id, stages)
-        self._publish(TurnTimed(run.id, run.user_item_id, run.item.id if run.item is not None else None,
-                                dict(latency_ms)))
-        await self.send(se.TurnLatency(response_id=run.id, item_id=run.user_item_id, latency_ms=latency_ms))
+        await self.send(TurnTimed(run.id, run.user_item_id, run.item.id if run.item is not None else None,
+                                  dict(latency_ms)))
 
     # --- helpers ---------------------------------------------------------------------------------------
 

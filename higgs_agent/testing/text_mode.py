@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from higgs_agent.agent.events import DomainEvent
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
 from higgs_agent.protocol import server_events as se
-from higgs_agent.transport.realtime_codec import deliver
+from higgs_agent.transport.realtime_codec import RealtimeEncoder, deliver
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -65,11 +66,13 @@ class RecordingOutput:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.audio_samples = 0
+        self.encoder = RealtimeEncoder()
         self._arrived = asyncio.Condition()
 
-    async def send_event(self, event: se.ServerEvent) -> None:
+    async def send_event(self, event: DomainEvent) -> None:
+        wire = self.encoder.encode(event)
         async with self._arrived:
-            self.events.append(json.loads(se.to_wire(event)))
+            self.events.extend(json.loads(se.to_wire(w)) for w in wire)
             self._arrived.notify_all()
 
     async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:

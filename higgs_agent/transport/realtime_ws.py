@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from higgs_agent.agent.events import DomainEvent
 from higgs_agent.agent.output import OutputClosed
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
@@ -31,7 +32,7 @@ from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.errors import ProtocolError
 from higgs_agent.transport.audio_sink import ReplyAudioSink, WireFrame
 from higgs_agent.transport.auth import principal_of
-from higgs_agent.transport.realtime_codec import deliver
+from higgs_agent.transport.realtime_codec import RealtimeEncoder, deliver
 from higgs_agent.transport.uvicorn_ws import (
     chosen_subprotocol,
     close_gracefully,
@@ -70,6 +71,7 @@ class WebSocketOutput(ReplyAudioSink):
         self._outbox_room = asyncio.Event()  # room in the outbox
         self._outbox_room.set()
         self._sending: asyncio.Task | None = None
+        self.encoder = RealtimeEncoder()
 
     def start(self) -> None:
         self._sending = asyncio.create_task(self._send_loop(), name="ws-sender")
@@ -83,8 +85,9 @@ class WebSocketOutput(ReplyAudioSink):
             self._sending = None  # its CancelledError holds its frames, whose `self` is this output: no cycle
         await super().aclose(reason)
 
-    async def send_event(self, event: se.ServerEvent) -> None:
-        await self._put(_Outgoing(se.to_wire(event), response_id=se.response_id_of(event)))
+    async def send_event(self, event: DomainEvent) -> None:
+        for wire in self.encoder.encode(event):
+            await self._put(_Outgoing(se.to_wire(wire), response_id=se.response_id_of(wire)))
 
     async def _write_frame(self, frame: WireFrame) -> None:
         # At the item's rate; a format that changed during the item is met here (encode_audio resamples).

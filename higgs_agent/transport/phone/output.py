@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from higgs_agent.protocol import server_events as se
+from higgs_agent.agent.events import DomainEvent
 from higgs_agent.transport.audio_sink import Marker, ReplyAudioSink, WireFrame
 from higgs_agent.transport.phone.serializer import (
     ClearAudio,
@@ -52,7 +52,7 @@ class PhoneOutput(ReplyAudioSink):
 
     # -- SessionOutput (the audio half is the sink's) ------------------------------------------------------------
 
-    async def send_event(self, event: se.ServerEvent) -> None:
+    async def send_event(self, event: DomainEvent) -> None:
         self._check_open()  # a phone line carries no events
 
     # -- from the carrier -------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from aiortc import RTCDataChannel
 
+from higgs_agent.agent.events import DomainEvent
 from higgs_agent.agent.output import OutputClosed
 from higgs_agent.protocol import server_events as se
 from higgs_agent.protocol.server_events import (
@@ -28,6 +29,7 @@ from higgs_agent.protocol.server_events import (
     OutputAudioBufferStopped,
 )
 from higgs_agent.transport.audio_sink import PlaybackEvent, ReplyAudioSink
+from higgs_agent.transport.realtime_codec import RealtimeEncoder
 from higgs_agent.transport.webrtc.tracks import FRAME_MS, WIRE_RATE
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class CallOutput(ReplyAudioSink):
         self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
         self._listeners: list[EventListener] = []
         self._backed_up_since: float | None = None
+        self.encoder = RealtimeEncoder()
 
     # -- wiring -------------------------------------------------------------------------------------------
 
@@ -81,9 +84,10 @@ class CallOutput(ReplyAudioSink):
 
     # -- SessionOutput (the audio half is the sink's) ------------------------------------------------------
 
-    async def send_event(self, event: se.ServerEvent) -> None:
+    async def send_event(self, event: DomainEvent) -> None:
         self._check_open()
-        self._emit(se.to_wire(event))
+        for wire in self.encoder.encode(event):
+            self._emit(se.to_wire(wire))
 
     # -- sending ------------------------------------------------------------------------------------------
 
