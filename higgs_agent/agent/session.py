@@ -14,23 +14,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from higgs_agent.agent.barge_in import BargeIn
 from higgs_agent.agent.caller_cloning import CallerCloning
 from higgs_agent.agent.client_items import client_item
-from higgs_agent.agent.config import CALLER_VOICE, output_modality
+from higgs_agent.agent.config import CALLER_VOICE
 from higgs_agent.agent.conversation import Conversation, ConversationItem, ToolCall
 from higgs_agent.agent.events import (
-    CallerUnderstood,
     DomainEvent,
     ErrorReported,
     InputCleared,
     InputCommitted,
-    InterruptionJudged,
     ItemAdded,
     ItemDeleted,
     ItemFinished,
@@ -41,23 +41,21 @@ from higgs_agent.agent.events import (
     SessionChanged,
     SessionOpened,
     ToolsListing,
-    TranscriptionFailed,
     TurnTimed,
     UserSpeechEnded,
     UserSpeechStarted,
-    UserTranscribed,
 )
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
-from higgs_agent.agent.interruptions import MAX_BACKCHANNEL_MS, is_backchannel
 from higgs_agent.agent.listening import Listening, ListeningHooks
-from higgs_agent.agent.reply import OutputClosed, Preparation, ReplyRun, SessionOutput
-from higgs_agent.agent.responders.base import ReplyRequest, Responder, tools_unsupported
+from higgs_agent.agent.reply import OutputClosed, ReplyRun, SessionOutput
+from higgs_agent.agent.reply_setup import ReplyInputs, ReplySettings
+from higgs_agent.agent.responders.base import Responder, tools_unsupported
 from higgs_agent.agent.responders.fixed import FixedReply
 from higgs_agent.agent.responders.translator import Translator
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session_tools import SessionTools, tool_descriptions
 from higgs_agent.agent.speaker import PhraseSpeaker
-from higgs_agent.agent.tools.spec import ToolConfig
+from higgs_agent.agent.turn_reading import TurnReader, WireAudio
 from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.agent.vad import SpeechPaused, SpeechStarted, SpeechStopped
 from higgs_agent.audio import resample
@@ -65,10 +63,8 @@ from higgs_agent.audio_formats import AudioFormatError
 from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.model.asr import Transcript
-from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol.errors import ProtocolError, new_id
-from higgs_agent.understanding.context import context_line, delivery_scene
 
 log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # as the reference server: shorter buffers are refused
@@ -81,14 +77,6 @@ SPECULATIVE_PAUSE_MS = 200
 _SPECULATION_MARGIN_MS = 100
 
 
-@dataclass(frozen=True)
-class WireAudio:
-    """A turn's audio at the rate it came in (the caller's voice is cloned from it)."""
-
-    samples: np.ndarray
-    rate: int
-
-
 @dataclass
 class UserTurn:
     item: ConversationItem | None  # None: just a response.create, queued behind the turns before it
@@ -99,6 +87,30 @@ class UserTurn:
     response: ce.ResponseParams | None = None  # response.create's per-response settings
     wire: WireAudio | None = None
     early: asyncio.Future[Transcript] | None = None  # its transcript, begun at the pause where it ended
+
+
+@dataclass(frozen=True)
+class _Back:
+    """The session, as its parts reach back to it: weakly, so a closed session that nobody holds is freed at
+    once, not at the cycle collector's next full pass (the soak's memory creep, #20)."""
+
+    session: weakref.ref[Session]
+
+    async def say(self, event: DomainEvent) -> None:
+        if (session := self.session()) is not None:
+            await session.send(event)
+
+    def publish(self, event: DomainEvent) -> None:
+        if (session := self.session()) is not None:
+            session._publish(event)
+
+    def stalled(self, exc: StageTimeout) -> None:
+        if (session := self.session()) is not None:
+            session._stalled(None, exc)
+
+    def reply(self) -> ReplyRun | None:
+        session = self.session()
+        return session.reply if session is not None else None
 
 
 class Session:
@@ -116,24 +128,25 @@ class Session:
         self._turns: asyncio.Queue[UserTurn] = asyncio.Queue()
         self._pending: list[UserTurn] = []  # queued turns that will create a response
         self._epoch = 0  # speech starts so far
-        self._last_audio: tuple[str, WireAudio] | None = None  # the latest user turn's audio, for its codes
         self._turn_start_ms = 0  # where the turn in progress starts on the input clock (its prefix included)
         self.cloning = CallerCloning(services.engine, services.transcriber, self._keep, self.config.id)
         self._worker: asyncio.Task | None = None
         self._digits: list[str] = []  # DTMF keys waiting to become a turn
         self._digit_timer: asyncio.TimerHandle | None = None
-        self._last_reply_item: ConversationItem | None = None  # the latest assistant audio, maybe still playing
         self.tools = SessionTools(operator_servers=services.mcp_servers, call_timeout_s=services.mcp_call_timeout_s)
         self._listing: asyncio.Task | None = None  # the operator's MCP servers, listed at the start
         self._background: set[asyncio.Task] = set()
-        self.caller = services.analyzer.new_caller_state() if services.analyzer is not None else None
         self.closed = False
         self._observers: list[Observer] = []
         self.listening = Listening(services.transcriber, ListeningHooks(
-            send=self.send, end_turn=self._end_turn_at, publish=self._publish, on_words=self._words_while_speaking,
+            send=self.send, end_turn=self._end_turn_at, publish=self._publish,
+            on_words=lambda item_id, words: self.barge_in.words(item_id, words),
             language=lambda: (self.config.transcription.language, self.config.transcription.prompt),
             turn_model=services.end_of_turn_model))
-        self._interruption: str | None = None  # the caller's speech that holds the reply: interruption or not?
+        back = _Back(weakref.ref(self))  # the parts speak back through it, and never keep the session alive
+        self.reader = TurnReader(services, back.say, self.listening, self.cloning, back.stalled)
+        self.inputs = ReplyInputs(services, tenant, self.conversation, self.tools, self.cloning, self.reader)
+        self.barge_in = BargeIn(output, self.conversation, self.listening, back.say, back.publish, back.reply)
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -173,7 +186,7 @@ class Session:
         # a carrier's paced output), its audio goes now.
         self.input.release()
         self.cloning.release()
-        self._last_audio = None
+        self.reader.release()
 
     def _keep(self, task: asyncio.Future) -> None:
         """A background task of the session's, cancelled when it closes."""
@@ -332,8 +345,7 @@ class Session:
     async def _heard(self) -> None:
         span = self.input.speech_span()
         self.listening.heard(span, self.input.audio_ms, self.input.speech_so_far)
-        if self._interruption is not None and span is not None and span[1] - span[0] >= MAX_BACKCHANNEL_MS:
-            await self._settle_interruption(backchannel=False)  # too long to be an "uh-huh"
+        await self.barge_in.heard(span)
 
     async def _on_vad_events(self, vad_events: list) -> None:
         for vad_event in vad_events:
@@ -356,61 +368,11 @@ class Session:
         self._turn_start_ms = audio_start_ms
         self._epoch += 1
         self.listening.started(self._speech_item_id, audio_start_ms)
-        detection = self.config.turn_detection
-        truncated = None
-        if detection is not None and detection.interrupt_response:
-            if self._interruption is not None:  # a held reply, and new speech: the last check was not settled
-                await self._settle_interruption(backchannel=False)
-            elif detection.end_of_turn is not None and self._reply_audible() and self.output.hold_audio():
-                self._interruption = self._speech_item_id  # its words decide (interruptions.py)
-                self.listening.watch(self._speech_item_id)
-            else:
-                truncated = self._barge_in()  # the reply's queued audio is dropped before this event is sent
+        # the reply's queued audio is dropped before the client hears of the speech; the cut is told after it
+        cut = await self.barge_in.speech_started(self._speech_item_id, self.config.turn_detection)
         await self.send(UserSpeechStarted(self._speech_item_id, audio_start_ms))
-        if truncated is not None:
-            await self.send(truncated)
-
-    def _barge_in(self) -> ReplyCut | None:
-        """Cut the reply being made, or the one still playing after its response.done (then: the truncation
-        to send, after what the caller is told first)."""
-        if (reply := self._active_reply) is not None:
-            reply.stop("turn_detected")
-            return None
-        return self._cut_playing_reply()
-
-    def _reply_audible(self) -> bool:
-        """A reply is being made, or its audio has not all been heard yet."""
-        item = self._last_reply_item
-        return self._active_reply is not None or (
-            item is not None and self.output.heard_ms(item.id) < item.audio_ms)
-
-    async def _words_while_speaking(self, item_id: str, words: str) -> None:
-        """A reading of the speech that holds the reply: a word that is not a backchannel interrupts."""
-        if item_id == self._interruption and not is_backchannel(words):
-            await self._settle_interruption(backchannel=False)
-
-    async def _settle_interruption(self, backchannel: bool) -> None:
-        """The held reply plays on (a backchannel), or is cut as a barge-in always cut it."""
-        item_id, self._interruption = self._interruption, None
-        self.listening.watch(None)
-        truncated = None if backchannel else self._barge_in()
-        self.output.release_audio()
-        if item_id is not None:
-            self._publish(InterruptionJudged(item_id, not backchannel))
-        if truncated is not None:
-            await self.send(truncated)
-
-    def _cut_playing_reply(self) -> ReplyCut | None:
-        """A barge-in after `response.done` while the reply still plays (transports that pace audio out at
-        real time, WebRTC and phones, hold it after the response is over): drop what was not played and
-        cut the turn to what was heard."""
-        reply = self.reply  # one whose response.done is sent may still be playing, its task not yet ended
-        item = reply.item if reply is not None and reply.finishing and reply.item is not None else self._last_reply_item
-        if item is None or not self.output.discard_audio(item.id):
-            return None
-        heard = min(self.output.heard_ms(item.id), item.audio_ms)
-        self.conversation.truncate(item.id, 0, heard)
-        return ReplyCut(item.id, heard)
+        if cut is not None:
+            await self.send(cut)
 
     async def _speech_stopped(self, stopped: SpeechStopped) -> None:
         audio_end_ms = stopped.audio_end_ms
@@ -454,7 +416,7 @@ class Session:
         await self.send(InputCommitted(item_id, previous))
         await self.send(ItemAdded(item, previous))
         wire = wire if wire is not None and len(wire.samples) else WireAudio(audio, ASR_RATE)
-        self._last_audio = (item_id, wire)
+        self.reader.heard(item_id, wire)
         self._queue(UserTurn(item, audio, timing, create_response, epoch=self._epoch, wire=wire, early=early))
 
     def _queue(self, turn: UserTurn) -> None:
@@ -466,16 +428,16 @@ class Session:
         self.input.discard()
         self._speech_item_id = None
         self.listening.stopped()
-        if self._interruption is not None:  # that speech is gone: the reply plays on
-            await self._settle_interruption(backchannel=True)
+        if self.barge_in.held_by is not None:  # that speech is gone: the reply plays on
+            await self.barge_in.settle(backchannel=True)
         await self.send(InputCleared())
 
     async def _clear_output(self, event: ce.OutputAudioBufferClear) -> None:
         """The client stopped playback: cancel the reply, or cut the one still playing; keep what was heard."""
         if (reply := self._active_reply) is not None:
             await reply.cancel("client_cancelled")
-        elif (truncated := self._cut_playing_reply()) is not None:
-            await self.send(truncated)
+        elif (cut := self.barge_in.cut_playing_reply()) is not None:
+            await self.send(cut)
 
     async def _item_create(self, event: ce.ConversationItemCreate) -> None:
         item = client_item(event, self.conversation, self.config.input_format)
@@ -513,22 +475,8 @@ class Session:
             raise ProtocolError("conversation_already_has_active_response",
                                 f"{busy} is still in progress; cancel it or wait for response.done")
         params = event.response
-        if params is not None:
-            if params.output_modalities is not None:
-                output_modality(params.output_modalities, "response.output_modalities")
-            if (params.tools or params.tool_choice is not None) and \
-                    not getattr(self.services.responder(self.config.responder), "supports_tools", False):
-                raise ProtocolError("invalid_value", tools_unsupported(self.config.responder, "response.tools"),
-                                    param="response.tools")
-            if params.tools is not None or params.tool_choice is not None:
-                overrides = params.model_dump(include={"tools", "tool_choice"}, exclude_none=True)
-                self.tools.config.updated(overrides, "response")  # checked now: a bad tool is the client's error
-            if params.conversation not in (None, "auto"):
-                raise ProtocolError("unsupported_value", "out-of-band responses (conversation 'none') are not "
-                                    "supported", param="response.conversation")
-            if params.input is not None:
-                raise ProtocolError("unsupported_value", "custom response input is not supported",
-                                    param="response.input")
+        if params is not None:  # checked now: a bad value is the client's error, not the reply's failure
+            ReplySettings.check(params, self.services.responder(self.config.responder), self.tools)
         # Behind the queue: a commit just before this must be transcribed before the reply is written.
         self._queue(UserTurn(None, None, TurnTiming(), create_response=True, response=params))
 
@@ -559,14 +507,12 @@ class Session:
 
     async def _take_turn(self, turn: UserTurn) -> None:
         if turn.item is not None and turn.audio is not None:
-            await self._transcribe(turn)
+            await self.reader.read(turn.item, turn.audio, self.config.transcription, turn.early, turn.wire,
+                                   in_caller_voice=self.config.voice == CALLER_VOICE, timing=turn.timing)
         if turn in self._pending:
             self._pending.remove(turn)
-        if turn.item is not None and turn.item.id == self._interruption:  # it ended before its words decided
-            backchannel = is_backchannel(turn.item.text or "")
-            await self._settle_interruption(backchannel)
-            if backchannel:
-                return  # the reply plays on; "uh-huh" needs no answer
+        if turn.item is not None and await self.barge_in.turn_ended(turn.item):
+            return  # it held the reply and was only an "uh-huh": the reply plays on, and it needs no answer
         if not turn.create_response or self.closed:
             return
         if self._spoke_on(turn):
@@ -602,140 +548,20 @@ class Session:
         detection = self.config.turn_detection
         return bool(turn.item is not None and turn.epoch != self._epoch and detection and detection.interrupt_response)
 
-    async def _transcribe(self, turn: UserTurn) -> None:
-        """The turn's words, and (alongside, on its own thread) who spoke them and how."""
-        item = turn.item
-        analyzer = self.services.analyzer
-        analysis = (analyzer.start(turn.audio, self.caller)  # not behind a warm-up: this turn goes without
-                    if analyzer is not None and self.caller is not None and not analyzer.warming else None)
-        try:
-            transcript = await within("transcription", self.services.reply_limits.transcription_s,
-                                      self._transcript(turn))
-        except Exception as exc:  # noqa: BLE001 - reported against the item, the session goes on
-            if isinstance(exc, StageTimeout):
-                self._stalled(None, exc)
-            log.exception("transcription failed")
-            item.text = ""
-            await self.send(TranscriptionFailed(item.id, f"transcription failed: {exc}"))
-        else:
-            item.text, item.language = transcript.text.strip(), transcript.language
-            turn.timing.mark("transcript")
-            log.info("user %s: %r (%s)", item.id, item.text, item.language)
-            await self.listening.finish(item.id, item.text)
-            await self.send(UserTranscribed(item.id, item.text, item.language, transcript.duration_s))
-            if analysis is not None:
-                await self._understand(item, analysis, transcript.language)
-            if turn.wire is not None:
-                self.cloning.learn(turn.wire.samples, turn.wire.rate, item.text,
-                                   speaking_in_it=self.config.voice == CALLER_VOICE)
-        await self.send(ItemFinished(item))
-
-    async def _transcript(self, turn: UserTurn) -> Transcript:
-        """The turn's words: the reading begun at the pause where it ended, else Whisper now."""
-        settings = self.config.transcription
-        if turn.early is not None:
-            try:
-                return await asyncio.shield(turn.early)
-            except Exception:  # noqa: BLE001 - read it again below; a second failure is reported
-                log.warning("the transcript begun at the pause failed; transcribing the turn again")
-        return await self.services.transcriber.transcribe_async(turn.audio, settings.language, settings.prompt)
-
-    async def _understand(self, item: ConversationItem, analysis: Any, language: str) -> None:  # noqa: ANN401
-        try:
-            item.context = await within("understanding", self.services.reply_limits.understanding_s,
-                                        analysis.finish(item.text or "", language))
-        except StageTimeout as exc:  # the turn goes on without the caller's context
-            self._stalled(None, exc)
-            return
-        except Exception:  # noqa: BLE001 - the turn goes on without the caller's context
-            log.exception("understanding the turn failed")
-            return
-        log.info("caller context %s: %s", item.id, context_line(item.context))
-        await self.send(CallerUnderstood(item.id, item.context))
-
-    async def _user_codes(self, item: ConversationItem | None) -> Any:  # noqa: ANN401 - codes tensor or None
-        """The codec codes of the latest user turn, encoded on first use (only some replies need them)."""
-        if item is None or item.codes is not None or self._last_audio is None or self._last_audio[0] != item.id:
-            return None if item is None else item.codes
-        wire = self._last_audio[1]
-        self._last_audio = None  # encoded (or not): the audio is not needed any more
-        if len(wire.samples) >= wire.rate // 10:
-            try:
-                item.codes = await self.services.engine.encode(wire.samples, wire.rate, stage="user_codes")
-            except StageTimeout as exc:  # the reply goes on without hearing the audio
-                self._stalled(self.reply, exc)
-            except Exception:  # noqa: BLE001 - the reply goes on without hearing the audio
-                log.exception("encoding the user's audio failed")
-        return item.codes
-
     def _respond(self, turn: UserTurn, responder: Responder | None = None) -> None:
-        params = turn.response
         responder = responder or self._responder()
         user = self.conversation.last_user_item()
-        instructions = params.instructions if params is not None and params.instructions else self.config.instructions
-        timing = turn.timing
-        modality = (params.output_modalities[0] if params is not None and params.output_modalities
-                    else self.config.output_modality)
-        text_only = modality == "text"
-        caller_voice = self.config.voice == CALLER_VOICE and not text_only
-        wants_codes = (caller_voice and self.cloning.reference is None and self.cloning.task is None) or \
-            self.config.responder == "native"
-        audio16k = turn.audio if turn.audio is not None else None
-        override = None
-        if params is not None and (params.tools is not None or params.tool_choice is not None):
-            override = self.tools.config.updated(params.model_dump(include={"tools", "tool_choice"},
-                                                                   exclude_none=True), "response")
-
-        context = user.context if user is not None else None
-        steer = f"{instructions}\n\n{context_line(context)}" if context is not None else instructions
-
-        def history() -> list[dict[str, Any]]:
-            return self.conversation.chat_messages(steer)
-
-        limits = self.services.reply_limits
-
-        async def prepare() -> Preparation:
-            if self._listing is not None:  # the operator's tools are offered once listed
-                await within("tools_listing", limits.tools_listing_s, asyncio.shield(self._listing))
-            codes = await self._user_codes(user) if wants_codes else None
-            box = self.tools.toolbox(override) if getattr(responder, "supports_tools", False) else None
-            request = ReplyRequest(messages=history(), user_audio_codes=codes,
-                                   on_first_text=lambda: timing.mark("first_text"), user_audio16k=audio16k,
-                                   tools=box.tools if box else (),
-                                   tool_choice=box.tool_choice if box else ToolConfig().tool_choice)
-            if caller_voice and self.cloning.cloning:  # the reply speaks in the newest clone
-                await within("caller_voice", limits.caller_voice_s, asyncio.shield(self.cloning.task))
-            if text_only:  # nothing is spoken: no voice to fetch
-                return Preparation(request, history)
-            if caller_voice:  # the gathered clone, else this very turn (a first turn has nothing else yet)
-                reference = self.cloning.reference or (
-                    VoiceReference(codes=codes, transcript=user.text or "") if codes is not None and user else None)
-            else:
-                reference = await within("voice_reference", limits.voice_reference_s,
-                                         self.services.voice_reference(self.config.voice, self.tenant))
-            speakers = tuple([await within("voice_reference", limits.voice_reference_s,
-                                           self.services.voice_reference(name, self.tenant))
-                              for name in self.config.speakers])
-            return Preparation(request, history, reference,
-                               scene=delivery_scene(context) if context is not None else None,
-                               speaker_voices=speakers if all(speakers) else ())
-
-        tokenizer = self.services.bundle.tokenizer
-        engine = self.services.engine
-
-        async def count_tokens(text: str) -> int:
-            return await engine.run(lambda: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
-                                    stage="count_tokens")
-
-        self.reply = ReplyRun(self.output, engine, responder, self.speaker, timing, self.conversation, prepare, self.send,
-                              tools=self.tools, user_item_id=user.id if user is not None else None,
+        settings = ReplySettings.of(turn.response, self.config, self.tools, user)
+        prepare = self.inputs.preparation(settings, self.config, responder, user, turn.audio, turn.timing,
+                                          self._listing)
+        self.reply = ReplyRun(self.output, self.services.engine, responder, self.speaker, turn.timing,
+                              self.conversation, prepare, self.send, tools=self.tools,
+                              user_item_id=user.id if user is not None else None,
                               user_audio_s=user.audio_seconds if user is not None else 0.0,
-                              metadata=params.metadata if params is not None else None,
-                              max_output_tokens=(params.max_output_tokens if params is not None
-                                                 and params.max_output_tokens is not None
-                                                 else self.config.max_output_tokens),
-                              on_latency=self._latency, count_tokens=count_tokens, limits=limits,
-                              on_stall=self._stalled, text_only=text_only)
+                              metadata=settings.metadata, max_output_tokens=settings.max_output_tokens,
+                              on_latency=self._latency, count_tokens=self.inputs.count_tokens,
+                              limits=self.services.reply_limits, on_stall=self._stalled,
+                              text_only=settings.text_only)
         self.reply.start(on_done=self._reply_done)
 
     def _responder(self) -> Responder:
@@ -758,7 +584,7 @@ class Session:
             run.status = "cancelled"
         self.services.metrics.responses.labels(status=run.status).inc()
         if run.item is not None:
-            self._last_reply_item = run.item
+            self.barge_in.last_reply_item = run.item
         if self.reply is run:
             self.reply = None
 

@@ -22,6 +22,7 @@ from higgs_agent.agent.events import (
     KeyPressed,
     ReplyCut,
     ReplyFinished,
+    TranscriptionFailed,
     TurnTimed,
     UserSpeechEnded,
     UserTranscribed,
@@ -122,6 +123,8 @@ class CallLog:
                 self._reply_finished(item_id, status, text)
             case AgentFailed(code, message):
                 log.warning("agent error %s: %s", code, message)
+            case TranscriptionFailed(item_id, message):
+                log.warning("the caller's turn %s was not transcribed: %s", item_id, message)
 
     # -- from the wire ----------------------------------------------------------------------------------------
 
