@@ -28,26 +28,42 @@ QUIET_TAIL_S = 1.5  # after the recording: the server's VAD hears the last phras
 
 @dataclass
 class TranslatedPhrase:
-    heard: str = ""  # the phrase as transcribed
+    """One translation the listener hears: of a whole phrase, or (simultaneous interpreting) of a clause the
+    speaker closed while going on, or of what a phrase added after its clauses."""
+
+    heard: str = ""  # the words translated, as transcribed
     translation: str = ""
     audio: list[np.ndarray] = field(default_factory=list)  # float32 24 kHz
     phrase_end_s: float | None = None  # when the speaker stopped (client clock, from the start of sending)
     first_audio_s: float | None = None
     server_latency_ms: dict[str, float | None] = field(default_factory=dict)
     status: str | None = None
+    item_id: str | None = None  # the speaker's turn it translates
+    part: str = "turn"  # turn | clause (spoken while the speaker went on) | rest (the turn's words after its clauses)
+    created_s: float | None = None  # when its response started
 
     @property
     def latency_ms(self) -> float | None:
-        """End of the phrase to the first byte of its translation, as the listener receives it."""
+        """End of the phrase to the first byte of its translation, as the listener receives it (a clause's own
+        end is not on the wire: None; `bench translate` knows it from the audio it sent)."""
         if self.phrase_end_s is None or self.first_audio_s is None:
             return None
         return (self.first_audio_s - self.phrase_end_s) * 1000.0
 
 
 @dataclass
+class _Turn:
+    end_s: float | None = None
+    heard: str | None = None  # its final transcript, once out
+    answered: bool = False  # its whole-turn (or rest) translation is done
+
+
+@dataclass
 class Interpretation:
     phrases: list[TranslatedPhrase]
     sent_s: float  # how long the recording took to send
+    turn_ends_s: dict[str, float] = field(default_factory=dict)  # when each turn of the speaker's ended
+    sending_from_s: float = 0.0  # when the recording's first sample went (the clock of every `_s` here)
 
     @property
     def audio(self) -> np.ndarray:
@@ -58,25 +74,29 @@ class Interpretation:
 async def interpret(url: str, audio: np.ndarray, rate: int, to: str, source: str | None = None, *,
                     api_key: str | None = None, realtime_pace: bool = True, silence_ms: int = 500,
                     timeout_s: float = 300.0, on_phrase: Callable[[TranslatedPhrase], None] | None = None,
-                    ) -> Interpretation:
-    """Translate a recording phrase by phrase; returns every phrase once all of them were spoken."""
+                    simultaneous: bool = True) -> Interpretation:
+    """Translate a recording phrase by phrase; returns every phrase once all of them were spoken.
+    `simultaneous`: the server translates each clause while the speaker goes on (else each whole turn)."""
     wave = resample(np.asarray(audio, dtype=np.float32), rate, SAMPLE_RATE)
     wave = np.concatenate([wave, np.zeros(int(QUIET_TAIL_S * SAMPLE_RATE), dtype=np.float32)])
-    phrases: dict[str, TranslatedPhrase] = {}  # by user item id
-    by_response: dict[str, TranslatedPhrase] = {}
+    phrases: list[TranslatedPhrase] = []  # in the order the listener hears them
+    turn_ends: dict[str, float] = {}
     started = time.perf_counter()
     async with asyncio.timeout(timeout_s), await RealtimeClient.connect(url, api_key) as client:
         await client.update_session(
-            higgs={"translation": {"to": to, **({"from": source} if source else {})}, "extension_events": True},
+            higgs={"translation": {"to": to, **({"from": source} if source else {}), "simultaneous": simultaneous},
+                   "extension_events": True},
             audio={"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": silence_ms}}})
         await client.wait_for("session.updated")
+        sending_from = time.perf_counter() - started
         sender = asyncio.create_task(_send(client, wave, realtime_pace))
         try:
-            await _read(client, sender, phrases, by_response, started, on_phrase)
+            await _read(client, sender, phrases, turn_ends, started, on_phrase)
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-    return Interpretation(list(phrases.values()), len(wave) / SAMPLE_RATE)
+    return Interpretation([p for p in phrases if p.heard.strip() or p.audio], len(wave) / SAMPLE_RATE, turn_ends,
+                          sending_from)
 
 
 async def _send(client: RealtimeClient, wave: np.ndarray, realtime_pace: bool) -> float:
@@ -92,16 +112,20 @@ async def _send(client: RealtimeClient, wave: np.ndarray, realtime_pace: bool) -
     return time.perf_counter() - begin
 
 
-async def _read(client: RealtimeClient, sender: asyncio.Task, phrases: dict[str, TranslatedPhrase],
-                by_response: dict[str, TranslatedPhrase], started: float,
-                on_phrase: Callable[[TranslatedPhrase], None] | None) -> None:
-    """Until the recording is sent and every phrase heard has its translation done."""
-    pending: list[TranslatedPhrase] = []  # phrases heard whose response has not started yet
+async def _read(client: RealtimeClient, sender: asyncio.Task, phrases: list[TranslatedPhrase],
+                turn_ends: dict[str, float], started: float, on_phrase: Callable[[TranslatedPhrase], None] | None,
+                ) -> None:
+    """Until the recording is sent and every phrase heard has its translation done. A response names the turn
+    it translates in its metadata (`source_item_id`, `source_part`); a server that does not is paired by order."""
+    turns: dict[str, _Turn] = {}
+    waiting: list[str] = []  # turns heard whose whole translation has not started
+    by_response: dict[str, TranslatedPhrase] = {}
     open_responses = 0
     heard_all = False  # the server answered the barrier sent after the recording
 
     def over() -> bool:
-        return heard_all and not pending and open_responses == 0 and _all_answered(phrases)
+        return heard_all and open_responses == 0 and all(
+            turn.answered or (turn.heard is not None and not turn.heard.strip()) for turn in turns.values())
 
     while True:
         try:  # a short wait, so the end is noticed also when nothing more comes
@@ -116,14 +140,19 @@ async def _read(client: RealtimeClient, sender: asyncio.Task, phrases: dict[str,
         if kind == "session.updated" and sender.done():
             heard_all = True
         if kind == "input_audio_buffer.speech_stopped":
-            phrase = phrases.setdefault(event["item_id"], TranslatedPhrase())
-            phrase.phrase_end_s = now
-            pending.append(phrase)
+            turns.setdefault(event["item_id"], _Turn()).end_s = turn_ends[event["item_id"]] = now
+            waiting.append(event["item_id"])
         elif kind == "conversation.item.input_audio_transcription.completed":
-            phrases.setdefault(event["item_id"], TranslatedPhrase()).heard = event["transcript"]
+            turns.setdefault(event["item_id"], _Turn()).heard = event["transcript"]
         elif kind == "response.created":
             open_responses += 1
-            by_response[event["response"]["id"]] = pending.pop(0) if pending else TranslatedPhrase()
+            phrase = _phrase_of(event["response"].get("metadata") or {}, waiting)
+            phrase.created_s = now
+            if phrase.item_id is not None and phrase.part != "clause":
+                turn = turns.setdefault(phrase.item_id, _Turn())
+                phrase.phrase_end_s, phrase.heard = turn.end_s, phrase.heard or turn.heard or ""
+            by_response[event["response"]["id"]] = phrase
+            phrases.append(phrase)
         elif kind == "response.output_audio.delta" and event["response_id"] in by_response:
             phrase = by_response[event["response_id"]]
             phrase.first_audio_s = phrase.first_audio_s or now
@@ -137,14 +166,23 @@ async def _read(client: RealtimeClient, sender: asyncio.Task, phrases: dict[str,
             phrase = by_response.get(event["response"]["id"])
             if phrase is not None:
                 phrase.status = event["response"]["status"]
-                if on_phrase is not None:
+                if phrase.item_id is not None and phrase.part != "clause":
+                    turns.setdefault(phrase.item_id, _Turn()).answered = True
+                if on_phrase is not None and phrase.heard.strip():
                     on_phrase(phrase)
         if over():
             return
 
 
-def _all_answered(phrases: dict[str, TranslatedPhrase]) -> bool:
-    return all(phrase.status is not None or not phrase.heard.strip() for phrase in phrases.values())
+def _phrase_of(metadata: dict[str, Any], waiting: list[str]) -> TranslatedPhrase:
+    item_id = metadata.get("source_item_id")
+    if item_id is None:  # a server that does not say: the oldest turn still waiting
+        item_id = waiting.pop(0) if waiting else None
+        return TranslatedPhrase(item_id=item_id)
+    part = metadata.get("source_part", "turn")
+    if part != "clause" and item_id in waiting:
+        waiting.remove(item_id)
+    return TranslatedPhrase(heard=metadata.get("source_text", ""), item_id=item_id, part=part)
 
 
 def describe(phrase: TranslatedPhrase) -> str:

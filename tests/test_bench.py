@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 CONTRACT = {
     "engine_step_ms", "forward_step_ms", "engine_vs_forward", "ttfa_steps", "ttfa_ms", "greedy_matches_reference",
     "codec_receptive_field_frames", "codec_stream_snr_db", "codec_stream_max_seam_jump", "codec_stream_overhead",
@@ -103,6 +105,13 @@ def test_bench_translate_reports_per_phrase_latency(tiny_dir):
     assert figures["phrases"] == figures["translated"] == 2
     assert len(figures["phrase_to_first_audio_ms"]) == 2 and figures["phrase_to_first_audio_ms_p50"] > 0
     assert figures["first_phrase_heard_before_speaker_finished"] is True and figures["engine_ttfa_ms_p50"] > 0
+    # one long turn: told whole, one translation after the speaker's last word; clause by clause, its words are
+    # handed over as they are agreed on (how many before the end depends on the machine's speed)
+    whole, simultaneous = figures["one_long_turn"]["whole_turn"], figures["one_long_turn"]["simultaneous"]
+    assert whole["translations"] == 1 and whole["clauses_translated_early"] == 0
+    assert whole["first_audio_before_speaker_finished_ms"] < 0 < whole["lag_ms_p50"]
+    assert simultaneous["translations"] - simultaneous["clauses_translated_early"] in (0, 1)  # and the rest
+    assert len(simultaneous["lag_ms"]) == simultaneous["translations"]
 
 
 def test_bench_soak_keeps_a_misbehaved_server_up_and_reports_its_memory(tiny_dir):
@@ -124,3 +133,10 @@ def test_bench_phone_compares_a_call_with_the_same_turn_over_websocket(tiny_dir)
     assert figures["phone_minus_websocket_ms"] == round(figures["phone_first_frame_ms_p50"]
                                                         - figures["websocket_first_audio_ms_p50"], 1)
     assert "weather" in figures["phone_transcripts"][0].lower()  # the call's audio was heard, through G.711
+    # the same turn over all three transports, split from the caller's last word into the same stages
+    split = figures["from_last_word"]
+    assert set(split) == {"websocket", "webrtc", "phone"} and figures["webrtc_first_audio_ms_p50"] > 0
+    for transport, stages in split.items():
+        assert stages["end_of_turn_ms_p50"] > 0 and stages["first_audio_sent_ms_p50"] > 0, transport
+        assert stages["transport_ms_p50"] == pytest.approx(  # one turn: what is left is the transport's
+            stages["heard_ms_p50"] - stages["end_of_turn_ms_p50"] - stages["first_audio_sent_ms_p50"], abs=0.2)

@@ -10,21 +10,19 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import fractions
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import av
 import httpx
 import numpy as np
 import pytest
 import websockets
 from agent_server import running_server, ws_url
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
 from openai import AsyncOpenAI
 from speech import silence, synthesize, word_error_rate
 from third_party import server_event_shape_errors
@@ -32,7 +30,7 @@ from third_party import server_event_shape_errors
 from higgs_agent import SAMPLE_RATE
 from higgs_agent.agent.responders.echo import EchoResponder
 from higgs_agent.agent.services import AgentServices
-from higgs_agent.audio import float_to_pcm16, resample
+from higgs_agent.audio import resample
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.bench.codec_quality import snr_db
 from higgs_agent.streaming.engine import StreamingEngine
@@ -40,6 +38,7 @@ from higgs_agent.transport.auth import Authenticator
 from higgs_agent.transport.webrtc import WebRTCSettings, add_webrtc_args, webrtc_settings
 from higgs_agent.transport.webrtc.client_secrets import ClientSecrets
 from higgs_agent.transport.webrtc.output import CallOutput
+from higgs_agent.testing.webrtc_caller import Caller
 from higgs_agent.transport.webrtc.tracks import ReplyAudioTrack, frame_to_mono
 
 pytestmark = pytest.mark.timeout(180)
@@ -79,131 +78,10 @@ def keyed(services):
 # --- the client: aiortc in the test's event loop, as a browser does it ----------------------------------
 
 
-class Microphone(MediaStreamTrack):
-    """The client's microphone: plays what it is told to say at real time, silence otherwise;
-    `unplug()` stops it sending anything at all."""
-
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pending = np.zeros(0, dtype=np.float32)
-        self._next_at: float | None = None
-        self._pts = 0
-        self._unplugged = asyncio.Event()
-
-    def say(self, audio: np.ndarray, rate: int) -> None:
-        self._pending = np.concatenate([self._pending, resample(audio, rate, RATE)])
-
-    def unplug(self) -> None:
-        self._unplugged.set()
-
-    async def recv(self) -> av.AudioFrame:
-        if self._unplugged.is_set():
-            await asyncio.Event().wait()  # never again (until the connection closes)
-        now = asyncio.get_running_loop().time()
-        self._next_at = now if self._next_at is None else self._next_at + FRAME / RATE
-        if self._next_at > now:
-            await asyncio.sleep(self._next_at - now)
-        chunk, self._pending = self._pending[:FRAME], self._pending[FRAME:]
-        chunk = np.pad(chunk, (0, FRAME - len(chunk)))
-        frame = av.AudioFrame.from_ndarray(np.frombuffer(float_to_pcm16(chunk), np.int16)[None, :], format="s16",
-                                           layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = RATE, self._pts, fractions.Fraction(1, RATE)
-        self._pts += FRAME
-        return frame
-
-
-class Caller:
-    """One call from the client's side: its events (with arrival times) and the audio it received."""
-
-    def __init__(self, pc: RTCPeerConnection) -> None:
-        self.pc = pc
-        self.microphone = Microphone()
-        self.channel = pc.createDataChannel("oai-events")
-        pc.addTrack(self.microphone)
-        self.events: list[tuple[float, dict]] = []
-        self.heard: list[tuple[float, np.ndarray]] = []  # (arrival, 48 kHz mono) per frame
-        self.answer = ""
-        self.call_id = ""
-        self._changed = asyncio.Event()
-        self._listener: asyncio.Task | None = None
-        self.channel.on("message", self._on_message)
-        pc.on("track", lambda track: setattr(self, "_listener", asyncio.ensure_future(self._listen(track))))
-
-    @classmethod
-    async def offer(cls) -> tuple[Caller, str]:
-        caller = cls(RTCPeerConnection(RTCConfiguration(iceServers=[])))
-        await caller.pc.setLocalDescription(await caller.pc.createOffer())
-        return caller, caller.pc.localDescription.sdp
-
-    @classmethod
-    async def call(cls, base: str, key: str | None = None) -> Caller:
-        """A call the way OpenAI's browser examples make it: the raw SDP offer, an optional Bearer key."""
-        caller, sdp = await cls.offer()
-        headers = {"Content-Type": "application/sdp", **({"Authorization": f"Bearer {key}"} if key else {})}
-        async with httpx.AsyncClient() as http:
-            answer = await http.post(f"{base}/v1/realtime/calls", content=sdp, headers=headers)
-        assert answer.status_code == 201, answer.text
-        assert answer.headers["content-type"].startswith("application/sdp")
-        await caller.connect(answer.text, answer.headers["location"])
-        return caller
-
-    async def connect(self, answer: str, location: str) -> None:
-        self.answer, self.call_id = answer, location.rsplit("/", 1)[-1]
-        assert location == f"/v1/realtime/calls/{self.call_id}" and self.call_id.startswith("rtc_")
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        await self.until("session.created", timeout=20)
-
-    def send(self, event: dict) -> None:
-        self.channel.send(json.dumps(event))
-
-    async def until(self, kind: str | Callable[[dict], bool], timeout: float = 60, after: int = 0) -> dict:
-        """The first event (from index `after` on) of a type, or matching a predicate."""
-        match = (lambda event: event["type"] == kind) if isinstance(kind, str) else kind
-        deadline = time.monotonic() + timeout
-        while True:
-            for _, event in self.events[after:]:
-                if match(event):
-                    return event
-            self._changed.clear()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {kind} within {timeout} s; got {self.types()}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), left)
-
-    def types(self) -> list[str]:
-        return [event["type"] for _, event in self.events]
-
-    def at(self, kind: str, **fields: Any) -> float:  # noqa: ANN401
-        """When the first event of `kind` with these fields arrived."""
-        return next(t for t, e in self.events if e["type"] == kind and all(e.get(k) == v for k, v in fields.items()))
-
-    def audio(self, start: float = 0.0, end: float = float("inf")) -> np.ndarray:
-        chunks = [samples for t, samples in self.heard if start <= t < end]
-        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-
-    async def hang_up(self) -> None:
-        await self.pc.close()
-        if self._listener is not None:
-            self._listener.cancel()
-
-    def _on_message(self, text: str) -> None:
-        self.events.append((asyncio.get_running_loop().time(), json.loads(text)))
-        self._changed.set()
-
-    async def _listen(self, track: MediaStreamTrack) -> None:
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                self.heard.append((loop.time(), frame_to_mono(frame)))
-
-
 @contextlib.asynccontextmanager
 async def calling(base: str, key: str | None = None) -> AsyncIterator[Caller]:
     caller = await Caller.call(base, key)
+    assert caller.call_id.startswith("rtc_")  # its location: /v1/realtime/calls/{call_id}
     try:
         yield caller
     finally:

@@ -90,9 +90,10 @@ class Transcription:
 class Translation:
     to: str
     source: str | None = None
+    simultaneous: bool = True  # clauses translated while the caller goes on (agent/interpreting.py)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"to": self.to, "from": self.source}
+        return {"to": self.to, "from": self.source, "simultaneous": self.simultaneous}
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,7 @@ class SessionConfig:
             raise ProtocolError("invalid_value", "translation needs an LLM to translate (serve --llm-url URL "
                                 "--llm-model NAME), or a multilingual --asr-model for translation into en",
                                 param="session.higgs.translation")
-        changes: dict[str, Any] = {"translation": Translation(value.to, value.source)}
+        changes: dict[str, Any] = {"translation": Translation(value.to, value.source, value.simultaneous)}
         audio = session.audio
         if not (audio and audio.output and audio.output.voice is not None):
             changes["voice"] = CALLER_VOICE

@@ -43,6 +43,8 @@ class ListeningHooks:
     publish: Callable[[DomainEvent], None]  # the session's domain events
     on_words: Callable[[str, str], Awaitable[None]]  # every reading of the watched turn: (item id, its words)
     turn_model: Callable[[], SmartTurn | None]  # semantic_vad's voice judge (None: the words alone judge)
+    # (item id, every word agreed so far, the reading that agreed them: its start and end ms and its words)
+    on_agreed: Callable[[str, str, tuple[int, int, str]], None] = lambda item_id, words, reading: None
 
 
 @dataclass
@@ -150,6 +152,7 @@ class Listening:
             await hooks.on_words(item_id, transcript.text)
         if delta := prefix.update(transcript.text):
             await hooks.send(UserTranscriptGrew(item_id, delta))
+            hooks.on_agreed(item_id, prefix.sent, (reading.start_ms, reading.end_ms, transcript.text))
 
     async def _judge(self, event: SpeechPaused, policy: EndOfTurnPolicy, reading: _Reading,
                      item_id: str) -> None:

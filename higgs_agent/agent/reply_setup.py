@@ -9,6 +9,7 @@ the voice to speak in (a library voice, the caller's own clone, one per [SPEAKER
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,13 +24,15 @@ from higgs_agent.agent.responders.base import ReplyRequest, Responder, tools_uns
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session_tools import SessionTools
 from higgs_agent.agent.tools.spec import ToolConfig
-from higgs_agent.agent.turn_reading import TurnReader
+from higgs_agent.agent.turn_reading import TurnReader, WireAudio
 from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.deadlines import within
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol.errors import ProtocolError
 from higgs_agent.understanding.context import context_line, delivery_scene
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,11 @@ class ReplyInputs:
 
     def preparation(self, settings: ReplySettings, config: SessionConfig, responder: Responder,
                     user: ConversationItem | None, audio16k: np.ndarray | None,
-                    timing: TurnTiming, listing: asyncio.Task | None) -> Callable[[], Awaitable[Preparation]]:
-        """`listing`: the operator's MCP servers being listed, if they still are (their tools wait for it)."""
+                    timing: TurnTiming, listing: asyncio.Task | None,
+                    voice_sample: tuple[WireAudio, str] | None = None) -> Callable[[], Awaitable[Preparation]]:
+        """`listing`: the operator's MCP servers being listed, if they still are (their tools wait for it).
+        `voice_sample`: the caller's speech so far and its words, to clone when nothing else is (a clause of
+        their first turn, translated while they speak it)."""
         caller_voice = config.voice == CALLER_VOICE and not settings.text_only
         wants_codes = (caller_voice and self._cloning.reference is None and self._cloning.task is None) or \
             config.responder == "native"
@@ -116,6 +122,8 @@ class ReplyInputs:
             if caller_voice:  # the gathered clone, else this very turn (a first turn has nothing else yet)
                 reference = self._cloning.reference or (
                     VoiceReference(codes=codes, transcript=user.text or "") if codes is not None and user else None)
+                if reference is None and voice_sample is not None:
+                    reference = await self._sample_voice(*voice_sample)
             else:
                 reference = await self._voice(config.voice)
             speakers = tuple([await self._voice(name) for name in config.speakers])
@@ -124,6 +132,14 @@ class ReplyInputs:
                                speaker_voices=speakers if all(speakers) else ())
 
         return prepare
+
+    async def _sample_voice(self, sample: WireAudio, words: str) -> VoiceReference | None:
+        try:
+            codes = await self._services.engine.encode(sample.samples, sample.rate, stage="user_codes")
+        except Exception:  # noqa: BLE001 - spoken in the model's own voice rather than not at all
+            log.exception("cloning the caller's voice from their speech so far failed")
+            return None
+        return VoiceReference(codes=codes, transcript=words)
 
     async def _voice(self, name: str) -> VoiceReference | None:
         return await within("voice_reference", self._services.reply_limits.voice_reference_s,

@@ -46,6 +46,7 @@ from higgs_agent.agent.events import (
     UserSpeechStarted,
 )
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
+from higgs_agent.agent.interpreting import ClauseSpans
 from higgs_agent.agent.listening import Listening, ListeningHooks
 from higgs_agent.agent.reply import OutputClosed, ReplyRun, SessionOutput
 from higgs_agent.agent.reply_setup import ReplyInputs, ReplySettings
@@ -87,6 +88,8 @@ class UserTurn:
     response: ce.ResponseParams | None = None  # response.create's per-response settings
     wire: WireAudio | None = None
     early: asyncio.Future[Transcript] | None = None  # its transcript, begun at the pause where it ended
+    translate: tuple[str, str] | None = None  # translation mode: (a turn's item id, the words of it to translate)
+    wire_words: str | None = None  # what `wire` says, when it is a turn still being spoken (a clause's)
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ class Session:
             send=self.send, end_turn=self._end_turn_at, publish=self._publish,
             on_words=lambda item_id, words: self.barge_in.words(item_id, words),
             language=lambda: (self.config.transcription.language, self.config.transcription.prompt),
-            turn_model=services.end_of_turn_model))
+            turn_model=services.end_of_turn_model, on_agreed=self._agreed))
+        self.clauses = ClauseSpans()  # simultaneous interpreting: the clauses of each turn handed over so far
         back = _Back(weakref.ref(self))  # the parts speak back through it, and never keep the session alive
         self.reader = TurnReader(services, back.say, self.listening, self.cloning, back.stalled)
         self.inputs = ReplyInputs(services, tenant, self.conversation, self.tools, self.cloning, self.reader)
@@ -517,9 +521,24 @@ class Session:
             return
         if self._spoke_on(turn):
             return  # the user spoke on after this turn: the next turn answers both
+        if turn.item is not None and self.clauses.handed(turn.item.id):  # its first clauses are translated
+            turn.translate = (turn.item.id, self.clauses.rest(turn.item.id, turn.item.text or ""))
         await self._after_reply()  # a reply the user did not interrupt: let it finish first
         if not self.closed and not self._spoke_on(turn):
             self._respond(turn)
+
+    def _agreed(self, item_id: str, words: str, reading: tuple[int, int, str]) -> None:
+        """Translation mode, with an LLM to translate: a clause the speaker closed is translated while they go
+        on (interpreting.py), after the clauses before it; with the reading's audio, in case the caller's voice
+        has no clone yet (their first turn)."""
+        translation = self.config.translation
+        translator = self._responder() if translation is not None and translation.simultaneous else None
+        if isinstance(translator, Translator) and translator.simultaneous and self._turns_create_responses \
+                and (span := self.clauses.agreed(item_id, words)) is not None:
+            start_ms, end_ms, heard = reading
+            wire = WireAudio(self.input.tape.slice_ms(start_ms, end_ms), self.input.tape.rate)
+            self._queue(UserTurn(None, None, TurnTiming(), create_response=True, translate=(item_id, span),
+                                 wire=wire, wire_words=heard))
 
     async def _after_reply(self) -> None:
         """Wait for the reply in flight to end while it makes progress; one that stalls is stopped, and given
@@ -552,8 +571,11 @@ class Session:
         responder = responder or self._responder()
         user = self.conversation.last_user_item()
         settings = ReplySettings.of(turn.response, self.config, self.tools, user)
+        if isinstance(responder, Translator):
+            responder, settings = self._interpreting(turn, responder, settings)
+        voice_sample = (turn.wire, turn.wire_words) if turn.wire is not None and turn.wire_words else None
         prepare = self.inputs.preparation(settings, self.config, responder, user, turn.audio, turn.timing,
-                                          self._listing)
+                                          self._listing, voice_sample)
         self.reply = ReplyRun(self.output, self.services.engine, responder, self.speaker, turn.timing,
                               self.conversation, prepare, self.send, tools=self.tools,
                               user_item_id=user.id if user is not None else None,
@@ -563,6 +585,23 @@ class Session:
                               limits=self.services.reply_limits, on_stall=self._stalled,
                               text_only=settings.text_only)
         self.reply.start(on_done=self._reply_done)
+
+    def _interpreting(self, turn: UserTurn, translator: Translator,
+                      settings: ReplySettings) -> tuple[Translator, ReplySettings]:
+        """A translation names what it translates in its metadata (`source_item_id`, `source_text`, and
+        `source_part`): a `clause` of a turn still being spoken, the `rest` of a turn whose clauses went before
+        (nothing left: an empty, text-only response, so a client knows the turn is done, holding no engine
+        slot), or a whole `turn`."""
+        if turn.translate is not None:
+            (item_id, words), part = turn.translate, "rest" if turn.item is not None else "clause"
+            translator = translator.for_text(words)
+        elif turn.item is not None:
+            item_id, words, part = turn.item.id, turn.item.text or "", "turn"
+        else:
+            return translator, settings
+        metadata = {**(settings.metadata or {}), "source_item_id": item_id, "source_text": words,
+                    "source_part": part}
+        return translator, replace(settings, metadata=metadata, text_only=settings.text_only or not words.strip())
 
     def _responder(self) -> Responder:
         """The session's responder, or in translation mode an interpreter on top of the LLM."""

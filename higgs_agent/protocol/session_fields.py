@@ -85,6 +85,7 @@ class TranslationField(_Strict):
 
     to: str = Field(min_length=2, max_length=16)  # the language to speak, e.g. "fr", "en"
     source: str | None = Field(default=None, alias="from", min_length=2, max_length=16)  # the caller's, if known
+    simultaneous: bool = True  # translate each clause while the caller goes on (false: each whole turn)
 
 
 class HiggsField(_Strict):

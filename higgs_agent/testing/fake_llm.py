@@ -82,6 +82,8 @@ class FakeLLM:
         self.script: str | None = None
         self.ignore_stream = False
         self.turns: list[Turn] = []
+        self.echo = False  # answer with the request's last user message instead of `reply` (an interpreter's
+        # stand-in whose "translation" is as long as what it was given)
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.sent_chars = 0
@@ -161,7 +163,7 @@ class FakeLLM:
         if not body.get("stream"):
             return JSONResponse(error_body("This fake server only streams: set stream to true.",
                                            "invalid_request_error"), status_code=400)
-        turn = self.turns.pop(0) if self.turns else Turn(self.reply)
+        turn = self.turns.pop(0) if self.turns else Turn(_last_user_text(body) if self.echo else self.reply)
         if self.ignore_stream:
             text = turn.text + turn.text_after
             self.sent_chars = len(text)
@@ -221,3 +223,9 @@ class FakeLLM:
         finally:
             if not self.completed.is_set():
                 self.disconnected.set()
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
+    content = messages[-1].get("content") if messages else None
+    return content if isinstance(content, str) and content.strip() else DEFAULT_REPLY

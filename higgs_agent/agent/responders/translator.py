@@ -27,13 +27,23 @@ class Translator:
     supports_tools = False
 
     def __init__(self, to: str, source: str | None = None, llm: Responder | None = None,
-                 transcriber: Transcriber | None = None) -> None:
+                 transcriber: Transcriber | None = None, text: str | None = None) -> None:
         if llm is None and (to != "en" or transcriber is None or transcriber.english_only):
             raise ValueError("translation needs an LLM, or a multilingual Whisper model for translation into en")
         self.to, self.source, self.llm, self.transcriber = to, source, llm, transcriber
+        self.text = text  # what to translate (None: the caller's last turn)
+
+    @property
+    def simultaneous(self) -> bool:
+        """It can translate words without their audio (a clause of a turn still being spoken): an LLM does."""
+        return self.llm is not None
+
+    def for_text(self, text: str) -> Translator:
+        """The same interpreter, for these words (a clause, the rest of a turn) instead of the last turn."""
+        return Translator(self.to, self.source, self.llm, self.transcriber, text)
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyEvent]:
-        text = request.last_user_text().strip()
+        text = (request.last_user_text() if self.text is None else self.text).strip()
         if not text:
             return
         if self.llm is not None:
