@@ -47,9 +47,39 @@ def check_folder(source: str, expected_type: str, what: str) -> Path:
     return folder
 
 
-def precheck(model: str | None, codec: str | None = None) -> None:
-    """What can be known about `--model` and `--codec` without loading anything (hub ids are fetched later)."""
+def precheck(model: str | None, codec: str | None = None, reply_model: str | None = None) -> None:
+    """What can be known about `--model`, `--codec` and `--reply-model` without loading anything (hub ids are
+    fetched later)."""
+    if reply_model and not is_hub_id(reply_model):
+        check_reply_folder(reply_model)
     if model and not is_hub_id(model):
         check_folder(model, MODEL_TYPE, "Higgs Audio v2 model")
     if codec and not is_hub_id(codec):
         check_folder(codec, CODEC_TYPE, "Higgs Audio v2 codec (audio tokenizer)")
+
+
+REPLY_MODEL_OFFLINE = "higgs-agent make-tiny-reply-model DIR"
+
+
+def check_reply_folder(source: str) -> Path:
+    """A reply model's folder (`serve --reply-model`), or a clear error: missing, no config.json, or a model
+    without a chat template (a base model, not an instruct one)."""
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise ModelNotFoundError(
+            f"the reply model folder {str(folder)!r} does not exist. Pass a folder holding an instruct model "
+            f"saved with save_pretrained (config.json, weights, tokenizer with a chat template), a hub id such as "
+            f"'Qwen/Qwen2.5-1.5B-Instruct', or make a tiny offline one with `{REPLY_MODEL_OFFLINE}`."
+        )
+    if not (folder / "config.json").is_file():
+        raise WrongModelTypeError(f"{str(folder)!r} has no config.json, so it holds no saved reply model.")
+    tokenizer_config = folder / "tokenizer_config.json"
+    has_template = (folder / "chat_template.jinja").is_file() or (
+        tokenizer_config.is_file() and "chat_template" in json.loads(tokenizer_config.read_text()))
+    if not has_template:
+        raise WrongModelTypeError(
+            f"{str(folder)!r} holds no chat template (chat_template.jinja, or chat_template in "
+            f"tokenizer_config.json): it is a base model, or its tokenizer is missing. The reply model must be an "
+            f"instruct (chat) model, such as Qwen/Qwen2.5-1.5B-Instruct."
+        )
+    return folder
