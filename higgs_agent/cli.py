@@ -284,6 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
                                "turn's reply, against importing torch + transformers alone")
     _add_bench_args(startup)
     startup.add_argument("--runs", type=int, default=3, help="starts to take the median of (default: %(default)s)")
+    reply = kinds.add_parser("reply", help="the in-process reply model (--reply-model): time to first word and "
+                             "words/s of one reply alone and of N at once (batched)")
+    reply.add_argument("--reply-model", default=None, metavar="ID_OR_DIR",
+                       help="the model to measure (default: one made on the fly, see --size)")
+    reply.add_argument("--size", choices=["tiny", "small"], default="tiny",
+                       help="the model made when --reply-model is not given: tiny (0.2 M) or small (Qwen2.5-0.5B's "
+                            "shape, random weights) (default: %(default)s)")
+    reply.add_argument("--sessions", type=int, default=4, help="replies asked at the same moment (default: %(default)s)")
+    reply.add_argument("--tokens", type=int, default=64, help="tokens per reply (default: %(default)s)")
+    reply.add_argument("--repeats", type=int, default=3, help="rounds per case, median taken (default: %(default)s)")
+    reply.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: %(default)s)")
+    reply.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
+    reply.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the cores)")
+    reply.add_argument("--json", action="store_true", help="print only the JSON line")
     turns = kinds.add_parser("turns", help="end of turn and transcripts: Whisper's fitted vs full window (speed, "
                              "WER), the semantic_vad judge's accuracy and verdict time")
     turns.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
@@ -362,6 +376,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         from higgs_agent.bench.soak import run_soak_bench as run
     elif args.bench == "startup":
         from higgs_agent.bench.startup import run_startup_bench as run
+    elif args.bench == "reply":
+        from higgs_agent.bench.reply import run_reply_bench as run
     else:
         from higgs_agent.bench.agent import run_agent_bench as run
     print(json.dumps(run(args)))

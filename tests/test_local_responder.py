@@ -272,3 +272,46 @@ def test_the_tool_list_in_the_prompt_is_json_of_the_chat_shape(responder):
     text, _ = responder.prompt(ReplyRequest(messages=[SYSTEM, QUESTION], tools=TOOLS))
     line = next(line for line in text.splitlines() if line.startswith('{"type": "function"'))
     assert json.loads(line) == TOOLS[0].to_chat_tool()
+
+
+# -- the command line, the session's settings, the benchmark -------------------------------------------------
+
+
+def test_reply_model_flags_make_local_the_default_and_local_needs_a_model():
+    from higgs_agent.cli import parse_args
+    from higgs_agent.server import check_serve_args, default_responder
+
+    args = parse_args(["serve", "--reply-model", "models/qwen"])
+    assert default_responder(args) == "local" and check_serve_args(args) is None
+    both = parse_args(["serve", "--reply-model", "m", "--llm-url", "http://x/v1", "--llm-model", "q"])
+    assert default_responder(both) == "local"
+    assert "--reply-model" in check_serve_args(parse_args(["serve", "--responder", "local"]))
+    assert check_serve_args(parse_args(["serve", "--reply-model", "m", "--mcp-server", "shop=http://h/mcp"])) is None
+    assert parse_args(["translate", "--wav", "a.wav", "--to", "fr", "-o", "b.wav", "--reply-model", "m"]).reply_model
+    assert parse_args(["make-tiny-reply-model", "DIR", "--size", "small"]).size == "small"
+
+
+def test_translation_is_offered_with_only_the_local_model_and_prefers_the_llm():
+    from higgs_agent.agent.config import ServerOffer, SessionConfig
+    from higgs_agent.agent.services import AgentServices
+
+    config, notes = SessionConfig(model="m").updated({"higgs": {"translation": {"to": "fr"}}},
+                                            ServerOffer(responders=("echo", "local")))
+    assert config.translation is not None and config.translation.to == "fr" and not notes
+    pick = AgentServices.translator
+    holder = type("S", (), {"responders": {"echo": 1, "local": 2}})()
+    assert pick(holder) == 2
+    holder.responders["llm"] = 3
+    assert pick(holder) == 3
+
+
+def test_bench_reply_measures_one_alone_and_four_batched(reply_dir):
+    import argparse
+
+    from higgs_agent.bench.reply import run_reply_bench
+
+    result = run_reply_bench(argparse.Namespace(reply_model=str(reply_dir), size="tiny", sessions=4, tokens=8,
+                                                repeats=1, device="cpu", dtype="auto", threads=None))
+    assert result["alone"]["first_word_ms"] > 0 and result["together"]["tokens_per_s_all"] > 0
+    assert max(result["batch_sizes"]) >= 2
+    json.dumps(result)

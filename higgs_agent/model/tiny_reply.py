@@ -127,8 +127,12 @@ def make_tiny_reply_model(out_dir: str | Path, size: ReplySize = "tiny", seed: i
     if train_steps:
         train_on_script(model, tokenizer, train_steps)
     model.eval()
+    # A vocabulary wider than the tokenizer's (small: Qwen's 151,936 rows, for the real head's cost) keeps its
+    # random picks among the tokens that spell something, so its replies have words to time.
+    unspelled = list(range(len(tokenizer), config.vocab_size))
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id, do_sample=False)
+                                               pad_token_id=tokenizer.pad_token_id, do_sample=False,
+                                               suppress_tokens=unspelled or None)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
