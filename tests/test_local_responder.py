@@ -315,3 +315,13 @@ def test_bench_reply_measures_one_alone_and_four_batched(reply_dir):
     assert result["alone"]["first_word_ms"] > 0 and result["together"]["tokens_per_s_all"] > 0
     assert max(result["batch_sizes"]) >= 2
     json.dumps(result)
+
+
+def test_bytes_that_never_make_a_character_are_not_held_for_ever(reply_model):
+    tokenizer = reply_model.tokenizer
+    stray = tokenizer.convert_tokens_to_ids(tokenizer.convert_ids_to_tokens(  # a lone continuation byte
+        tokenizer("é", add_special_tokens=False)["input_ids"])[-1:])[0]
+    word = tokenizer("ok", add_special_tokens=False)["input_ids"]
+    decoder = IncrementalDecoder(tokenizer)
+    out = [decoder.add(token) for token in [stray] * 6 + word]
+    assert "".join(out).endswith("ok") and any(out[:6])

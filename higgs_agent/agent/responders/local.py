@@ -116,18 +116,24 @@ def _events(reply: ReplyAssembler, items: list[str | dict[str, Any]]) -> list[Re
 
 class IncrementalDecoder:
     """Token ids in, text out as soon as it is whole: a character split over several byte tokens is held
-    until its last byte arrives (the decoded text would end in U+FFFD). Special tokens are left out."""
+    until its last byte arrives (the decoded text would end in U+FFFD), for at most the 3 tokens a UTF-8
+    character can still need; bytes that never make a character go out as U+FFFD. Special tokens are left out."""
+
+    MAX_HELD = 3
 
     def __init__(self, tokenizer: Any) -> None:  # noqa: ANN401 - a transformers tokenizer
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.sent = 0  # characters of the decoded text already returned
+        self.held = 0  # tokens held back for an unfinished character
 
     def add(self, token: int) -> str:
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
+        if text.endswith("\ufffd") and self.held < self.MAX_HELD:
+            self.held += 1
             return ""
+        self.held = 0
         new, self.sent = text[self.sent:], len(text)
         return new
 
