@@ -325,3 +325,25 @@ def test_bytes_that_never_make_a_character_are_not_held_for_ever(reply_model):
     decoder = IncrementalDecoder(tokenizer)
     out = [decoder.add(token) for token in [stray] * 6 + word]
     assert "".join(out).endswith("ok") and any(out[:6])
+
+
+def test_closing_the_model_thread_cancels_the_running_batch_and_refuses_new_replies(reply_model):
+    generator = ReplyGenerator(replace(reply_model, stop_ids=()), Sampling(greedy=True))
+    running, ended = threading.Event(), threading.Event()
+
+    def deliver(token, error):
+        running.set()
+        if token is None:
+            ended.set()
+
+    generator.submit([5, 6, 7], deliver, 100_000)
+    assert running.wait(30)
+    generator.close()
+    assert ended.is_set() and not generator._thread.is_alive()
+    with pytest.raises(RuntimeError, match="stopped"):
+        generator.submit([5], deliver, 4)
+
+
+def test_without_tools_a_reply_that_opens_with_a_brace_is_words_as_they_come():
+    parser = ToolCallText(json_calls=False)
+    assert parser.feed('{"name": "f", ') == ['{"name": "f", ']

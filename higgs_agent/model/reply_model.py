@@ -150,25 +150,31 @@ class ReplyGenerator:
         self.generation_config = _generation_config(reply_model, sampling or Sampling())
         self.batch_sizes: list[int] = []  # every batch's size, in order (tests, bench)
         self._queue: queue.Queue[ReplyJob | None] = queue.Queue()
+        self._running: list[ReplyJob] = []  # the batch being generated
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="higgs-reply-model", daemon=True)
         self._thread.start()
 
     def submit(self, prompt_ids: list[int], deliver: Deliver, max_new_tokens: int) -> ReplyJob:
         job = ReplyJob(list(prompt_ids), max(1, max_new_tokens), deliver)
-        if not self._thread.is_alive():
+        if self._closing.is_set() or not self._thread.is_alive():
             raise RuntimeError("the reply model's thread has stopped")
         self._queue.put(job)
         return job
 
     def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread: the running batch is cancelled, replies still queued end without a token."""
+        self._closing.set()
         self._queue.put(None)
+        for job in list(self._running):
+            job.cancel()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
-                return
+                break
             jobs = [job]
             while len(jobs) < self.max_batch:
                 try:
@@ -179,11 +185,20 @@ class ReplyGenerator:
                     self._queue.put(None)  # stop after this batch
                     break
                 jobs.append(more)
+            if self._closing.is_set():
+                for queued in jobs:
+                    queued.cancel()
             for gone in [j for j in jobs if j.cancelled.is_set()]:
                 gone._end()
             jobs = [j for j in jobs if not j.cancelled.is_set()]
             if jobs:
+                self._running = jobs
                 self._generate(jobs)
+                self._running = []
+        while not self._queue.empty():  # queued behind the stop: ended, never run
+            left = self._queue.get_nowait()
+            if left is not None:
+                left._end()
 
     def _generate(self, jobs: list[ReplyJob]) -> None:
         self.batch_sizes.append(len(jobs))

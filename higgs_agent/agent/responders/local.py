@@ -82,7 +82,7 @@ class LocalResponder:
         except RuntimeError as exc:
             raise ResponderError(f"the reply model is not running: {exc}") from exc
         reply = ReplyAssembler(request, self.min_chars, self.max_chars)
-        calls = ToolCallText(forced)
+        calls = ToolCallText(forced, json_calls=bool(request.tools))
         decoder = IncrementalDecoder(self.tokenizer)
         try:
             while True:

@@ -6,8 +6,8 @@ Two ways instruct models write calls, both from their own chat templates:
 - Hermes / Qwen2.5 / Qwen3: `<tool_call>\\n{"name": "get_weather", "arguments": {"city": "Paris"}}\\n</tool_call>`
   anywhere in the reply, several in a row for several calls, words before them allowed.
 - Llama 3.1-3.3: the whole reply is one JSON object `{"name": ..., "parameters": {...}}` (optionally after
-  `<|python_tag|>`). Recognised only when the reply opens with `{`; such a reply is held until its end, and
-  spoken as words if it is not a call after all.
+  `<|python_tag|>`). Recognised only when the model was offered tools (`json_calls`) and the reply opens with
+  `{`; such a reply is held until its end, and spoken as words if it is not a call after all.
 
 `ToolCallText.feed(delta)` returns what the delta completes, in order: text (`str`, to speak) and pieces
 (`dict`); a tag split across deltas is held back until it is whole. A call whose body is not JSON becomes a
@@ -31,11 +31,12 @@ TextOrPiece = str | dict[str, Any]
 class ToolCallText:
     """Splits one reply's text into words and call pieces (see the module doc)."""
 
-    def __init__(self, prefix: str = "") -> None:
-        """`prefix`: text the prompt already wrote on the model's behalf (a forced `<tool_call>` opening)."""
+    def __init__(self, prefix: str = "", json_calls: bool = True) -> None:
+        """`prefix`: text the prompt already wrote on the model's behalf (a forced `<tool_call>` opening);
+        `json_calls`: whether a reply that opens with `{` may be a Llama-3 call (only when tools were offered)."""
         self._pending = ""
         self._in_call = False
-        self._json_reply: bool | None = None  # None until the reply's first visible character is known
+        self._json_reply: bool | None = None if json_calls else False  # None: not known before the first word
         self._count = 0
         self._prefilled: list[TextOrPiece] = []
         self._prefilled = self.feed(prefix)
