@@ -7,9 +7,10 @@ Llama 3.x, SmolLM2, ...) through the same `from_pretrained` path for a real chec
 
 `ReplyGenerator` owns the model: one thread, fed by a queue, is the only one that runs it, so neither the event
 loop nor the speech engine's worker ever waits on a reply's tokens (the engine's worker is another thread;
-on a GPU both queue kernels on the same device). The replies waiting when the thread is free are generated
-together, as one left-padded batch of one `generate()` call (up to `max_batch`); a reply that arrives while a
-batch runs waits for that batch to end. Each token is handed to its job's `deliver` callback as it is made
+on a GPU both queue kernels on the same device). The replies waiting when the thread is free, and those that
+come within `gather_s` (5 ms) of the first, are generated together, as one left-padded batch of one
+`generate()` call (up to `max_batch`): sessions whose turns end together are answered together. A reply that
+arrives while a batch runs waits for that batch to end. Each token is handed to its job's `deliver` callback as it is made
 (the responder forwards it to the event loop). A cancelled job is stopped at the next token by a stopping
 criterion (its row of the batch ends; the other rows go on) and is delivered nothing more.
 
@@ -39,6 +40,7 @@ from higgs_agent.model.sources import REPLY_MODEL_OFFLINE, check_reply_folder, i
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 8
+DEFAULT_GATHER_S = 0.005  # how long a free thread waits for more replies to batch with the first one
 Deliver = Callable[[int | None, BaseException | None], None]  # (token, None), then (None, None) or (None, error)
 
 
@@ -144,9 +146,10 @@ class ReplyGenerator:
     """The reply model's own thread (see the module doc). `submit()` from any thread; `close()` to stop."""
 
     def __init__(self, reply_model: ReplyModel, sampling: Sampling | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+                 max_batch: int = DEFAULT_MAX_BATCH, gather_s: float = DEFAULT_GATHER_S) -> None:
         self.reply_model = reply_model
         self.max_batch = max(1, max_batch)
+        self.gather_s = gather_s
         self.generation_config = _generation_config(reply_model, sampling or Sampling())
         self.batch_sizes: list[int] = []  # every batch's size, in order (tests, bench)
         self._queue: queue.Queue[ReplyJob | None] = queue.Queue()
@@ -176,9 +179,10 @@ class ReplyGenerator:
             if job is None:
                 break
             jobs = [job]
+            until = time.perf_counter() + self.gather_s
             while len(jobs) < self.max_batch:
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=max(0.0, until - time.perf_counter()))
                 except queue.Empty:
                     break
                 if more is None:
