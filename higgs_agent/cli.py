@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(it babbles elsewhere); --size small: Qwen2.5-0.5B's shape, random weights, for speed figures.")
     tiny_reply.add_argument("dir", help="folder to write (model, tokenizer, chat template)")
     tiny_reply.add_argument("--size", choices=["tiny", "small"], default="tiny",
-                            help="tiny: 0.2 M parameters, trained; small: 494 M, random (default: %(default)s)")
+                            help="tiny: 0.14 M parameters, trained; small: 494 M, random (default: %(default)s)")
     tiny_reply.add_argument("--seed", type=int, default=0, help="weight seed (default: %(default)s)")
 
     speak = commands.add_parser("speak", help="synthesise speech, streaming it out as it is generated",
@@ -289,9 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     reply.add_argument("--reply-model", default=None, metavar="ID_OR_DIR",
                        help="the model to measure (default: one made on the fly, see --size)")
     reply.add_argument("--size", choices=["tiny", "small"], default="tiny",
-                       help="the model made when --reply-model is not given: tiny (0.2 M) or small (Qwen2.5-0.5B's "
+                       help="the model made when --reply-model is not given: tiny (0.14 M) or small (Qwen2.5-0.5B's "
                             "shape, random weights) (default: %(default)s)")
-    reply.add_argument("--sessions", type=int, default=4, help="replies asked at the same moment (default: %(default)s)")
+    reply.add_argument("--sessions", type=int, default=4,
+                       help="replies asked at the same moment (default: %(default)s)")
     reply.add_argument("--tokens", type=int, default=64, help="tokens per reply (default: %(default)s)")
     reply.add_argument("--repeats", type=int, default=3, help="rounds per case, median taken (default: %(default)s)")
     reply.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: %(default)s)")

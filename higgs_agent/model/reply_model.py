@@ -10,9 +10,9 @@ loop nor the speech engine's worker ever waits on a reply's tokens (the engine's
 on a GPU both queue kernels on the same device). The replies waiting when the thread is free, and those that
 come within `gather_s` (5 ms) of the first, are generated together, as one left-padded batch of one
 `generate()` call (up to `max_batch`): sessions whose turns end together are answered together. A reply that
-arrives while a batch runs waits for that batch to end. Each token is handed to its job's `deliver` callback as it is made
-(the responder forwards it to the event loop). A cancelled job is stopped at the next token by a stopping
-criterion (its row of the batch ends; the other rows go on) and is delivered nothing more.
+arrives while a batch runs waits for that batch to end. Each token is handed to its job's `deliver` callback
+as it is made (the responder forwards it to the event loop). A cancelled job is stopped at the next token by
+a stopping criterion (its row of the batch ends; the other rows go on) and is delivered nothing more.
 
 transformers' continuous batching (`init_continuous_batching`) would let a reply join a running batch; on
 transformers 5.24 and a CPU its paged cache took over 20 s to set up and delivered nothing to a streaming

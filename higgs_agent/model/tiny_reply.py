@@ -5,8 +5,8 @@ back through `load_reply_model` (the `from_pretrained` path a real checkpoint ta
 conversations below, byte fallback for any other text) and a ChatML chat template with Hermes-style tool calls
 (Qwen2.5's shape: tools listed in the system turn, `<tool_call>` JSON out, `<tool_response>` back).
 
-`tiny` (0.2 M parameters) starts from random weights and is then trained for a few hundred steps on CPU (a
-few seconds) on `SCRIPT`, rendered by its own chat template, until greedy decoding says each scripted reply:
+`tiny` (0.14 M parameters) starts from random weights and is then trained for a few hundred steps on CPU (a
+few seconds) on `script()`, rendered by its own chat template, until greedy decoding says each scripted reply:
 asked about the weather in Paris with `WEATHER_TOOL` offered, it calls the tool; given the tool's output, it
 answers in words; greeted without tools, it greets back. Anywhere else it babbles. `small` has the shape of
 Qwen2.5-0.5B (24 layers, hidden 896, vocabulary 151,936) with random weights and no training: for speed

@@ -12,7 +12,8 @@ from higgs_agent.agent.responders.base import ReplyRequest, Responder, Responder
 from higgs_agent.agent.responders.echo import EchoResponder
 from higgs_agent.agent.responders.llm import LLMResponder
 
-__all__ = ["EchoResponder", "LLMResponder", "LocalResponder", "NativeResponder", "ReplyRequest", "Responder", "ResponderError"]
+__all__ = ["EchoResponder", "LLMResponder", "LocalResponder", "NativeResponder", "ReplyRequest", "Responder",
+           "ResponderError"]
 
 
 def __getattr__(name: str) -> Any:
