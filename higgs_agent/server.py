@@ -84,7 +84,10 @@ def local_responder(args: argparse.Namespace, bundle: HiggsBundle) -> Responder:
 
     dtype = None if args.dtype == "auto" else args.dtype
     model = load_reply_model(args.reply_model, device=bundle.device, dtype=dtype)
-    return LocalResponder(ReplyGenerator(model, max_batch=args.reply_batch), max_new_tokens=args.reply_max_tokens)
+    generator = ReplyGenerator(model, max_batch=args.reply_batch)
+    # two tokens on its thread while the server starts: the first caller does not pay for first-call set-up
+    generator.submit(model.tokenizer("Hello.", add_special_tokens=False)["input_ids"], lambda token, error: None, 2)
+    return LocalResponder(generator, max_new_tokens=args.reply_max_tokens)
 
 
 def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: SamplingSettings) -> AgentServices:
