@@ -347,3 +347,28 @@ def test_closing_the_model_thread_cancels_the_running_batch_and_refuses_new_repl
 def test_without_tools_a_reply_that_opens_with_a_brace_is_words_as_they_come():
     parser = ToolCallText(json_calls=False)
     assert parser.feed('{"name": "f", ') == ['{"name": "f", ']
+
+
+async def test_a_function_call_round_in_text_mode_through_the_session(bundle, transcriber, reply_model):
+    from higgs_agent.agent.services import AgentServices
+    from higgs_agent.model.sampling import SamplingSettings
+    from higgs_agent.streaming.engine import StreamingEngine
+    from higgs_agent.testing.text_mode import TextConversation
+
+    engine = StreamingEngine(bundle)
+    local = LocalResponder(ReplyGenerator(reply_model, Sampling(greedy=True)))
+    services = AgentServices(engine=engine, transcriber=transcriber, responders={"local": local},
+                             default_responder="local", sampling=SamplingSettings(greedy=True, max_frames=60))
+    try:
+        async with TextConversation(services, session={"tools": [WEATHER_TOOL],
+                                                       "instructions": TRAINED_INSTRUCTIONS[0]}) as chat:
+            asked = await chat.run("What's the weather in Paris?")
+            assert [item["type"] for item in asked.response["output"]] == ["function_call"]
+            call = asked.calls[0]
+            assert call["name"] == "get_weather" and json.loads(call["arguments"]) == {"city": "Paris"}
+            assert asked.of("response.function_call_arguments.done")[0]["arguments"] == call["arguments"]
+            answered = await chat.answer(call["call_id"], WEATHER_OUTPUT)
+        assert answered.status == "completed" and answered.text == WEATHER_ANSWER
+    finally:
+        await local.aclose()
+        engine.close()
