@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from dataclasses import replace
 
 import pytest
@@ -200,11 +199,21 @@ async def test_four_sessions_at_once_are_batched_and_say_what_one_alone_says(rep
         hello = [SYSTEM, {"role": "user", "content": "Hello."}]
         alone = await collect(responder, ReplyRequest(messages=hello))
         assert " ".join(alone) == GREETING_ANSWER
-        busy = threading.Event()
-        generator.submit([1] * 8, lambda token, error: busy.set(), 40)  # holds the thread while the four queue
-        together = await asyncio.gather(*(collect(responder, ReplyRequest(messages=hello)) for _ in range(4)))
+        running, release = threading.Event(), threading.Event()
+
+        def hold(token, error):  # holds the model's thread inside a batch until the four are queued
+            running.set()
+            release.wait(30)
+
+        generator.submit([1] * 8, hold, 4)
+        assert await asyncio.to_thread(running.wait, 30)
+        asked = [asyncio.create_task(collect(responder, ReplyRequest(messages=hello))) for _ in range(4)]
+        while generator._queue.qsize() < 4:
+            await asyncio.sleep(0.01)
+        release.set()
+        together = await asyncio.gather(*asked)
         assert together == [alone] * 4
-        assert max(generator.batch_sizes) >= 2
+        assert generator.batch_sizes == [1, 1, 4]
     finally:
         await responder.aclose()
 
@@ -215,14 +224,18 @@ async def test_closing_a_reply_stops_its_generation_at_once_and_frees_the_thread
     responder = LocalResponder(generator, max_new_tokens=100_000, min_chars=1, max_chars=8)
     try:
         stream = responder.reply(ReplyRequest(messages=[SYSTEM, {"role": "user", "content": "Hello."}]))
+        submitted = []
+        submit = generator.submit
+        generator.submit = lambda *args: submitted.append(submit(*args)) or submitted[-1]
         first = await stream.__anext__()
         assert first
         await stream.aclose()  # barge-in
-        started = time.perf_counter()
-        short = LocalResponder(generator, max_new_tokens=60)  # the same model thread
+        job = submitted[0]
+        made_at_cancel = job.made
+        short = LocalResponder(generator, max_new_tokens=60)  # the same model thread, behind the cancelled one
         after = await collect(short, ReplyRequest(messages=[SYSTEM, QUESTION], tools=TOOLS))
         assert isinstance(after[0], FunctionCallStarted) and after[0].name == "get_weather"
-        assert time.perf_counter() - started < 10  # not behind 100,000 tokens
+        assert job.ended and job.made <= made_at_cancel + 1  # at most the token being made when it was closed
         assert generator.batch_sizes == [1, 1]
     finally:
         await responder.aclose()
