@@ -1,4 +1,4 @@
-"""The `higgs-agent` command line: make-tiny-model, speak, serve, talk, bench.
+"""The `higgs-agent` command line: make-tiny-model, make-tiny-reply-model, speak, serve, talk, translate, bench.
 
 Only argparse lives here; each command imports its own machinery when it runs, so `--help` and usage errors
 answer at once (torch and transformers take seconds to import).
@@ -57,6 +57,16 @@ def _add_bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print only the JSON line (no notes on stderr)")
 
 
+def _add_reply_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reply-model", default=None, metavar="ID_OR_DIR",
+                        help="an instruct LLM to load in this process for the replies (the local responder): a "
+                             "hub id such as Qwen/Qwen2.5-1.5B-Instruct or a folder; on the same device as --model")
+    parser.add_argument("--reply-max-tokens", type=int, default=256,
+                        help="most tokens per reply of the reply model (default: %(default)s)")
+    parser.add_argument("--reply-batch", type=int, default=8,
+                        help="most replies the reply model writes at once, one batch (default: %(default)s)")
+
+
 def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s; "
                        "0.0.0.0 for every interface)")
@@ -74,10 +84,12 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--asr-window", choices=("fitted", "full"), default="fitted",
                        help="Whisper's encoder window: fitted to the turn (4x faster on a CPU, same accuracy: "
                             "bench turns) or faster-whisper's full 30 s (default: %(default)s)")
-    serve.add_argument("--responder", choices=["echo", "llm", "native"], default=None,
+    serve.add_argument("--responder", choices=["echo", "llm", "local", "native"], default=None,
                        help="who writes the replies: echo (says back what it heard), llm (an OpenAI-compatible "
-                            "chat endpoint), native (the Higgs model's own text head; needs a checkpoint with "
-                            "it); default: llm when --llm-url is given, else echo")
+                            "chat endpoint), local (the --reply-model in this process), native (the Higgs "
+                            "model's own text head; needs a checkpoint with it); default: local when "
+                            "--reply-model is given, else llm when --llm-url is given, else echo")
+    _add_reply_model_args(serve)
     serve.add_argument("--llm-url", default=None,
                        help="OpenAI-compatible API base including /v1, e.g. http://127.0.0.1:8080/v1 "
                             "(llama.cpp, vLLM, Ollama)")
@@ -154,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tiny: 9 M parameters, for tests; mini: 131 M, for CPU benchmarks (default: %(default)s)")
     tiny.add_argument("--seed", type=int, default=0, help="weight seed; same seed, same bytes (default: %(default)s)")
     tiny.add_argument("--text-head", action="store_true", help="include a (random) text head, for --responder native")
+    tiny_reply = commands.add_parser(
+        "make-tiny-reply-model", help="write a tiny instruct LLM for offline tests of --reply-model",
+        description="Write a tiny Llama with a ChatML tool-calling chat template, trained for a few seconds on "
+                    "CPU to call get_weather when asked about the weather in Paris and to answer from its output "
+                    "(it babbles elsewhere); --size small: Qwen2.5-0.5B's shape, random weights, for speed figures.")
+    tiny_reply.add_argument("dir", help="folder to write (model, tokenizer, chat template)")
+    tiny_reply.add_argument("--size", choices=["tiny", "small"], default="tiny",
+                            help="tiny: 0.14 M parameters, trained; small: 494 M, random (default: %(default)s)")
+    tiny_reply.add_argument("--seed", type=int, default=0, help="weight seed (default: %(default)s)")
 
     speak = commands.add_parser("speak", help="synthesise speech, streaming it out as it is generated",
                                 description="Speak TEXT, writing audio as it is generated; prints the time to "
@@ -198,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--llm-url", default=None, help="OpenAI-compatible API base that translates (with /v1)")
     translate.add_argument("--llm-model", default=None, help="model name to ask the LLM endpoint for")
     translate.add_argument("--llm-api-key", default=_env("HIGGS_LLM_API_KEY"), help="key for the LLM endpoint")
+    _add_reply_model_args(translate)
     translate.add_argument("--asr-model", default=None, help=f"speech recognition (default: {DEFAULT_ASR_MODEL})")
     translate.add_argument("--fast", action="store_true", help="send the recording as fast as possible")
     _add_model_args(translate)
@@ -262,6 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
                                "turn's reply, against importing torch + transformers alone")
     _add_bench_args(startup)
     startup.add_argument("--runs", type=int, default=3, help="starts to take the median of (default: %(default)s)")
+    reply = kinds.add_parser("reply", help="the in-process reply model (--reply-model): time to first word and "
+                             "words/s of one reply alone and of N at once (batched)")
+    reply.add_argument("--reply-model", default=None, metavar="ID_OR_DIR",
+                       help="the model to measure (default: one made on the fly, see --size)")
+    reply.add_argument("--size", choices=["tiny", "small"], default="tiny",
+                       help="the model made when --reply-model is not given: tiny (0.14 M) or small (Qwen2.5-0.5B's "
+                            "shape, random weights) (default: %(default)s)")
+    reply.add_argument("--sessions", type=int, default=4,
+                       help="replies asked at the same moment (default: %(default)s)")
+    reply.add_argument("--tokens", type=int, default=64, help="tokens per reply (default: %(default)s)")
+    reply.add_argument("--repeats", type=int, default=3, help="rounds per case, median taken (default: %(default)s)")
+    reply.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: %(default)s)")
+    reply.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32")
+    reply.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the cores)")
+    reply.add_argument("--json", action="store_true", help="print only the JSON line")
     turns = kinds.add_parser("turns", help="end of turn and transcripts: Whisper's fitted vs full window (speed, "
                              "WER), the semantic_vad judge's accuracy and verdict time")
     turns.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
@@ -286,6 +323,13 @@ def _run_tiny(args: argparse.Namespace) -> int:
     from higgs_agent.model.tiny import make_tiny_model
 
     print(make_tiny_model(args.dir, size=args.size, seed=args.seed, text_head=args.text_head))
+    return 0
+
+
+def _run_tiny_reply(args: argparse.Namespace) -> int:
+    from higgs_agent.model.tiny_reply import make_tiny_reply_model
+
+    print(make_tiny_reply_model(args.dir, size=args.size, seed=args.seed))
     return 0
 
 
@@ -333,6 +377,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         from higgs_agent.bench.soak import run_soak_bench as run
     elif args.bench == "startup":
         from higgs_agent.bench.startup import run_startup_bench as run
+    elif args.bench == "reply":
+        from higgs_agent.bench.reply import run_reply_bench as run
     else:
         from higgs_agent.bench.agent import run_agent_bench as run
     print(json.dumps(run(args)))
@@ -340,7 +386,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "make-tiny-model": _run_tiny, "speak": _run_speak, "serve": _run_serve, "talk": _run_talk, "bench": _run_bench,
+    "make-tiny-model": _run_tiny, "make-tiny-reply-model": _run_tiny_reply, "speak": _run_speak, "serve": _run_serve,
+    "talk": _run_talk, "bench": _run_bench,
     "translate": _run_translate,
 }
 

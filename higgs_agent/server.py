@@ -29,7 +29,7 @@ WS_MAX_BYTES = 16 << 20  # frames past this are refused by the WebSocket layer i
 
 
 def default_responder(args: argparse.Namespace) -> str:
-    return args.responder or ("llm" if args.llm_url else "echo")
+    return args.responder or ("local" if args.reply_model else "llm" if args.llm_url else "echo")
 
 
 def check_serve_args(args: argparse.Namespace) -> str | None:
@@ -37,10 +37,13 @@ def check_serve_args(args: argparse.Namespace) -> str | None:
     responder = default_responder(args)
     if responder == "llm" and not (args.llm_url and args.llm_model):
         return "--responder llm needs --llm-url URL and --llm-model NAME"
+    if responder == "local" and not args.reply_model:
+        return "--responder local needs --reply-model ID_OR_DIR (e.g. Qwen/Qwen2.5-1.5B-Instruct)"
     if bool(args.voice) != bool(args.voice_text):
         return "--voice and --voice-text go together"
-    if args.mcp_server and responder != "llm":
-        return "--mcp-server needs the llm responder (--llm-url URL --llm-model NAME): only it calls tools"
+    if args.mcp_server and responder not in ("llm", "local"):
+        return ("--mcp-server needs a responder that calls tools: llm (--llm-url URL --llm-model NAME) or local "
+                "(--reply-model ID_OR_DIR)")
     try:
         mcp_servers(args)
     except ValueError as exc:
@@ -65,11 +68,26 @@ def build_responders(args: argparse.Namespace, bundle: HiggsBundle, engine: Stre
         from higgs_agent.agent.responders.llm import LLMResponder
 
         responders["llm"] = LLMResponder(args.llm_url, args.llm_model, api_key=args.llm_api_key)
+    if getattr(args, "reply_model", None):
+        responders["local"] = local_responder(args, bundle)
     if bundle.model.text_lm_head is not None:  # loaded with use_text_head=True
         from higgs_agent.agent.responders.native import NativeResponder
 
         responders["native"] = NativeResponder(bundle, run=engine.run)  # its model steps on the model worker
     return responders
+
+
+def local_responder(args: argparse.Namespace, bundle: HiggsBundle) -> Responder:
+    """The --reply-model on the Higgs model's device (ModelLoadError, saying how to get one, if it cannot load)."""
+    from higgs_agent.agent.responders.local import LocalResponder
+    from higgs_agent.model.reply_model import ReplyGenerator, load_reply_model
+
+    dtype = None if args.dtype == "auto" else args.dtype
+    model = load_reply_model(args.reply_model, device=bundle.device, dtype=dtype)
+    generator = ReplyGenerator(model, max_batch=args.reply_batch)
+    # two tokens on its thread while the server starts: the first caller does not pay for first-call set-up
+    generator.submit(model.tokenizer("Hello.", add_special_tokens=False)["input_ids"], lambda token, error: None, 2)
+    return LocalResponder(generator, max_new_tokens=args.reply_max_tokens)
 
 
 def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: SamplingSettings) -> AgentServices:
@@ -186,7 +204,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from higgs_agent.model.sources import precheck
 
     try:  # a wrong folder is said at once, before torch and transformers take seconds to import
-        precheck(args.model, args.codec)
+        precheck(args.model, args.codec, args.reply_model)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

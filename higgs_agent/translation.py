@@ -213,14 +213,16 @@ def translate_command(args: Any) -> int:  # noqa: ANN401 - argparse.Namespace
     if not os.path.isfile(args.wav):
         print(f"error: {args.wav} does not exist (or is not a file)", file=sys.stderr)
         return 2
-    if args.llm_url is None and args.to != "en":
+    has_llm = bool(args.llm_url or args.reply_model)
+    if not has_llm and args.to != "en":
         print("error: translating into anything but English needs an LLM: --llm-url URL --llm-model NAME "
-              "(any OpenAI-compatible server: llama.cpp, vLLM, Ollama)", file=sys.stderr)
+              "(any OpenAI-compatible server: llama.cpp, vLLM, Ollama), or --reply-model ID_OR_DIR (in this "
+              "process)", file=sys.stderr)
         return 2
     transcriber = Transcriber.load(args.asr_model)
-    if args.llm_url is None and transcriber.english_only:
+    if not has_llm and transcriber.english_only:
         print(f"error: {transcriber.name} cannot translate; pass a multilingual --asr-model (e.g. small) or an "
-              "LLM with --llm-url URL --llm-model NAME", file=sys.stderr)
+              "LLM with --llm-url URL --llm-model NAME or --reply-model ID_OR_DIR", file=sys.stderr)
         return 2
     responders: dict[str, Any] = {"echo": EchoResponder()}
     if args.llm_url:
@@ -228,6 +230,15 @@ def translate_command(args: Any) -> int:  # noqa: ANN401 - argparse.Namespace
 
         responders["llm"] = LLMResponder(args.llm_url, args.llm_model, api_key=args.llm_api_key)
     bundle = load_bundle(args)
+    if args.reply_model:
+        from higgs_agent.model.errors import ModelLoadError
+        from higgs_agent.server import local_responder
+
+        try:
+            responders["local"] = local_responder(args, bundle)
+        except ModelLoadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     services = AgentServices(engine=StreamingEngine(bundle), transcriber=transcriber, responders=responders,
                              default_responder="echo", sampling=sampling_settings(args))
     with serve_in_background(services) as base:

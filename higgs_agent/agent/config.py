@@ -6,7 +6,7 @@ with its own error while every other field is applied, and `session.updated` the
 Nothing is dropped silently.
 
 Ours, under `session.higgs`: `extension_events` (send higgs.* events to this session), `responder`
-(echo | llm | native), `speakers` (a voice per [SPEAKERn] of multi-speaker replies), `translation`
+(echo | llm | native | local), `speakers` (a voice per [SPEAKERn] of multi-speaker replies), `translation`
 ({to, from}: speak each of the caller's turns back translated, in the caller's own voice unless another is
 set). `audio.output.voice = "caller"` replies in the caller's own voice.
 """
@@ -35,7 +35,8 @@ from higgs_agent.protocol.session_fields import (
     unknown_fields,
 )
 
-RESPONDERS = ("echo", "llm", "native")
+RESPONDERS = ("echo", "llm", "native", "local")
+TRANSLATORS = ("llm", "local")  # the responders that can write a translation, in order of preference
 CALLER_VOICE = "caller"
 # OpenAI's built-in voice names, which SDKs send by default: accepted as this server's default voice (unless a
 # voice of the same name is configured), so a client written for OpenAI works unchanged.
@@ -211,9 +212,10 @@ class SessionConfig:
         update asks for it), in the caller's voice unless this update names another."""
         if value is None:
             return {"translation": None}
-        if "llm" not in offer.responders and not (value.to == "en" and offer.asr_multilingual):
+        if not set(TRANSLATORS) & set(offer.responders) and not (value.to == "en" and offer.asr_multilingual):
             raise ProtocolError("invalid_value", "translation needs an LLM to translate (serve --llm-url URL "
-                                "--llm-model NAME), or a multilingual --asr-model for translation into en",
+                                "--llm-model NAME, or --reply-model), or a multilingual --asr-model for "
+                                "translation into en",
                                 param="session.higgs.translation")
         changes: dict[str, Any] = {"translation": Translation(value.to, value.source, value.simultaneous)}
         audio = session.audio

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from higgs_agent.agent.config import OPENAI_VOICES, ServerOffer, SessionConfig, Transcription
+from higgs_agent.agent.config import OPENAI_VOICES, TRANSLATORS, ServerOffer, SessionConfig, Transcription
 from higgs_agent.agent.end_of_turn import SmartTurn, TurnModelMissing
 from higgs_agent.agent.reply import ReplyLimits
 from higgs_agent.agent.responders.base import Responder
@@ -77,6 +77,10 @@ class AgentServices:
 
     def responder(self, name: str) -> Responder:
         return self.responders[name]
+
+    def translator(self) -> Responder | None:
+        """Who writes translations: the LLM endpoint, else the reply model in this process (None: neither)."""
+        return next((self.responders[name] for name in TRANSLATORS if name in self.responders), None)
 
     def offer(self, tenant: str = DEFAULT_TENANT) -> ServerOffer:
         """What a session of `tenant` may ask of this server (checked by `SessionConfig.updated`)."""

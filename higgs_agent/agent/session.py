@@ -608,7 +608,7 @@ class Session:
         translation = self.config.translation
         if translation is None:
             return self.services.responder(self.config.responder)
-        return Translator(translation.to, translation.source, llm=self.services.responders.get("llm"),
+        return Translator(translation.to, translation.source, llm=self.services.translator(),
                           transcriber=self.services.transcriber)
 
     @property

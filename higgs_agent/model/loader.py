@@ -106,7 +106,8 @@ def set_cpu_threads(threads: int | None = None) -> int:
     return count
 
 
-def _download(repo_id: str, what: str, flag: str, progress: Callable[[str], None]) -> str:
+def _download(repo_id: str, what: str, flag: str, progress: Callable[[str], None],
+              size: str = "about 12 GB for the model", offline: str = "higgs-agent make-tiny-model DIR") -> str:
     """A hub repository -> its local snapshot (downloaded once, with progress bars; cached after). One
     download instead of one hub round trip per component: offline, that is one fast, clear error."""
     started = time.perf_counter()
@@ -118,8 +119,7 @@ def _download(repo_id: str, what: str, flag: str, progress: Callable[[str], None
         raise ModelNotFoundError(
             f"could not fetch the {what} {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {reason}). "
             f"Without network access, download it on a connected machine (`hf download {repo_id} --local-dir "
-            f"DIR`, about 12 GB for the model) and pass the folder with {flag} DIR; for an offline test model "
-            f"run `higgs-agent make-tiny-model DIR`."
+            f"DIR`, {size}) and pass the folder with {flag} DIR; for an offline test model run `{offline}`."
         ) from exc
     progress(f"{what}: {_folder_size(folder)} in {folder} ({time.perf_counter() - started:.1f} s)")
     return folder

@@ -92,7 +92,7 @@ class HiggsField(_Strict):
     """Ours: what OpenAI's schema has no place for."""
 
     extension_events: bool | None = None  # send higgs.* events to this session
-    responder: str | None = None  # echo | llm | native
+    responder: str | None = None  # echo | llm | native | local
     speakers: list[str] | None = None  # voices for [SPEAKER0], [SPEAKER1], ...: multi-speaker replies
     translation: TranslationField | None = None  # speech translation mode
 

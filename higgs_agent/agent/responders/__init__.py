@@ -1,7 +1,9 @@
-"""Who writes the reply text: `echo` (the user's own words), `llm` (an OpenAI-compatible endpoint) or
-`native` (the Higgs model's text head). Each yields speakable phrases as soon as they are complete.
+"""Who writes the reply text: `echo` (the user's own words), `llm` (an OpenAI-compatible endpoint), `local` (an
+instruct LLM in this process) or `native` (the Higgs model's text head). Each yields speakable phrases as soon
+as they are complete.
 
-`NativeResponder` is imported on first use: it pulls in torch and transformers, which echo and llm do not need.
+`NativeResponder` and `LocalResponder` are imported on first use: they pull in torch and transformers, which
+echo and llm do not need.
 """
 
 from typing import Any
@@ -10,7 +12,8 @@ from higgs_agent.agent.responders.base import ReplyRequest, Responder, Responder
 from higgs_agent.agent.responders.echo import EchoResponder
 from higgs_agent.agent.responders.llm import LLMResponder
 
-__all__ = ["EchoResponder", "LLMResponder", "NativeResponder", "ReplyRequest", "Responder", "ResponderError"]
+__all__ = ["EchoResponder", "LLMResponder", "LocalResponder", "NativeResponder", "ReplyRequest", "Responder",
+           "ResponderError"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from higgs_agent.agent.responders.native import NativeResponder
 
         return NativeResponder
+    if name == "LocalResponder":
+        from higgs_agent.agent.responders.local import LocalResponder
+
+        return LocalResponder
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

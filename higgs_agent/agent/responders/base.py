@@ -105,7 +105,7 @@ class Responder(Protocol):
 def tools_unsupported(responder: str, param: str = "session.tools") -> str:
     """The error text for tools given to a responder that cannot call them (reported with `param`)."""
     return (f"the {responder} responder cannot call tools: remove {param}, or set session.responder to 'llm' "
-            f"(a server started with --llm-url) to use them")
+            f"(a server started with --llm-url) or 'local' (--reply-model) to use them")
 
 
 def spoken_turns(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

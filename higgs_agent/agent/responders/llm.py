@@ -5,9 +5,10 @@ included, in the shape the endpoint requires: `tools.chat_history.well_formed`) 
 tools, `tools` / `tool_choice`; the answer is a server-sent-event stream of `data: {chunk}` lines ending with
 `data: [DONE]`. Each text delta goes through a `PhraseSplitter`, and a phrase is yielded the moment it is
 complete, so speech starts long before the model has finished writing. `delta.tool_calls` pieces become
-function-call events (`tools.calls.CallAssembler`); words before a call are flushed as a phrase first, so the
-reply keeps the model's order. `base_url` is the API base *including* the version path, as OpenAI clients
-take it: `https://api.openai.com/v1`, `http://127.0.0.1:8000/v1` (vLLM, llama.cpp, Ollama's `/v1`).
+function-call events (`responders.assembly.ReplyAssembler`, shared with `local`); words before a call are
+flushed as a phrase first, so the reply keeps the model's order. `base_url` is the API base *including* the
+version path, as OpenAI clients take it: `https://api.openai.com/v1`, `http://127.0.0.1:8000/v1` (vLLM,
+llama.cpp, Ollama's `/v1`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 
 import httpx
 
-from higgs_agent.agent.phrases import PhraseSplitter
+from higgs_agent.agent.responders.assembly import ReplyAssembler
 from higgs_agent.agent.responders.base import ReplyEvent, ReplyRequest, ResponderError
-from higgs_agent.agent.tools.calls import CallAssembler, MalformedToolCall
+from higgs_agent.agent.tools.calls import MalformedToolCall
 from higgs_agent.agent.tools.chat_history import well_formed
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,7 @@ class LLMResponder:
         return body
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator[ReplyEvent]:
-        splitter = PhraseSplitter(self.min_chars, self.max_chars)
-        calls = CallAssembler(request.tools)
+        reply = ReplyAssembler(request, self.min_chars, self.max_chars)
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -126,20 +126,10 @@ class LLMResponder:
                                          f"not a chat-completions event stream")
                 async with aclosing(deltas):
                     async for text, pieces in deltas:
-                        if text:
-                            if calls.open and text.strip():  # words after a call: the call is complete
-                                for event in calls.finish():
-                                    yield event
-                            request.first_text()
-                            for phrase in splitter.feed(text):
-                                yield phrase
-                        if pieces:
-                            if not calls.open:  # the words before a call are said before it
-                                for phrase in splitter.flush():
-                                    yield phrase
-                            for piece in pieces:
-                                for event in calls.piece(piece):
-                                    yield event
+                        for event in reply.text(text) + reply.pieces(pieces):
+                            yield event
+            for event in reply.finish():
+                yield event
         except MalformedToolCall as exc:
             raise ResponderError(f"malformed tool call from the LLM endpoint {self.url}: {exc}") from None
         except httpx.ConnectError as exc:
@@ -151,10 +141,6 @@ class LLMResponder:
         except httpx.HTTPError as exc:
             raise ResponderError(f"the connection to the LLM endpoint {self.url} failed mid-reply "
                                  f"({type(exc).__name__}: {_reason(exc)})") from exc
-        for event in calls.finish():
-            yield event
-        for phrase in splitter.flush():
-            yield phrase
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

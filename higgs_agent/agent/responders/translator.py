@@ -1,9 +1,10 @@
 """`translator`: speech translation. Each of the caller's turns comes back in another language, phrase by
 phrase, usually in the caller's own voice (the session's translation mode picks the voice).
 
-The translation comes from the `llm` responder with an interpreter's prompt and only the turn to translate
-(earlier turns are context for a conversation, not for a translation), or, for English when the server's ASR
-model is multilingual and no LLM is configured, from Whisper's own `translate` task on the turn's audio.
+The translation comes from the `llm` responder (else the `local` reply model) with an interpreter's prompt
+and only the turn to translate (earlier turns are context for a conversation, not for a translation), or, for
+English when the server's ASR model is multilingual and no LLM is configured, from Whisper's own `translate`
+task on the turn's audio.
 """
 
 from __future__ import annotations

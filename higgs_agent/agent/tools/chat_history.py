@@ -11,6 +11,7 @@ output whose call is not in the history dropped.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -71,6 +72,29 @@ def well_formed(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(message)
     answer_pending()
     return out
+
+
+def with_argument_objects(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`messages` with each call's `arguments` as the JSON object it spells (left as text when it is not JSON):
+    chat templates (Qwen2.5, Llama 3.x) render arguments with `tojson`, so they take the object, not its text."""
+    out = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            message = {**message, "tool_calls": [_with_object(call) for call in calls]}
+        out.append(message)
+    return out
+
+
+def _with_object(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function") or {}
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments or "{}")
+        except json.JSONDecodeError:
+            return call
+    return {**call, "function": {**function, "arguments": arguments}}
 
 
 def _text(content: Any) -> str:  # noqa: ANN401 - JSON
