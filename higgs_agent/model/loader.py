@@ -106,7 +106,7 @@ def set_cpu_threads(threads: int | None = None) -> int:
     return count
 
 
-def _download(repo_id: str, what: str, flag: str, progress: Callable[[str], None],
+def download_weights(repo_id: str, what: str, flag: str, progress: Callable[[str], None],
               size: str = "about 12 GB for the model", offline: str = "higgs-agent make-tiny-model DIR") -> str:
     """A hub repository -> its local snapshot (downloaded once, with progress bars; cached after). One
     download instead of one hub round trip per component: offline, that is one fast, clear error."""
@@ -128,7 +128,7 @@ def _download(repo_id: str, what: str, flag: str, progress: Callable[[str], None
 def resolve_source(source: str, expected_type: str, what: str, flag: str,
                    progress: Callable[[str], None] = log.info) -> str:
     """A hub id or a local folder -> a checked local folder."""
-    folder = _download(source, what, flag, progress) if is_hub_id(source) else source
+    folder = download_weights(source, what, flag, progress) if is_hub_id(source) else source
     return str(check_folder(folder, expected_type, what))
 
 
@@ -137,7 +137,7 @@ def _folder_size(folder: str | Path) -> str:
     return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 
-def _from_pretrained(cls, folder: str, what: str, **kwargs):  # noqa: ANN001, ANN202
+def checked_from_pretrained(cls, folder: str, what: str, **kwargs):  # noqa: ANN001, ANN202
     try:
         return cls.from_pretrained(folder, **kwargs)
     except OSError as exc:  # a folder with missing or unreadable files
@@ -162,7 +162,7 @@ def _has_text_head(folder: str) -> bool:
     return TEXT_HEAD_WEIGHT in names
 
 
-def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, what: str) -> torch.nn.Module:
+def move_to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, what: str) -> torch.nn.Module:
     try:
         return module.to(device=device, dtype=dtype)
     except torch.OutOfMemoryError as exc:
@@ -201,19 +201,19 @@ def load_higgs(
         set_cpu_threads(threads)
 
     started = time.perf_counter()
-    tokenizer = _from_pretrained(AutoTokenizer, model_folder, "text tokenizer")
-    feature_extractor = _from_pretrained(DacFeatureExtractor, model_folder, "feature extractor")
+    tokenizer = checked_from_pretrained(AutoTokenizer, model_folder, "text tokenizer")
+    feature_extractor = checked_from_pretrained(DacFeatureExtractor, model_folder, "feature extractor")
     extra = {"use_text_head": True} if use_text_head else {}
-    lm = _from_pretrained(HiggsAudioV2ForConditionalGeneration, model_folder, "Higgs Audio v2 model",
+    lm = checked_from_pretrained(HiggsAudioV2ForConditionalGeneration, model_folder, "Higgs Audio v2 model",
                           dtype=target_dtype, **extra)
-    lm = _move(lm, target, target_dtype, "Higgs Audio v2 model").eval()
-    progress(f"model: {_parameters(lm)} on {target} as {str(target_dtype).removeprefix('torch.')} "
+    lm = move_to(lm, target, target_dtype, "Higgs Audio v2 model").eval()
+    progress(f"model: {describe_parameters(lm)} on {target} as {str(target_dtype).removeprefix('torch.')} "
              f"({time.perf_counter() - started:.1f} s)")
     started = time.perf_counter()
-    audio_tokenizer = _from_pretrained(HiggsAudioV2TokenizerModel, codec_folder, "Higgs Audio v2 codec")
+    audio_tokenizer = checked_from_pretrained(HiggsAudioV2TokenizerModel, codec_folder, "Higgs Audio v2 codec")
     # The codec stays float32: its convolutional decoder is small and loses quality in bf16.
-    audio_tokenizer = _move(audio_tokenizer, target, torch.float32, "codec").eval()
-    progress(f"codec: {_parameters(audio_tokenizer)} on {target} as float32 "
+    audio_tokenizer = move_to(audio_tokenizer, target, torch.float32, "codec").eval()
+    progress(f"codec: {describe_parameters(audio_tokenizer)} on {target} as float32 "
              f"({time.perf_counter() - started:.1f} s)")
 
     chat_template = getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE_FILE.read_text()
@@ -228,7 +228,7 @@ def load_higgs(
     return HiggsBundle(lm, audio_tokenizer, processor, target, target_dtype, model, codec_folder)
 
 
-def _parameters(module: torch.nn.Module) -> str:
+def describe_parameters(module: torch.nn.Module) -> str:
     params = sum(p.numel() for p in module.parameters())
     size = sum(p.numel() * p.element_size() for p in module.parameters())
     count = f"{params / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.0f} M"

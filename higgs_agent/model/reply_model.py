@@ -35,7 +35,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from transformers.generation.streamers import BaseStreamer
 
 from higgs_agent.model.errors import ModelLoadError
-from higgs_agent.model.loader import _download, _from_pretrained, _move, _parameters, pick_device, pick_dtype
+from higgs_agent.model.loader import (
+    checked_from_pretrained,
+    describe_parameters,
+    download_weights,
+    move_to,
+    pick_device,
+    pick_dtype,
+)
 from higgs_agent.model.sources import REPLY_MODEL_OFFLINE, check_reply_folder, is_hub_id
 
 log = logging.getLogger(__name__)
@@ -68,25 +75,25 @@ def load_reply_model(source: str, device: str | torch.device | None = None, dtyp
                      progress: Callable[[str], None] = log.info) -> ReplyModel:
     """A hub id or folder -> the model on `device` (auto: CUDA when present) in `dtype` (auto: bf16 on CUDA,
     float32 on CPU). ModelLoadError, saying how to get one, when it cannot be had."""
-    folder = (_download(source, "reply model", "--reply-model", progress, size="3 GB for a 1.5B model in bf16",
+    folder = (download_weights(source, "reply model", "--reply-model", progress, size="3 GB for a 1.5B model in bf16",
                         offline=REPLY_MODEL_OFFLINE) if is_hub_id(source) else source)
     folder = str(check_reply_folder(folder))
     target = device if isinstance(device, torch.device) else pick_device(device)
     target_dtype = pick_dtype(target, dtype)
     started = time.perf_counter()
-    tokenizer = _from_pretrained(AutoTokenizer, folder, "reply model's tokenizer")
+    tokenizer = checked_from_pretrained(AutoTokenizer, folder, "reply model's tokenizer")
     try:
-        model = _from_pretrained(AutoModelForCausalLM, folder, "reply model", dtype=target_dtype)
+        model = checked_from_pretrained(AutoModelForCausalLM, folder, "reply model", dtype=target_dtype)
     except ValueError as exc:  # a config of a kind AutoModelForCausalLM does not know
         raise ModelLoadError(f"{folder!r} does not hold a causal language model transformers can load: "
                              f"{str(exc).splitlines()[0]}") from exc
-    model = _move(model, target, target_dtype, "reply model").eval()
+    model = move_to(model, target, target_dtype, "reply model").eval()
     stops = {tokenizer.eos_token_id, *_ids(model.generation_config.eos_token_id)}
     for marker in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>"):  # ends of a chat turn
         token = tokenizer.convert_tokens_to_ids(marker) if marker in tokenizer.get_vocab() else None
         stops.add(token)
     stops.discard(None)
-    progress(f"reply model: {_parameters(model)} from {source} on {target} as "
+    progress(f"reply model: {describe_parameters(model)} from {source} on {target} as "
              f"{str(target_dtype).removeprefix('torch.')} ({time.perf_counter() - started:.1f} s)")
     return ReplyModel(model, tokenizer, source, target, target_dtype, tuple(sorted(stops)))
 
