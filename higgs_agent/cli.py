@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reply_model_args(translate)
     translate.add_argument("--asr-model", default=None, help=f"speech recognition (default: {DEFAULT_ASR_MODEL})")
     translate.add_argument("--fast", action="store_true", help="send the recording as fast as possible")
+    translate.add_argument("--whole-turns", action="store_true",
+                           help="translate each turn once it ends, not clause by clause while it is spoken")
     _add_model_args(translate)
     _add_sampling_args(translate)
 

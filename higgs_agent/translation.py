@@ -150,7 +150,9 @@ async def _read(client: RealtimeClient, sender: asyncio.Task, phrases: list[Tran
             phrase.created_s = now
             if phrase.item_id is not None and phrase.part != "clause":
                 turn = turns.setdefault(phrase.item_id, _Turn())
-                phrase.phrase_end_s, phrase.heard = turn.end_s, phrase.heard or turn.heard or ""
+                phrase.phrase_end_s = turn.end_s
+                if phrase.part == "turn" and not phrase.heard:  # a server that does not name the words
+                    phrase.heard = turn.heard or ""
             by_response[event["response"]["id"]] = phrase
             phrases.append(phrase)
         elif kind == "response.output_audio.delta" and event["response_id"] in by_response:
@@ -244,7 +246,8 @@ def translate_command(args: Any) -> int:  # noqa: ANN401 - argparse.Namespace
     with serve_in_background(services) as base:
         url = base.replace("http://", "ws://") + "/v1/realtime"
         result = asyncio.run(interpret(url, read_wav(args.wav), SAMPLE_RATE, args.to, args.source,
-                                       realtime_pace=not args.fast, on_phrase=lambda p: print(describe(p))))
+                                       realtime_pace=not args.fast, on_phrase=lambda p: print(describe(p)),
+                                       simultaneous=not args.whole_turns))
     write_wav(args.output, result.audio)
     figures = summary(result)
     print(f"wrote {args.output}: {len(result.audio) / SAMPLE_RATE:.2f} s, {figures['translated']} of "

@@ -111,7 +111,7 @@ def test_bench_translate_reports_per_phrase_latency(tiny_dir):
     assert whole["translations"] == 1 and whole["clauses_translated_early"] == 0
     assert whole["first_audio_before_speaker_finished_ms"] < 0 < whole["lag_ms_p50"]
     assert simultaneous["translations"] - simultaneous["clauses_translated_early"] in (0, 1)  # and the rest
-    assert len(simultaneous["lag_ms"]) == simultaneous["translations"]
+    assert 0 < len(simultaneous["lag_ms"]) <= simultaneous["translations"]  # each translation heard is timed
 
 
 def test_bench_soak_keeps_a_misbehaved_server_up_and_reports_its_memory(tiny_dir):

@@ -57,7 +57,7 @@ async def test_each_phrase_comes_back_translated_in_the_callers_voice_while_they
                              default_responder="echo", sampling=SamplingSettings(greedy=True, max_frames=80))
     with running_server(services) as base:
         result = await interpret(base.replace("http", "ws") + "/v1/realtime", two_phrases(), 24000, "fr", "en",
-                                 realtime_pace=True)
+                                 realtime_pace=True, simultaneous=False)  # whole phrases (clauses: below)
 
     assert [p.status for p in result.phrases] == ["completed", "completed"]
     assert word_error_rate(FIRST, result.phrases[0].heard) <= 0.3
@@ -85,7 +85,7 @@ def test_translate_command_turns_a_recording_into_its_translation(tiny_dir, tmp_
     write_wav(source, two_phrases(24000))
     done = subprocess.run([sys.executable, "-m", "higgs_agent", "translate", "--wav", str(source), "--to", "fr",
                            "--from", "en", "-o", str(out), "--model", str(tiny_dir), "--llm-url", llm.base_url,
-                           "--llm-model", "fake", "--fast", "--greedy", "--max-frames", "80"],
+                           "--llm-model", "fake", "--fast", "--greedy", "--max-frames", "80", "--whole-turns"],
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Bonjour" in done.stdout and "verre" in done.stdout and "ms after the phrase ended" in done.stdout

@@ -10,13 +10,16 @@ Interpreters cut at the same places. when the turn ends, what its final transcri
 last span. A speaker who talks for ten seconds is thus heard in translation from their first clause, not after
 their last word (today's conference interpreters lag a clause or two; so does this).
 
-Word counts, not word identity, place the rest: the final reading may revise a word the partial readings agreed
-on ("two" for "to"), and the span already spoken cannot be taken back.
+The rest is placed by aligning the words handed over with the final reading (difflib): it may revise a word the
+partial readings agreed on ("two" for "to", "I uh went" for "I went"), and what was already spoken cannot be
+taken back, nor should it be said twice.
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
+from difflib import SequenceMatcher
 
 MIN_WORDS = 3  # a shorter clause ("Well,") waits for the next one: too little to translate on its own
 CLAUSE_END = (",", ".", ";", ":", "?", "!", "…")
@@ -31,28 +34,34 @@ _KEPT_TURNS = 8
 class ClauseSpans:
     def __init__(self, min_words: int = MIN_WORDS) -> None:
         self.min_words = min_words
-        self._handed: OrderedDict[str, int] = OrderedDict()  # turn -> words handed over so far
+        self._handed: OrderedDict[str, list[str]] = OrderedDict()  # turn -> the words handed over so far
 
     def agreed(self, item_id: str, text: str) -> str | None:
         """The turn's agreed words so far -> the span to translate now (None: no clause closed since the last)."""
         words = text.split()
-        start = self._handed.get(item_id, 0)
+        handed = self._handed.get(item_id, [])
+        start = len(handed)  # the agreed words only grow: those handed over are their start
         end = max((i + 1 for i in range(start, len(words)) if _closes(words, i)), default=start)
         if end - start < self.min_words:
             return None
-        self._handed[item_id] = end
+        self._handed[item_id] = words[:end]
         self._handed.move_to_end(item_id)
         while len(self._handed) > _KEPT_TURNS:
             self._handed.popitem(last=False)
         return " ".join(words[start:end])
 
     def handed(self, item_id: str) -> bool:
-        return self._handed.get(item_id, 0) > 0
+        return bool(self._handed.get(item_id))
 
     def rest(self, item_id: str, final: str) -> str:
         """The turn is over: what its final transcript says after the spans handed over ("" when nothing)."""
-        start = self._handed.pop(item_id, 0)
-        return " ".join(final.split()[start:])
+        handed, words = self._handed.pop(item_id, []), final.split()
+        matcher = SequenceMatcher(None, [_bare(w) for w in handed], [_bare(w) for w in words], autojunk=False)
+        matched = [block for block in matcher.get_matching_blocks() if block.size]
+        if not matched:
+            return " ".join(words[len(handed):])
+        last = matched[-1]  # the handed words after the last match stand for as many final words
+        return " ".join(words[last.b + last.size + len(handed) - (last.a + last.size):])
 
 
 def _closes(words: list[str], index: int) -> bool:
@@ -61,3 +70,8 @@ def _closes(words: list[str], index: int) -> bool:
         return True
     following = words[index + 1] if index + 1 < len(words) else None
     return following is not None and following.lower().strip(",.;:?!") in CLAUSE_OPENERS
+
+
+def _bare(word: str) -> str:
+    """A word for aligning readings: its letters and digits, lower case ("morning," and "Morning" match)."""
+    return re.sub(r"[^\w']", "", word.lower())

@@ -26,7 +26,7 @@ from higgs_agent.agent.session_tools import SessionTools
 from higgs_agent.agent.tools.spec import ToolConfig
 from higgs_agent.agent.turn_reading import TurnReader, WireAudio
 from higgs_agent.agent.turn_timing import TurnTiming
-from higgs_agent.deadlines import within
+from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol.errors import ProtocolError
@@ -89,14 +89,15 @@ class ReplyInputs:
         self._tools = tools
         self._cloning = cloning
         self._reader = reader
+        self._sampled: tuple[str, VoiceReference] | None = None  # (turn, its clone from a clause's speech)
 
     def preparation(self, settings: ReplySettings, config: SessionConfig, responder: Responder,
                     user: ConversationItem | None, audio16k: np.ndarray | None,
                     timing: TurnTiming, listing: asyncio.Task | None,
-                    voice_sample: tuple[WireAudio, str] | None = None) -> Callable[[], Awaitable[Preparation]]:
+                    voice_sample: tuple[str, WireAudio, str] | None = None) -> Callable[[], Awaitable[Preparation]]:
         """`listing`: the operator's MCP servers being listed, if they still are (their tools wait for it).
-        `voice_sample`: the caller's speech so far and its words, to clone when nothing else is (a clause of
-        their first turn, translated while they speak it)."""
+        `voice_sample`: (the turn, its speech so far, the words of it), to clone when nothing else is (a clause
+        of the caller's first turn, translated while they speak it; cloned once per turn)."""
         caller_voice = config.voice == CALLER_VOICE and not settings.text_only
         wants_codes = (caller_voice and self._cloning.reference is None and self._cloning.task is None) or \
             config.responder == "native"
@@ -133,13 +134,19 @@ class ReplyInputs:
 
         return prepare
 
-    async def _sample_voice(self, sample: WireAudio, words: str) -> VoiceReference | None:
+    async def _sample_voice(self, item_id: str, sample: WireAudio, words: str) -> VoiceReference | None:
+        if self._sampled is not None and self._sampled[0] == item_id:
+            return self._sampled[1]  # the turn's first clause was cloned: its later clauses speak in that voice
         try:
             codes = await self._services.engine.encode(sample.samples, sample.rate, stage="user_codes")
-        except Exception:  # noqa: BLE001 - spoken in the model's own voice rather than not at all
+        except StageTimeout as exc:  # spoken in the model's own voice rather than not at all
+            log.error("cloning the caller's voice from their speech so far stalled: %s", exc)
+            return None
+        except Exception:  # noqa: BLE001 - as above
             log.exception("cloning the caller's voice from their speech so far failed")
             return None
-        return VoiceReference(codes=codes, transcript=words)
+        self._sampled = (item_id, VoiceReference(codes=codes, transcript=words))
+        return self._sampled[1]
 
     async def _voice(self, name: str) -> VoiceReference | None:
         return await within("voice_reference", self._services.reply_limits.voice_reference_s,

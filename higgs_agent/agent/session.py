@@ -76,6 +76,7 @@ _CANCEL_WAIT_S = 5.0  # a stalled reply that was stopped gets this long to end b
 # ends a turn is at least this much longer)
 SPECULATIVE_PAUSE_MS = 200
 _SPECULATION_MARGIN_MS = 100
+METADATA_VALUE_CHARS = 512  # OpenAI's bound on a metadata value
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Session:
             language=lambda: (self.config.transcription.language, self.config.transcription.prompt),
             turn_model=services.end_of_turn_model, on_agreed=self._agreed))
         self.clauses = ClauseSpans()  # simultaneous interpreting: the clauses of each turn handed over so far
+        self._waiting_clause: UserTurn | None = None  # the clause queued and not yet taken (one at a time)
         back = _Back(weakref.ref(self))  # the parts speak back through it, and never keep the session alive
         self.reader = TurnReader(services, back.say, self.listening, self.cloning, back.stalled)
         self.inputs = ReplyInputs(services, tenant, self.conversation, self.tools, self.cloning, self.reader)
@@ -318,9 +320,11 @@ class Session:
         for note in notes:
             note.event_id = event.event_id
             await self.report(note)
-        if self.tools.servers != servers_before:
-            await self._list_tools()
-        await self.send(SessionChanged(self.config, self.tools.config))
+        try:
+            if self.tools.servers != servers_before:
+                await self._list_tools()
+        finally:  # the config changed, whatever the listing did: the client (and its encoder) must know
+            await self.send(SessionChanged(self.config, self.tools.config))
 
     async def _list_tools(self) -> None:
         """List the MCP servers not listed yet; each listing is an `mcp_list_tools` item, as OpenAI sends."""
@@ -401,8 +405,13 @@ class Session:
         await self._add_user_audio(new_id("item"), turn.audio, TurnTiming(),
                                    create_response=self._turns_create_responses, wire=wire)
 
+    @property
+    def _turns_waiting(self) -> int:
+        """Turns queued to be understood, a clause waiting to be translated not counted (one at most waits)."""
+        return self._turns.qsize() - (self._waiting_clause is not None)
+
     def _check_queue(self) -> None:
-        if self._turns.qsize() >= MAX_PENDING_TURNS:
+        if self._turns_waiting >= MAX_PENDING_TURNS:
             raise ProtocolError("turn_queue_full", f"{MAX_PENDING_TURNS} turns are still waiting to be "
                                 "transcribed; commit again once they are (conversation.item.input_audio_"
                                 "transcription.completed)")
@@ -410,7 +419,7 @@ class Session:
     async def _add_user_audio(self, item_id: str, audio: np.ndarray, timing: TurnTiming, create_response: bool,
                               after: str | None = None, wire: WireAudio | None = None,
                               early: asyncio.Future[Transcript] | None = None) -> None:
-        if self._turns.qsize() >= MAX_PENDING_TURNS:  # VAD turns too: a flood of them is dropped, and said so
+        if self._turns_waiting >= MAX_PENDING_TURNS:  # VAD turns too: a flood of them is dropped, and said so
             await self.report(ProtocolError("turn_queue_full", f"{MAX_PENDING_TURNS} turns are still waiting to "
                                             "be transcribed; this one was dropped"))
             return
@@ -510,6 +519,8 @@ class Session:
                 await self.report(ProtocolError("server_error", f"the turn failed: {exc!r}", type="server_error"))
 
     async def _take_turn(self, turn: UserTurn) -> None:
+        if turn is self._waiting_clause:
+            self._waiting_clause = None  # taken: the next clause waits on its own
         if turn.item is not None and turn.audio is not None:
             await self.reader.read(turn.item, turn.audio, self.config.transcription, turn.early, turn.wire,
                                    in_caller_voice=self.config.voice == CALLER_VOICE, timing=turn.timing)
@@ -528,17 +539,28 @@ class Session:
             self._respond(turn)
 
     def _agreed(self, item_id: str, words: str, reading: tuple[int, int, str]) -> None:
-        """Translation mode, with an LLM to translate: a clause the speaker closed is translated while they go
-        on (interpreting.py), after the clauses before it; with the reading's audio, in case the caller's voice
-        has no clone yet (their first turn)."""
+        """Translation mode, with an LLM to translate: a clause the speaker closed in the turn they are still
+        speaking is translated while they go on (interpreting.py), after the clauses before it. One clause waits
+        at a time: when the interpreter is behind, the next clauses join it (a longer span, not a longer queue).
+        A caller with no clone yet (their first turn) is cloned from the reading's audio."""
         translation = self.config.translation
         translator = self._responder() if translation is not None and translation.simultaneous else None
-        if isinstance(translator, Translator) and translator.simultaneous and self._turns_create_responses \
-                and (span := self.clauses.agreed(item_id, words)) is not None:
+        if not (isinstance(translator, Translator) and translator.simultaneous and self._turns_create_responses
+                and item_id == self._speech_item_id and item_id != self.barge_in.held_by):
+            return  # a turn already over (its rest says the rest), or speech that may be only an "uh-huh"
+        if (span := self.clauses.agreed(item_id, words)) is None:
+            return
+        waiting = self._waiting_clause
+        if waiting is not None and waiting.translate is not None and waiting.translate[0] == item_id:
+            waiting.translate = (item_id, f"{waiting.translate[1]} {span}")
+            return
+        wire, heard = None, None
+        if self.config.voice == CALLER_VOICE and self.cloning.reference is None:
             start_ms, end_ms, heard = reading
             wire = WireAudio(self.input.tape.slice_ms(start_ms, end_ms), self.input.tape.rate)
-            self._queue(UserTurn(None, None, TurnTiming(), create_response=True, translate=(item_id, span),
-                                 wire=wire, wire_words=heard))
+        self._waiting_clause = UserTurn(None, None, TurnTiming(), create_response=True, translate=(item_id, span),
+                                        wire=wire, wire_words=heard)
+        self._queue(self._waiting_clause)
 
     async def _after_reply(self) -> None:
         """Wait for the reply in flight to end while it makes progress; one that stalls is stopped, and given
@@ -569,16 +591,19 @@ class Session:
 
     def _respond(self, turn: UserTurn, responder: Responder | None = None) -> None:
         responder = responder or self._responder()
-        user = self.conversation.last_user_item()
+        # a clause belongs to a turn not yet in the conversation: the turn before is not what it answers
+        clause = turn.translate[0] if turn.translate is not None and turn.item is None else None
+        user = None if clause else self.conversation.last_user_item()
         settings = ReplySettings.of(turn.response, self.config, self.tools, user)
         if isinstance(responder, Translator):
             responder, settings = self._interpreting(turn, responder, settings)
-        voice_sample = (turn.wire, turn.wire_words) if turn.wire is not None and turn.wire_words else None
+        voice_sample = (clause, turn.wire, turn.wire_words) if clause and turn.wire is not None and turn.wire_words \
+            else None
         prepare = self.inputs.preparation(settings, self.config, responder, user, turn.audio, turn.timing,
                                           self._listing, voice_sample)
         self.reply = ReplyRun(self.output, self.services.engine, responder, self.speaker, turn.timing,
                               self.conversation, prepare, self.send, tools=self.tools,
-                              user_item_id=user.id if user is not None else None,
+                              user_item_id=clause or (user.id if user is not None else None),
                               user_audio_s=user.audio_seconds if user is not None else 0.0,
                               metadata=settings.metadata, max_output_tokens=settings.max_output_tokens,
                               on_latency=self._latency, count_tokens=self.inputs.count_tokens,
@@ -599,8 +624,8 @@ class Session:
             item_id, words, part = turn.item.id, turn.item.text or "", "turn"
         else:
             return translator, settings
-        metadata = {**(settings.metadata or {}), "source_item_id": item_id, "source_text": words,
-                    "source_part": part}
+        metadata = {**(settings.metadata or {}), "source_item_id": item_id,
+                    "source_text": words[:METADATA_VALUE_CHARS], "source_part": part}
         return translator, replace(settings, metadata=metadata, text_only=settings.text_only or not words.strip())
 
     def _responder(self) -> Responder:
@@ -628,7 +653,8 @@ class Session:
             self.reply = None
 
     async def _latency(self, run: ReplyRun, latency_ms: dict[str, float | None]) -> None:
-        self.services.metrics.observe_turn(latency_ms)
+        if (run.metadata or {}).get("source_part") != "clause":  # a clause is timed from when it was agreed
+            self.services.metrics.observe_turn(latency_ms)
         stages = ", ".join(f"{stage.replace('_', ' ')} {'-' if ms is None else f'{ms:.0f} ms'}"
                            for stage, ms in latency_ms.items())
         log.info("turn latency %s: %s (from the end of the user's speech)", run.id, stages)

@@ -5,7 +5,8 @@ pace, the real ASR, and as the translator a local OpenAI-compatible server that 
 it was given (`higgs_agent.testing.fake_llm`, `echo`: a "translation" as long as its source, so a clause's
 speech is as long as the clause): so the figure is this agent's own share — the VAD's decision,
 transcription, cloning the speaker's voice, speaking — without any LLM's time. Baseline in the same run: the
-engine alone speaking the same translation in the same voice (its time to first audio).
+engine alone speaking the first phrase (its time to first audio). The phrases are translated whole (comparable
+with runs before simultaneous interpreting); `one_long_turn` compares clause by clause with whole.
 """
 
 from __future__ import annotations
@@ -70,14 +71,15 @@ def run_translate_bench(args: argparse.Namespace) -> dict:
         with serve_in_background(services) as base:
             url = base.replace("http://", "ws://") + "/v1/realtime"
             note(f"translating {args.phrases} phrases at real-time pace ...")
-            result = asyncio.run(interpret(url, _speech(args.phrases), SAMPLE_RATE, "fr", "en"))
+            # whole phrases, as before simultaneous interpreting: these figures compare with earlier runs
+            result = asyncio.run(interpret(url, _speech(args.phrases), SAMPLE_RATE, "fr", "en", simultaneous=False))
             speech, clause_ends = _one_long_turn()
             continuous = {}
             for simultaneous in (True, False):
                 note(f"one turn of {len(CLAUSES)} clauses, {'clause by clause' if simultaneous else 'whole'} ...")
                 run = asyncio.run(interpret(url, speech, SAMPLE_RATE, "fr", "en", simultaneous=simultaneous))
                 continuous["simultaneous" if simultaneous else "whole_turn"] = _lag(run, clause_ends)
-    baseline = [asyncio.run(_engine_ttfa_ms(services, TRANSLATION)) for _ in range(3)]
+    baseline = [asyncio.run(_engine_ttfa_ms(services, PHRASES[0])) for _ in range(3)]
     latencies = [p.latency_ms for p in result.phrases if p.latency_ms is not None]
     stages = {stage: [p.server_latency_ms.get(stage) for p in result.phrases if p.server_latency_ms]
               for stage in ("transcript", "first_text", "first_audio_frame", "first_audio_sent")}

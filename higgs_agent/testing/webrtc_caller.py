@@ -61,7 +61,7 @@ class Microphone(MediaStreamTrack):
             await asyncio.sleep(self._next_at - now)
         chunk, self._pending = self._pending[:FRAME], self._pending[FRAME:]
         if len(chunk) and not len(self._pending):
-            self.drained_at = self._next_at + len(chunk) / RATE  # the last sample's place in time
+            self.drained_at = self._next_at  # when the frame with the last sample went (as `talk` times a chunk)
         chunk = np.pad(chunk, (0, FRAME - len(chunk)))
         frame = av.AudioFrame.from_ndarray(np.frombuffer(float_to_pcm16(chunk), np.int16)[None, :], format="s16",
                                            layout="mono")
@@ -108,6 +108,8 @@ class Caller:
 
     async def connect(self, answer: str, location: str) -> None:
         self.answer, self.call_id = answer, location.rsplit("/", 1)[-1]
+        if location != f"/v1/realtime/calls/{self.call_id}" or not self.call_id.startswith("rtc_"):
+            raise CallRefused(f"the answer's Location is {location!r}, not /v1/realtime/calls/rtc_...")
         await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         await self.until("session.created", timeout=20)
 

@@ -195,7 +195,8 @@ def wire_response(state: ReplyState, with_output: bool = True) -> se.Response:
     if state.status not in ("in_progress", "completed"):
         error = None if state.failure is None else se.StatusError(type="server_error", code=state.failure.code,
                                                                   message=state.failure.message)
-        details = se.StatusDetails(type=state.status, reason=state.reason, error=error)  # type: ignore[arg-type]
+        reason = state.reason if state.status in ("cancelled", "incomplete") else None  # a stop that then failed
+        details = se.StatusDetails(type=state.status, reason=reason, error=error)  # type: ignore[arg-type]
     usage = state.usage
     return se.Response(id=state.response_id, status=state.status, status_details=details,  # type: ignore[arg-type]
                        output=[wire_item(item) for item in state.items] if with_output else [],
