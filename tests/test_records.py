@@ -1,0 +1,258 @@
+"""Conversations on record (`serve --records-url`), with real things only: a real `serve` in a subprocess, a real
+SQLite file, a real PostgreSQL (initdb + pg_ctl), real speech. A spoken and a typed turn are read back per tenant
+(GET /v1/sessions), deleted on request, survive a SIGKILL of the server mid-conversation, and a database that is
+down does not stop a reply (the failure is counted)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+
+import httpx
+import pytest
+from agent_server import Client
+from postgres import running_postgres
+from speech import speech_with_silence
+
+from higgs_agent.records.store import ItemWrite, LatencyWrite, RecordStore, SessionEnded, SessionStarted
+from higgs_agent.records.writer import RecordWriter
+from higgs_agent.testing.serve_process import running_serve
+
+KEYS = {"acme": "sk-acme-1", "globex": "sk-globex-2"}
+SPOKEN = "hello, can you tell me the weather forecast for tomorrow"
+
+
+def auth(tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "keys.txt"
+    path.write_text("".join(f"{tenant}: {key}\n" for tenant, key in KEYS.items()))
+    return path
+
+
+def serve_args(tiny_dir, keys_file, records_url: str, *more: str) -> list[str]:
+    return ["--model", str(tiny_dir), "--no-understanding", "--max-frames", "40", "--api-keys", str(keys_file),
+            "--records-url", records_url, *more]
+
+
+# -- a conversation -------------------------------------------------------------------------------------------
+
+async def spoken_turn(client: Client) -> dict:
+    audio, _ = speech_with_silence(SPOKEN, lead_ms=300, tail_ms=1200, rate=24_000)
+    await client.send_audio(audio)
+    return await client.until("response.done", timeout=180)
+
+
+async def typed_turn(client: Client, text: str) -> dict:
+    await client.send({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+    await client.send({"type": "response.create"})
+    return await client.until("response.done", timeout=180)
+
+
+async def converse(base: str, tenant: str = "acme") -> str:
+    """A spoken turn, then a typed one; the session's id."""
+    client = await Client.connect(base, additional_headers=auth(tenant))
+    try:
+        session_id = client.events[0]["session"]["id"]
+        await spoken_turn(client)
+        await typed_turn(client, "And the day after?")
+        return session_id
+    finally:
+        await client.close()
+
+
+def record_of(base: str, session_id: str, tenant: str = "acme", until: callable = bool, timeout_s: float = 10):
+    """GET /v1/sessions/{id}, asked again until `until(body)` (writes are committed a moment after they happen)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = httpx.get(f"{base}/v1/sessions/{session_id}", headers=auth(tenant), timeout=10)
+        if response.status_code == 200 and until(response.json()) or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
+
+
+def check_conversation(record: dict) -> None:
+    """A spoken turn and a typed one, on record in order with their replies and latencies."""
+    messages = [item for item in record["items"] if item["type"] == "message"]
+    assert [item["role"] for item in messages] == ["user", "assistant", "user", "assistant"], messages
+    heard, echo, typed, echo2 = messages
+    assert "weather" in heard["text"].lower() and heard["content_type"] == "input_audio", heard
+    assert heard["language"] in (None, "en")
+    assert echo["text"] and "weather" in echo["text"].lower() and echo["response_id"], echo
+    assert typed["text"] == "And the day after?" and typed["content_type"] == "input_text"
+    assert echo2["text"] == "And the day after?" and echo2["status"] == "completed"
+    latencies = {latency["response_id"]: latency["stages_ms"] for latency in record["latencies"]}
+    assert set(latencies) == {echo["response_id"], echo2["response_id"]}
+    assert latencies[echo["response_id"]]["transcript"] is not None, latencies
+
+
+def dropped(base: str) -> float:
+    text = httpx.get(f"{base}/metrics", headers=auth("acme")).text
+    found = re.findall(r'^higgs_records_dropped_total\{reason="database_error"\} (\S+)$', text, re.M)
+    return float(found[0]) if found else 0.0
+
+
+# -- the store and its writer thread, without a server ------------------------------------------------------------
+
+def test_writer_commits_and_the_store_reads_back_per_tenant(tmp_path):
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    writer = RecordWriter(store)
+    writer.start()
+    now = time.time()
+    writer.put(SessionStarted("sess_old", "acme", "phone", "m", now - 10 * 86400))
+    writer.put(SessionStarted("sess_a", "acme", "websocket", "m", now))
+    writer.put(SessionStarted("sess_b", "globex", "webrtc", "m", now + 1))
+    writer.put(ItemWrite("sess_a", "item_2", 1, now, {"role": "assistant", "status": "in_progress"}))
+    writer.put(ItemWrite("sess_a", "item_1", 0, now, {"role": "user", "text": "hi"}))
+    writer.put(ItemWrite("sess_a", "item_2", 1, now, {"text": "hello", "status": "completed"}))
+    writer.put(LatencyWrite("sess_a", "resp_1", "item_1", "item_2", now, {"transcript": 12.5, "first_text": None}))
+    writer.put(SessionEnded("sess_a", now + 5))
+    assert writer.flush()
+    record = store.get_session("acme", "sess_a")
+    assert [(i["item_id"], i["role"], i["text"], i["status"]) for i in record["items"]] == [
+        ("item_1", "user", "hi", None), ("item_2", "assistant", "hello", "completed")]
+    assert record["latencies"][0]["stages_ms"] == {"transcript": 12.5, "first_text": None}
+    assert record["ended_at"] == now + 5
+    assert store.get_session("globex", "sess_a") is None  # another tenant's session reads as missing
+    rows, more = store.list_sessions("acme", limit=1)
+    assert [r["id"] for r in rows] == ["sess_a"] and more
+    assert [r["id"] for r in store.list_sessions("acme", 5, after="sess_a")[0]] == ["sess_old"]
+    assert store.prune(days=7) == 1 and store.get_session("acme", "sess_old") is None
+    assert not store.delete_session("globex", "sess_a") and store.delete_session("acme", "sess_a")
+    assert store.get_session("acme", "sess_a") is None
+    writer.close()
+
+
+def test_a_full_queue_or_a_dead_database_drops_and_counts_and_never_raises(tmp_path):
+    drops: list[tuple[str, int]] = []
+    store = RecordStore(f"sqlite:///{tmp_path / 'no-such-dir' / 'records.db'}")  # cannot be opened
+    writer = RecordWriter(store, on_drop=lambda reason, count: drops.append((reason, count)), queue_size=2)
+    for n in range(5):  # the thread is not started: the queue fills
+        writer.put(SessionStarted(f"sess_{n}", "acme", "websocket", None, 0.0))
+    assert drops == [("queue_full", 1)] * 3
+    writer.start()
+    assert writer.flush()
+    assert ("database_error", 2) in drops
+    writer.close()
+
+
+# -- a real server on a SQLite file ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def records_db(tmp_path_factory):
+    return tmp_path_factory.mktemp("records") / "records.db"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir, keys_file, records_db):
+    with running_serve(serve_args(tiny_dir, keys_file, str(records_db))) as serve:
+        yield serve
+
+
+def test_a_conversation_is_on_record_for_its_tenant_only_and_can_be_deleted(server):
+    base = server.base
+    session_id = asyncio.run(converse(base))
+    response = record_of(base, session_id, until=lambda body: body["ended_at"] is not None)
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert record["object"] == "realtime.session.record" and record["transport"] == "websocket"
+    check_conversation(record)
+    listed = httpx.get(f"{base}/v1/sessions", headers=auth("acme")).json()
+    assert listed["object"] == "list" and listed["data"][0]["id"] == session_id
+    # another tenant's key sees nothing of it
+    assert httpx.get(f"{base}/v1/sessions", headers=auth("globex")).json()["data"] == []
+    other = httpx.get(f"{base}/v1/sessions/{session_id}", headers=auth("globex"))
+    assert other.status_code == 404 and other.json()["error"]["code"] == "session_not_found"
+    assert httpx.delete(f"{base}/v1/sessions/{session_id}", headers=auth("globex")).status_code == 404
+    assert httpx.get(f"{base}/v1/sessions/{session_id}").status_code == 401  # and no key, nothing
+    # deleted on request
+    deleted = httpx.delete(f"{base}/v1/sessions/{session_id}", headers=auth("acme"))
+    assert deleted.status_code == 200 and deleted.json() == {
+        "id": session_id, "object": "realtime.session.record.deleted", "deleted": True}
+    assert httpx.get(f"{base}/v1/sessions/{session_id}", headers=auth("acme")).status_code == 404
+    assert httpx.get(f"{base}/v1/sessions?limit=0", headers=auth("acme")).status_code == 400
+
+
+def test_a_killed_server_loses_nothing_already_said(tiny_dir, keys_file, tmp_path):
+    """SIGKILL mid-conversation (the WebSocket still open, no shutdown of any kind), then a new server on the same
+    file: everything said up to the kill is on record."""
+    db = tmp_path / "records.db"
+
+    async def talk_then_kill(serve) -> str:  # noqa: ANN001 - a ServeProcess
+        client = await Client.connect(serve.base, additional_headers=auth("acme"))
+        session_id = client.events[0]["session"]["id"]
+        await spoken_turn(client)
+        await typed_turn(client, "And the day after?")
+        await asyncio.sleep(0.5)  # the writer commits within milliseconds of each event
+        serve.process.send_signal(signal.SIGKILL)
+        serve.process.wait(10)
+        return session_id
+
+    with running_serve(serve_args(tiny_dir, keys_file, f"sqlite:///{db}")) as first:
+        session_id = asyncio.run(talk_then_kill(first))
+    with running_serve(serve_args(tiny_dir, keys_file, f"sqlite:///{db}")) as second:
+        response = record_of(second.base, session_id)
+        assert response.status_code == 200, response.text
+        record = response.json()
+        assert record["ended_at"] is None  # it never closed: the server died under it
+        check_conversation(record)
+
+
+def test_a_database_that_cannot_be_written_does_not_stop_the_call(tiny_dir, keys_file, tmp_path):
+    url = f"sqlite:///{tmp_path / 'no-such-dir' / 'records.db'}"
+    with running_serve(serve_args(tiny_dir, keys_file, url)) as serve:
+        async def talk() -> dict:
+            client = await Client.connect(serve.base, additional_headers=auth("acme"))
+            try:
+                return await typed_turn(client, "Still here?")
+            finally:
+                await client.close()
+
+        done = asyncio.run(talk())
+        assert done["response"]["status"] == "completed"
+        deadline = time.monotonic() + 10
+        while dropped(serve.base) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert dropped(serve.base) > 0
+        unavailable = httpx.get(f"{serve.base}/v1/sessions", headers=auth("acme"))
+        assert unavailable.status_code == 503 and unavailable.json()["error"]["code"] == "records_unavailable"
+        assert "writing to" in serve.log() and "failed" in serve.log()
+
+
+# -- a real PostgreSQL ---------------------------------------------------------------------------------------------
+
+def test_postgres_keeps_the_record_and_a_stopped_postgres_does_not_stop_the_call(tiny_dir, keys_file):
+    with running_postgres() as postgres, running_serve(serve_args(tiny_dir, keys_file, postgres.url)) as serve:
+        session_id = asyncio.run(converse(serve.base))
+        response = record_of(serve.base, session_id, until=lambda body: body["ended_at"] is not None)
+        assert response.status_code == 200, response.text
+        check_conversation(response.json())
+        assert httpx.get(f"{serve.base}/v1/sessions", headers=auth("globex")).json()["data"] == []
+
+        postgres.stop()  # the database goes down under a live server
+        before = dropped(serve.base)
+
+        async def talk() -> dict:
+            client = await Client.connect(serve.base, additional_headers=auth("acme"))
+            try:
+                return await typed_turn(client, "Still here?")
+            finally:
+                await client.close()
+
+        assert asyncio.run(talk())["response"]["status"] == "completed"
+        deadline = time.monotonic() + 15
+        while dropped(serve.base) == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert dropped(serve.base) > before
+
+        postgres.start()  # back up: the next session is on record again
+        session_id = asyncio.run(converse(serve.base))
+        response = record_of(serve.base, session_id, until=lambda body: body["ended_at"] is not None, timeout_s=20)
+        assert response.status_code == 200, response.text
+        check_conversation(response.json())
