@@ -142,6 +142,35 @@ def test_a_full_queue_or_a_dead_database_drops_and_counts_and_never_raises(tmp_p
     writer.close()
 
 
+def test_retention_deletes_old_sessions_when_the_writer_starts(tmp_path):
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    now = time.time()
+    store.write([SessionStarted("sess_old", "acme", "phone", None, now - 8 * 86400),
+                 ItemWrite("sess_old", "item_1", 0, now, {"text": "long ago"}),
+                 SessionStarted("sess_new", "acme", "phone", None, now - 86400)])
+    writer = RecordWriter(store, days=7)
+    writer.start()
+    assert writer.flush()
+    assert [row["id"] for row in store.list_sessions("acme", 10)[0]] == ["sess_new"]
+    writer.close()
+
+
+def test_serve_checks_the_records_flags(tmp_path):
+    from higgs_agent.cli import build_parser
+    from higgs_agent.server import check_serve_args, records_store
+
+    def args(*more: str):  # noqa: ANN202
+        return build_parser().parse_args(["serve", *more])
+
+    assert "--records-url" in check_serve_args(args("--records-days", "7"))
+    assert "N > 0" in check_serve_args(args("--records-url", "x.db", "--records-days", "0"))
+    assert check_serve_args(args("--records-url", "x.db", "--records-days", "30")) is None
+    assert records_store(args()) is None
+    assert records_store(args("--records-url", str(tmp_path / "r.db"))).engine.dialect.name == "sqlite"
+    with pytest.raises(ValueError, match="cannot be used"):
+        records_store(args("--records-url", "nosuchdb://host/x"))
+
+
 # -- a real server on a SQLite file ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
