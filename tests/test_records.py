@@ -285,3 +285,60 @@ def test_postgres_keeps_the_record_and_a_stopped_postgres_does_not_stop_the_call
         response = record_of(serve.base, session_id, until=lambda body: body["ended_at"] is not None, timeout_s=20)
         assert response.status_code == 200, response.text
         check_conversation(response.json())
+
+
+# -- a phone call (Twilio, simulated exactly) on record ---------------------------------------------------------
+
+async def test_a_phone_call_is_on_record(bundle, transcriber, tmp_path):
+    from speech import synthesize
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from higgs_agent.agent.responders.echo import EchoResponder
+    from higgs_agent.agent.services import AgentServices
+    from higgs_agent.model.sampling import SamplingSettings
+    from higgs_agent.server import serve_app_in_background
+    from higgs_agent.streaming.engine import StreamingEngine
+    from higgs_agent.testing.phone_simulator import SimulatedCall
+    from higgs_agent.transport.app import create_agent_app
+    from higgs_agent.transport.phone.call import CallSettings
+    from higgs_agent.transport.phone.routes import PhoneLine
+    from higgs_agent.transport.phone.twiml import TwilioSettings
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    writer = RecordWriter(store)
+    writer.start()
+    services = AgentServices(engine=StreamingEngine(bundle, slots=1), transcriber=transcriber,
+                             responders={"echo": EchoResponder()}, default_responder="echo",
+                             sampling=SamplingSettings(greedy=True, max_frames=40), records=writer)
+    settings = TwilioSettings(public_url="https://agent.example.com", auth_token="1" * 32)
+    line = PhoneLine(services, settings, CallSettings(greeting="Hi there."))
+    app = Starlette(routes=[*line.routes(), Mount("/", app=create_agent_app(services))])
+    try:
+        with serve_app_in_background(app) as base:
+            call = SimulatedCall(base, settings)
+            await call.dial()
+            await call.wait_frames(1, timeout=60)
+            await call.wait_quiet()
+            audio, _ = synthesize("my name is john and I am calling about my order", sample_rate=16_000)
+            speech_end = await call.say(audio, 16_000)
+            await call.wait_frames(1, since=speech_end, timeout=60)
+            await call.wait_quiet()
+            await call.hang_up()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                assert writer.flush()
+                rows, _ = store.list_sessions("default", 10)
+                if rows and rows[0]["ended_at"] is not None:
+                    break
+                await asyncio.sleep(0.1)
+        assert [row["transport"] for row in rows] == ["phone"]
+        record = store.get_session("default", rows[0]["id"])
+        messages = [(item["role"], item["text"]) for item in record["items"] if item["kind"] == "message"]
+        assert messages[0] == ("assistant", "Hi there.")
+        assert messages[1][0] == "user" and "order" in messages[1][1].lower(), messages
+        assert messages[2][0] == "assistant" and "order" in messages[2][1].lower(), messages
+        assert any(latency["user_item_id"] for latency in record["latencies"])
+    finally:
+        services.engine.close()
+        writer.close()

@@ -174,8 +174,6 @@ class Session:
             return
         self.closed = True
         self.services.metrics.sessions_active.dec()
-        if self.recorder is not None:
-            self.recorder.end()
         if self._digit_timer is not None:
             self._digit_timer.cancel()
         self.listening.close()
@@ -189,6 +187,8 @@ class Session:
         for task in list(self._background):
             task.cancel()
         await self.tools.aclose()
+        if self.recorder is not None:  # after the reply's cancel, whose last words are on record first
+            self.recorder.end()
         # A cancelled task keeps its CancelledError, whose traceback holds the task's frames, whose `self` is
         # this session: a reference cycle through every task the session still names. Left alone, the session
         # and its audio (two minutes of input tape, the caller's gathered speech) wait for the cycle collector,
