@@ -342,3 +342,50 @@ async def test_a_phone_call_is_on_record(bundle, transcriber, tmp_path):
     finally:
         services.engine.close()
         writer.close()
+
+
+# -- a WebRTC call (aiortc, as a browser) on record, for its key's tenant ------------------------------------------
+
+async def test_a_webrtc_call_is_on_record_for_its_tenant(bundle, transcriber, tmp_path):
+    from agent_server import running_server
+
+    from higgs_agent.agent.responders.echo import EchoResponder
+    from higgs_agent.agent.services import AgentServices
+    from higgs_agent.model.sampling import SamplingSettings
+    from higgs_agent.streaming.engine import StreamingEngine
+    from higgs_agent.testing.webrtc_caller import Caller
+    from higgs_agent.transport.auth import Authenticator
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    writer = RecordWriter(store)
+    writer.start()
+    services = AgentServices(engine=StreamingEngine(bundle, slots=1), transcriber=transcriber,
+                             responders={"echo": EchoResponder()}, default_responder="echo",
+                             sampling=SamplingSettings(greedy=True, max_frames=40), records=writer)
+    try:
+        with running_server(services, authenticator=Authenticator({"acme-key": "acme"})) as base:
+            caller = await Caller.call(base, "acme-key")
+            try:
+                caller.send({"type": "conversation.item.create", "item": {
+                    "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Ahoy there."}]}})
+                caller.send({"type": "response.create"})
+                done = await caller.until("response.done", timeout=120)
+            finally:
+                await caller.hang_up()
+            assert done["response"]["status"] == "completed"
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                assert writer.flush()
+                rows, _ = store.list_sessions("acme", 10)
+                if rows and rows[0]["ended_at"] is not None:
+                    break
+                await asyncio.sleep(0.1)
+        assert [row["transport"] for row in rows] == ["webrtc"]
+        assert store.list_sessions("default", 10)[0] == []
+        record = store.get_session("acme", rows[0]["id"])
+        messages = [(item["role"], item["text"]) for item in record["items"] if item["kind"] == "message"]
+        assert messages == [("user", "Ahoy there."), ("assistant", "Ahoy there.")], messages
+        assert [latency["response_id"] for latency in record["latencies"]] == [done["response"]["id"]]
+    finally:
+        services.engine.close()
+        writer.close()
