@@ -16,7 +16,17 @@ from agent_server import Client
 from postgres import running_postgres
 from speech import speech_with_silence
 
-from higgs_agent.records.store import ItemWrite, LatencyWrite, RecordStore, SessionEnded, SessionStarted
+from sqlalchemy import func, select
+
+from higgs_agent.records.store import (
+    ItemWrite,
+    LatencyWrite,
+    RecordStore,
+    SessionEnded,
+    SessionStarted,
+    items,
+    latencies,
+)
 from higgs_agent.records.writer import RecordWriter
 from higgs_agent.testing.serve_process import running_serve
 
@@ -126,6 +136,13 @@ def test_writer_commits_and_the_store_reads_back_per_tenant(tmp_path):
     assert store.prune(days=7) == 1 and store.get_session("acme", "sess_old") is None
     assert not store.delete_session("globex", "sess_a") and store.delete_session("acme", "sess_a")
     assert store.get_session("acme", "sess_a") is None
+    # writes of a deleted session still on their way (it was live) leave nothing behind
+    writer.put(ItemWrite("sess_a", "item_3", 2, now, {"role": "user", "text": "still talking"}))
+    writer.put(LatencyWrite("sess_a", "resp_2", "item_3", None, now, {}))
+    assert writer.flush()
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(items)).scalar() == 0
+        assert conn.execute(select(func.count()).select_from(latencies)).scalar() == 0
     writer.close()
 
 

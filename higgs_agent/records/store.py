@@ -31,7 +31,9 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -249,9 +251,18 @@ def _apply(conn: Connection, write: Write) -> None:
             done = conn.execute(update(items).where(items.c.session_id == session_id, items.c.item_id == item_id)
                                 .values(updated_at=at, **values))
             if done.rowcount == 0:
-                conn.execute(insert(items).values(session_id=session_id, item_id=item_id, seq=seq, created_at=at,
-                                                  updated_at=at, **{"truncated": False, "deleted": False, **values}))
+                _insert_into_session(conn, items, dict(session_id=session_id, item_id=item_id, seq=seq, created_at=at,
+                                                       updated_at=at, **{"truncated": False, "deleted": False,
+                                                                         **values}))
         case LatencyWrite(session_id, response_id, user_item_id, reply_item_id, at, stages_ms):
-            conn.execute(insert(latencies).values(session_id=session_id, response_id=response_id,
-                                                  user_item_id=user_item_id, reply_item_id=reply_item_id, at=at,
-                                                  stages_ms=json.loads(json.dumps(dict(stages_ms)))))
+            _insert_into_session(conn, latencies, dict(session_id=session_id, response_id=response_id,
+                                                       user_item_id=user_item_id, reply_item_id=reply_item_id, at=at,
+                                                       stages_ms=json.loads(json.dumps(dict(stages_ms)))))
+
+
+def _insert_into_session(conn: Connection, table: Table, values: dict[str, Any]) -> None:
+    """Insert a row of a session only while the session is on record: a session deleted on request (or never
+    recorded, its start dropped while the database was down) gets no rows from writes still on their way."""
+    names = list(values)
+    row = select(*[literal(values[name], type_=table.c[name].type).label(name) for name in names])
+    conn.execute(insert(table).from_select(names, row.where(exists().where(sessions.c.id == values["session_id"]))))
