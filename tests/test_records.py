@@ -406,3 +406,72 @@ async def test_a_webrtc_call_is_on_record_for_its_tenant(bundle, transcriber, tm
     finally:
         services.engine.close()
         writer.close()
+
+
+# -- a tool round (text mode: the real Session, typed turns) and a cut reply on record -------------------------
+
+async def test_a_tool_round_is_on_record_with_its_call_and_result(bundle, transcriber, llm, tmp_path):
+    from mcp_server import ORDER_TOOL
+
+    from higgs_agent.agent.responders.llm import LLMResponder
+    from higgs_agent.agent.services import AgentServices
+    from higgs_agent.streaming.engine import StreamingEngine
+    from higgs_agent.testing.fake_llm import ToolCall, Turn
+    from higgs_agent.testing.text_mode import TextConversation
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    writer = RecordWriter(store)
+    writer.start()
+    engine = StreamingEngine(bundle)
+    services = AgentServices(engine=engine, transcriber=transcriber, default_responder="llm",
+                             responders={"llm": LLMResponder(llm.base_url, model="fake")}, records=writer)
+    llm.turns = [Turn(text="Let me check.", tool_calls=[ToolCall("lookup_order", '{"order_number": "A1001"}')]),
+                 Turn(text="It shipped on Monday.")]
+    try:
+        async with TextConversation(services, session={"tools": [ORDER_TOOL]}) as chat:
+            session_id = chat.session.config.id
+            asked = await chat.run("Where is my order A1001?")
+            await chat.answer(asked.calls[0]["call_id"], '{"status": "shipped Monday"}')
+        assert writer.flush()
+    finally:
+        engine.close()
+        writer.close()
+    record = store.get_session("default", session_id)
+    rows = [(item["kind"], item["role"], item["text"], (item["call"] or {}).get("name"),
+             (item["call"] or {}).get("output")) for item in record["items"]]
+    assert rows == [("message", "user", "Where is my order A1001?", None, None),
+                    ("message", "assistant", "Let me check.", None, None),
+                    ("function_call", "assistant", None, "lookup_order", None),
+                    ("function_call_output", "user", None, None, '{"status": "shipped Monday"}'),
+                    ("message", "assistant", "It shipped on Monday.", None, None)], rows
+    call = record["items"][2]["call"]
+    assert call["arguments"] == '{"order_number": "A1001"}' and call["call_id"] == asked.calls[0]["call_id"]
+    assert record["ended_at"] is not None and len(record["latencies"]) == 2
+
+
+def test_a_cut_reply_and_the_callers_context_are_on_record(tmp_path):
+    from higgs_agent.agent.config import SessionConfig
+    from higgs_agent.agent.conversation import ConversationItem
+    from higgs_agent.agent.events import CallerUnderstood, ItemAdded, ReplyCut, ReplyFinished, SessionOpened
+    from higgs_agent.agent.recording import SessionRecorder
+    from higgs_agent.agent.tools.spec import ToolConfig
+    from higgs_agent.understanding.context import EmotionReading, TurnContext
+    from higgs_agent.understanding.emotion import EmotionState, Prosody
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    writer = RecordWriter(store)
+    writer.start()
+    recorder = SessionRecorder(writer, "sess_1", "acme", "phone")
+    user = ConversationItem("item_u", "user", "input_audio", text="Wait, stop!", status="completed")
+    reply = ConversationItem("item_a", "assistant", "output_audio", status="in_progress")
+    context = TurnContext(None, EmotionReading(EmotionState.UPSET, Prosody(210.0, 40.0, -20.0, 3.1), None), "en")
+    for event in (SessionOpened(SessionConfig(model="m"), ToolConfig()), ItemAdded(reply, None),
+                  ItemAdded(user, reply.id), CallerUnderstood(user.id, context), ReplyCut(reply.id, 1234.56),
+                  ReplyFinished("resp_1", "cancelled", reply.id, "The weather tomorrow")):
+        recorder.observe(event)
+    reply.text = "changed after the event"  # the live item moves on: the record keeps what was said
+    assert writer.flush()
+    writer.close()
+    cut, said = store.get_session("acme", "sess_1")["items"]
+    assert cut["truncated"] and cut["heard_ms"] == 1234.6 and cut["text"] == "The weather tomorrow"
+    assert said["context"]["emotion"]["state"] == "upset" and said["context"]["language"] == "en"
