@@ -116,6 +116,12 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                             "off by default, since it makes the server open connections where a client says")
     serve.add_argument("--mcp-call-timeout", type=float, default=20.0,
                        help="seconds an MCP tool call may take before it fails (default: %(default)s)")
+    serve.add_argument("--records-url", default=_env("HIGGS_RECORDS_URL"), metavar="URL|FILE",
+                       help="keep every session on record (items, latencies; read back at GET /v1/sessions): a "
+                            "SQLite file (records.db, sqlite:///records.db) or postgresql://user:pass@host/db "
+                            "(default: $HIGGS_RECORDS_URL, else nothing is kept)")
+    serve.add_argument("--records-days", type=float, default=None, metavar="N",
+                       help="delete sessions on record older than N days, at start and every hour (default: keep)")
     serve.add_argument("--no-understanding", action="store_true",
                        help="skip the per-turn caller analysis (speaker id, prosody and emotion state) that steers "
                             "what the agent says and how it sounds")
@@ -252,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--understanding", action="store_true",
                        help="also run the turns with the caller analysis on, and report what it adds to the "
                             "first audio byte")
+    agent.add_argument("--records", action="store_true",
+                       help="also run the turns with every session on record (a SQLite file) and report what it adds")
     agent.add_argument("--sessions", type=int, default=1,
                        help="N > 1: rounds of 1 and N callers ending their turns at the same moment; reports "
                             "time to first audio, playback underruns and event-loop lag (default: %(default)s)")

@@ -30,6 +30,11 @@ class AgentMetrics:
         self.reply_stalls = Counter("higgs_reply_stalls", "Replies (or steps a reply could do without) that "
                                     "stopped waiting at a stage that did not finish within its bound", ["stage"],
                                     registry=self.registry)
+        self.records_written = Counter("higgs_records_written", "Record writes committed (serve --records-url)",
+                                       registry=self.registry)
+        self.records_dropped = Counter("higgs_records_dropped", "Record writes dropped, by why: queue_full (the "
+                                       "database is slow), database_error (it is down or refused)", ["reason"],
+                                       registry=self.registry)
         self.audio_seconds_out = Counter("higgs_audio_out_seconds", "Reply audio sent", registry=self.registry)
 
     def observe_turn(self, latency_ms: dict[str, float | None]) -> None:

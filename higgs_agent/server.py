@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # torch loads only when serving
     from higgs_agent.agent.services import AgentServices
     from higgs_agent.model.loader import HiggsBundle
     from higgs_agent.model.sampling import SamplingSettings
+    from higgs_agent.records.store import RecordStore
+    from higgs_agent.records.writer import RecordWriter
     from higgs_agent.streaming.engine import StreamingEngine
     from higgs_agent.voices.library import VoiceLibrary
 
@@ -48,7 +50,32 @@ def check_serve_args(args: argparse.Namespace) -> str | None:
         mcp_servers(args)
     except ValueError as exc:
         return str(exc)
+    if args.records_days is not None and (not args.records_url or args.records_days <= 0):
+        return "--records-days N needs --records-url and N > 0"
     return None
+
+
+def records_store(args: argparse.Namespace) -> RecordStore | None:
+    """The database of `--records-url` (a bare path is a SQLite file); None without one. ValueError for a URL
+    that cannot be used (no connection is made yet: a database that is down is not a reason to refuse calls)."""
+    from higgs_agent.records.store import RecordStore
+
+    if not args.records_url:
+        return None
+    url = args.records_url if "://" in args.records_url else f"sqlite:///{args.records_url}"
+    return RecordStore(url)
+
+
+def records_writer(store: RecordStore | None, days: float | None, metrics: Any) -> RecordWriter | None:  # noqa: ANN401
+    """The records' writer thread, started, counting what it writes and drops in `metrics` (AgentMetrics)."""
+    from higgs_agent.records.writer import RecordWriter
+
+    if store is None:
+        return None
+    writer = RecordWriter(store, days, on_drop=lambda reason, count: metrics.records_dropped.labels(reason).inc(count),
+                          on_write=metrics.records_written.inc)
+    writer.start()
+    return writer
 
 
 def mcp_servers(args: argparse.Namespace) -> tuple:  # tuple[McpServerSpec, ...]
@@ -90,10 +117,12 @@ def local_responder(args: argparse.Namespace, bundle: HiggsBundle) -> Responder:
     return LocalResponder(generator, max_new_tokens=args.reply_max_tokens)
 
 
-def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: SamplingSettings) -> AgentServices:
+def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: SamplingSettings,
+                   records: RecordStore | None = None) -> AgentServices:
     from higgs_agent import SAMPLE_RATE
     from higgs_agent.agent.services import AgentServices
     from higgs_agent.audio import read_wav
+    from higgs_agent.metrics import AgentMetrics
     from higgs_agent.model.asr import Transcriber
     from higgs_agent.model.prompts import encode_voice
     from higgs_agent.streaming.engine import StreamingEngine
@@ -119,11 +148,13 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
         log.info("understanding: speaker %s, emotion %s (%.1f s; still warming up in the background)",
                  args.speaker_model or "Resemblyzer GE2E", args.emotion_model or "prosody rules",
                  time.perf_counter() - started)
+    metrics = AgentMetrics()
     return AgentServices(engine=engine, transcriber=transcriber, responders=build_responders(args, bundle, engine),
                          default_responder=default_responder(args), sampling=sampling, voice=voice,
                          extension_events=args.extension_events, mcp_servers=mcp_servers(args),
                          allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout,
-                         analyzer=analyzer, voices=voices, turn_model=turn_model)
+                         analyzer=analyzer, voices=voices, turn_model=turn_model, metrics=metrics,
+                         records=records_writer(records, args.records_days, metrics))
 
 
 def _load_turn_model():  # noqa: ANN202 - SmartTurn | None
@@ -224,13 +255,14 @@ def serve_command(args: argparse.Namespace) -> int:
         webrtc = webrtc_settings(args)
         phone = phone_settings(args)
         authenticator = build_authenticator(args.api_key, args.api_keys)
+        records = records_store(args)
         sock = bind_listen_socket(args.host, args.port)
     except (ServeError, TenantKeysError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bundle = load_bundle(args, use_text_head=default_responder(args) == "native")
     try:
-        services = build_services(args, bundle, sampling_settings(args))
+        services = build_services(args, bundle, sampling_settings(args), records)
     except (ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,11 +18,19 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-# espeak-ng and sox make speech (the README's example, the tests); chromium runs the web page's tests.
+# espeak-ng and sox make speech (the README's example, the tests); chromium runs the web page's tests;
+# postgresql is the real database the records' tests start (initdb, pg_ctl: not on PATH, Debian keeps them in
+# /usr/lib/postgresql/N/bin).
 packages=(espeak-ng sox)
-[ -n "$test_extra" ] && packages+=(chromium)
+[ -n "$test_extra" ] && packages+=(chromium postgresql)
 missing=()
-for tool in "${packages[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in "${packages[@]}"; do
+  if [ "$tool" = postgresql ]; then
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=("$tool")
+  else
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  fi
+done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive

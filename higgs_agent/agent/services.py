@@ -17,6 +17,7 @@ from higgs_agent.model.asr import Transcriber
 from higgs_agent.model.loader import HiggsBundle
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
+from higgs_agent.records.writer import RecordWriter
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.understanding.analyzer import TurnAnalyzer
 from higgs_agent.voices.library import VoiceLibrary, VoiceNotFound
@@ -49,6 +50,7 @@ class AgentServices:
     voices: VoiceLibrary | None = None  # uploaded voices and presets (None: the server voice only)
     reply_limits: ReplyLimits = field(default_factory=ReplyLimits)  # every wait of a reply is bounded
     turn_model: SmartTurn | None = None  # semantic_vad's voice judge: loaded at start by serve, else on first use
+    records: RecordWriter | None = None  # every session on record (serve --records-url); None: nothing is kept
     _turn_model_missing: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -129,3 +131,5 @@ class AgentServices:
             self.analyzer.close()
         for responder in self.responders.values():
             await responder.aclose()
+        if self.records is not None:  # what the sessions said last is committed before the process ends
+            await asyncio.to_thread(self.records.close)

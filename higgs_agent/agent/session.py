@@ -48,6 +48,7 @@ from higgs_agent.agent.events import (
 from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
 from higgs_agent.agent.interpreting import ClauseSpans
 from higgs_agent.agent.listening import Listening, ListeningHooks
+from higgs_agent.agent.recording import SessionRecorder
 from higgs_agent.agent.reply import OutputClosed, ReplyRun, SessionOutput
 from higgs_agent.agent.reply_setup import ReplyInputs, ReplySettings
 from higgs_agent.agent.responders.base import Responder, tools_unsupported
@@ -118,10 +119,11 @@ class _Back:
 
 
 class Session:
-    def __init__(self, services: AgentServices, output: SessionOutput, tenant: str = DEFAULT_TENANT) -> None:
+    def __init__(self, services: AgentServices, output: SessionOutput, tenant: str = DEFAULT_TENANT,
+                 transport: str = "websocket") -> None:
         self.services = services
         self.output = output
-        self.tenant = tenant  # whose voices the session may use (one tenant per API key)
+        self.tenant = tenant  # whose voices the session may use (one tenant per API key), and whose record it is
         self.config = services.session_config()
         self.offer = services.offer(tenant)
         self.conversation = Conversation()
@@ -142,6 +144,10 @@ class Session:
         self._background: set[asyncio.Task] = set()
         self.closed = False
         self._observers: list[Observer] = []
+        self.recorder: SessionRecorder | None = None  # on record (serve --records-url): written as it happens
+        if services.records is not None:
+            self.recorder = SessionRecorder(services.records, self.config.id, tenant, transport)
+            self.observe(self.recorder.observe)
         self.listening = Listening(services.transcriber, ListeningHooks(
             send=self.send, end_turn=self._end_turn_at, publish=self._publish,
             on_words=lambda item_id, words: self.barge_in.words(item_id, words),
@@ -183,6 +189,8 @@ class Session:
         for task in list(self._background):
             task.cancel()
         await self.tools.aclose()
+        if self.recorder is not None:  # after the reply's cancel, whose last words are on record first
+            self.recorder.end()
         # A cancelled task keeps its CancelledError, whose traceback holds the task's frames, whose `self` is
         # this session: a reference cycle through every task the session still names. Left alone, the session
         # and its audio (two minutes of input tape, the caller's gathered speech) wait for the cycle collector,

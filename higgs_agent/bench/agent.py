@@ -105,6 +105,8 @@ def _agent_bench(args: argparse.Namespace, services: AgentServices, bundle: Any,
         result["understanding"] = _understanding_cost(services, speech, args.turns, figures)
     if getattr(args, "last_word", False):
         result["from_last_word"] = _from_last_word(services, speech, args.turns)
+    if getattr(args, "records", False):
+        result["records"] = _records_cost(services, speech, args.turns)
     return result
 
 
@@ -176,3 +178,86 @@ def _understanding_cost(services: AgentServices, speech: np.ndarray, count: int,
     return {"first_audio_sent_ms_p50_with": on, "first_audio_sent_ms_p50_without": off,
             "added_ms": round(on - off, 1) if on is not None and off is not None else None,
             "transcript_ms_p50_with": with_it["transcript"]}
+
+
+def _records_cost(services: AgentServices, speech: np.ndarray, count: int) -> dict:
+    """The same turns with every session on record (a SQLite file, as `serve --records-url records.db`) and
+    without, taken in turn (off, on, off, on, ...) so that a machine's drift falls on both: what recording adds
+    to the turn's first audio byte, as medians and as the median of each pair's difference."""
+    from dataclasses import replace
+
+    from higgs_agent.records.store import RecordStore
+    from higgs_agent.records.writer import RecordWriter
+
+    with tempfile.TemporaryDirectory() as folder:
+        dropped: list[int] = []
+        writer = RecordWriter(RecordStore(f"sqlite:///{Path(folder) / 'records.db'}"),
+                              on_drop=lambda reason, n: dropped.append(n))
+        writer.start()
+        recorded = replace(services, records=writer)
+        off, on = [], []
+        try:
+            for _ in range(count):
+                off.extend(_turns(services, speech, 1))
+                on.extend(_turns(recorded, speech, 1))
+            writer.flush()
+            sessions, _ = writer.store.list_sessions("default", 100)
+        finally:
+            writer.close()
+    stage = "first_audio_sent"
+    pairs = [b[stage] - a[stage] for a, b in zip(off, on) if a.get(stage) is not None and b.get(stage) is not None]
+    return {f"{stage}_ms_p50_without": median_ms([t.get(stage) for t in off]),
+            f"{stage}_ms_p50_with": median_ms([t.get(stage) for t in on]),
+            "client_first_audio_ms_p50_without": median_ms([t.get("client_first_audio") for t in off]),
+            "client_first_audio_ms_p50_with": median_ms([t.get("client_first_audio") for t in on]),
+            "added_ms_p50_of_pairs": median_ms(pairs), "pairs": len(pairs),
+            "sessions_on_record": len(sessions), "writes_dropped": sum(dropped),
+            "loop_us_per_event": _recorder_cost_us()}
+
+
+def _recorder_cost_us(turns: int = 2000) -> float:
+    """What recording costs the event loop, in microseconds per domain event: a turn's events (a spoken user
+    item, its transcript, the reply's item added, finished and timed) through the session's observer into the
+    writer's queue, the thread committing them to a SQLite file meanwhile."""
+    from higgs_agent.agent.config import SessionConfig
+    from higgs_agent.agent.conversation import ConversationItem
+    from higgs_agent.agent.events import (
+        ItemAdded,
+        ItemFinished,
+        Place,
+        ReplyFinished,
+        ReplyItemAdded,
+        ReplyItemDone,
+        SessionOpened,
+        TurnTimed,
+        UserTranscribed,
+    )
+    from higgs_agent.agent.recording import SessionRecorder
+    from higgs_agent.agent.tools.spec import ToolConfig
+    from higgs_agent.records.store import RecordStore
+    from higgs_agent.records.writer import RecordWriter
+
+    with tempfile.TemporaryDirectory() as folder:
+        writer = RecordWriter(RecordStore(f"sqlite:///{Path(folder) / 'records.db'}"), queue_size=1_000_000)
+        writer.start()
+        recorder = SessionRecorder(writer, "sess_bench", "default", "websocket")
+        recorder.observe(SessionOpened(SessionConfig(model="m"), ToolConfig()))
+        events = 0
+        took = 0.0
+        for n in range(turns):
+            user = ConversationItem(f"item_u{n}", "user", "input_audio", status="in_progress")
+            reply = ConversationItem(f"item_a{n}", "assistant", "output_audio", status="in_progress")
+            place = Place(f"resp_{n}", reply.id, 0)
+            turn = [ItemAdded(user, None), UserTranscribed(user.id, UTTERANCE, "en", 3.2), ItemFinished(user, None),
+                    ReplyItemAdded(place, reply, user.id), ReplyItemDone(place, reply, user.id),
+                    ReplyFinished(place.response_id, "completed", reply.id, UTTERANCE),
+                    TurnTimed(place.response_id, user.id, reply.id, {"transcript": 400.0, "first_text": 4.0,
+                                                                       "first_audio_frame": 450.0})]
+            start = time.perf_counter()
+            for event in turn:
+                recorder.observe(event)
+            took += time.perf_counter() - start
+            events += len(turn)
+        writer.flush(60)
+        writer.close()
+    return round(took / events * 1e6, 1)

@@ -1,6 +1,7 @@
 """The server's ASGI app, one port for everything: `/v1/realtime` (the WebSocket agent, or with `?call_id=`
 a sideband on a WebRTC call), `/v1/realtime/calls` and `/v1/realtime/client_secrets` (WebRTC, webrtc/),
-`/v1/audio/speech` (streamed speech), `/v1/voices` (the voice library, when the server has one), `/health`,
+`/v1/audio/speech` (streamed speech), `/v1/voices` (the voice library, when the server has one), `/v1/sessions`
+(the sessions on record, when the server keeps them: records/http.py), `/health`,
 `/metrics` (Prometheus), and the web page at `/`. The API needs
 the key when one is set (`auth.py`); browsers on other origins need `cors_origins`."""
 
@@ -18,6 +19,8 @@ from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 from higgs_agent.agent.services import AgentServices
+from higgs_agent.defaults import DEFAULT_TENANT
+from higgs_agent.records.http import record_routes
 from higgs_agent.transport.auth import ApiKeyMiddleware, Authenticator, principal_of
 from higgs_agent.transport.phone.cli import PhoneSettings
 from higgs_agent.transport.phone.routes import phone_routes
@@ -77,6 +80,8 @@ def create_agent_app(services: AgentServices, api_key: str | None = None, cors_o
         *webrtc_routes(services, calls, client_secrets, webrtc),
         *(voice_routes(services.voices, transcribe=lambda audio: services.transcriber.transcribe_on_thread(audio).text,
                        tenant_of=tenant_of) if services.voices is not None else []),
+        *(record_routes(services.records.store, lambda request: tenant_of(request) or DEFAULT_TENANT)
+          if services.records is not None else []),
         *([Mount("/", StaticFiles(directory=WEB_ROOT, html=True), name="web")] if WEB_ROOT.is_dir() else []),
     ])
     app = ApiKeyMiddleware(app, authenticator or Authenticator.single(api_key), ephemeral=client_secrets)

@@ -50,7 +50,7 @@ class Call:
                                  slow_client_timeout_s=services.slow_client_timeout_s,
                                  max_queued_audio_s=settings.max_queued_audio_s)
         self.track = ReplyAudioTrack(self.output)
-        self.session = Session(services, self.output, tenant=tenant)  # its voices are the tenant's
+        self.session = Session(services, self.output, tenant=tenant, transport="webrtc")  # its voices are the tenant's
         self.pc = RTCPeerConnection(rtc_configuration(settings.ice_servers))
         self.end_reason: str | None = None
         self.ended = asyncio.Event()

@@ -1,0 +1,113 @@
+"""The records over HTTP; each request sees only its key's tenant's sessions (another tenant's read as missing).
+
+    GET    /v1/sessions                ?limit=20&after=ID: {"object": "list", "data": [session, ...], "has_more",
+                                       "first_id", "last_id"}, newest first
+    GET    /v1/sessions/{id}           a session with its `items` in order and its `latencies`
+    DELETE /v1/sessions/{id}           {"id", "object": "realtime.session.record.deleted", "deleted": true}
+
+A session is `{"id", "object": "realtime.session.record", "transport", "model", "created_at", "ended_at"}`
+(unix seconds; `ended_at` null while it is open, or if the server was killed). Errors have OpenAI's shape,
+`{"error": {"type", "code", "message", "param"}}`: 400 (a bad `limit` or `after`), 404 (no such session for this
+key), 503 (the database cannot be read now).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from higgs_agent.records.store import RecordStore
+
+log = logging.getLogger(__name__)
+TenantOf = Callable[[Request], str]
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+def error_response(status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"type": kind, "code": code, "message": message, "param": param}},
+                        status_code=status)
+
+
+def _not_found(session_id: str) -> JSONResponse:
+    return error_response(404, "session_not_found", f"no session on record with id '{session_id}'")
+
+
+def _session(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "object": "realtime.session.record", "transport": row["transport"],
+            "model": row["model"], "created_at": row["started_at"], "ended_at": row["ended_at"]}
+
+
+def _item(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["item_id"], "type": row["kind"], "role": row["role"], "status": row["status"],
+            "content_type": row["content_type"], "text": row["text"], "language": row["language"],
+            "response_id": row["response_id"], "context": row["context"], "call": row["call"],
+            "truncated": row["truncated"], "heard_ms": row["heard_ms"], "deleted": row["deleted"],
+            "created_at": row["created_at"]}
+
+
+def _latency(row: dict[str, Any]) -> dict[str, Any]:
+    return {"response_id": row["response_id"], "user_item_id": row["user_item_id"],
+            "reply_item_id": row["reply_item_id"], "at": row["at"], "stages_ms": row["stages_ms"]}
+
+
+def record_routes(store: RecordStore, tenant_of: TenantOf) -> list[Route]:
+    async def read(call: Callable[[], Any]) -> Any:  # noqa: ANN401 - what the store's read returns
+        return await asyncio.to_thread(call)  # the database never holds the event loop
+
+    async def list_sessions(request: Request) -> Response:
+        tenant = tenant_of(request)
+        try:
+            limit = int(request.query_params.get("limit", DEFAULT_LIMIT))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_LIMIT:
+            return error_response(400, "invalid_value", f"limit must be an integer from 1 to {MAX_LIMIT}", "limit")
+        after = request.query_params.get("after") or None
+        try:
+            rows, more = await read(lambda: store.list_sessions(tenant, limit, after))
+        except KeyError:
+            return error_response(400, "invalid_value", f"after: no session on record with id '{after}'", "after")
+        except Exception as exc:  # noqa: BLE001 - the database is down: a clear 503, the server goes on
+            return _unavailable(exc)
+        data = [_session(row) for row in rows]
+        return JSONResponse({"object": "list", "data": data, "has_more": more,
+                             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+
+    async def get_session(request: Request) -> Response:
+        session_id = request.path_params["session_id"]
+        try:
+            row = await read(lambda: store.get_session(tenant_of(request), session_id))
+        except Exception as exc:  # noqa: BLE001
+            return _unavailable(exc)
+        if row is None:
+            return _not_found(session_id)
+        return JSONResponse({**_session(row), "items": [_item(item) for item in row["items"]],
+                             "latencies": [_latency(latency) for latency in row["latencies"]]})
+
+    async def delete_session(request: Request) -> Response:
+        session_id = request.path_params["session_id"]
+        try:
+            deleted = await read(lambda: store.delete_session(tenant_of(request), session_id))
+        except Exception as exc:  # noqa: BLE001
+            return _unavailable(exc)
+        if not deleted:
+            return _not_found(session_id)
+        log.info("records: session %s deleted on request", session_id)
+        return JSONResponse({"id": session_id, "object": "realtime.session.record.deleted", "deleted": True})
+
+    return [Route("/v1/sessions", list_sessions, methods=["GET"]),
+            Route("/v1/sessions/{session_id}", get_session, methods=["GET"]),
+            Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"])]
+
+
+def _unavailable(exc: Exception) -> JSONResponse:
+    log.warning("records: reading the database failed: %s", exc)
+    return error_response(503, "records_unavailable", "the records database cannot be read now; try again later")

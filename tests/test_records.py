@@ -1,0 +1,477 @@
+"""Conversations on record (`serve --records-url`), with real things only: a real `serve` in a subprocess, a real
+SQLite file, a real PostgreSQL (initdb + pg_ctl), real speech. A spoken and a typed turn are read back per tenant
+(GET /v1/sessions), deleted on request, survive a SIGKILL of the server mid-conversation, and a database that is
+down does not stop a reply (the failure is counted)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+
+import httpx
+import pytest
+from agent_server import Client
+from postgres import running_postgres
+from speech import speech_with_silence
+
+from sqlalchemy import func, select
+
+from higgs_agent.records.store import (
+    ItemWrite,
+    LatencyWrite,
+    RecordStore,
+    SessionEnded,
+    SessionStarted,
+    items,
+    latencies,
+)
+from higgs_agent.records.writer import RecordWriter
+from higgs_agent.testing.serve_process import running_serve
+
+KEYS = {"acme": "sk-acme-1", "globex": "sk-globex-2"}
+SPOKEN = "hello, can you tell me the weather forecast for tomorrow"
+
+
+def auth(tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "keys.txt"
+    path.write_text("".join(f"{tenant}: {key}\n" for tenant, key in KEYS.items()))
+    return path
+
+
+def serve_args(tiny_dir, keys_file, records_url: str, *more: str) -> list[str]:
+    return ["--model", str(tiny_dir), "--no-understanding", "--max-frames", "40", "--api-keys", str(keys_file),
+            "--records-url", records_url, *more]
+
+
+# -- a conversation -------------------------------------------------------------------------------------------
+
+async def spoken_turn(client: Client) -> dict:
+    audio, _ = speech_with_silence(SPOKEN, lead_ms=300, tail_ms=1200, rate=24_000)
+    await client.send_audio(audio)
+    return await client.until("response.done", timeout=180)
+
+
+async def typed_turn(client: Client, text: str) -> dict:
+    await client.send({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+    await client.send({"type": "response.create"})
+    return await client.until("response.done", timeout=180)
+
+
+async def converse(base: str, tenant: str = "acme") -> str:
+    """A spoken turn, then a typed one; the session's id."""
+    client = await Client.connect(base, additional_headers=auth(tenant))
+    try:
+        session_id = client.events[0]["session"]["id"]
+        await spoken_turn(client)
+        await typed_turn(client, "And the day after?")
+        return session_id
+    finally:
+        await client.close()
+
+
+def record_of(base: str, session_id: str, tenant: str = "acme", until: callable = bool, timeout_s: float = 10):
+    """GET /v1/sessions/{id}, asked again until `until(body)` (writes are committed a moment after they happen)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = httpx.get(f"{base}/v1/sessions/{session_id}", headers=auth(tenant), timeout=10)
+        if response.status_code == 200 and until(response.json()) or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
+
+
+def check_conversation(record: dict) -> None:
+    """A spoken turn and a typed one, on record in order with their replies and latencies."""
+    messages = [item for item in record["items"] if item["type"] == "message"]
+    assert [item["role"] for item in messages] == ["user", "assistant", "user", "assistant"], messages
+    heard, echo, typed, echo2 = messages
+    assert "weather" in heard["text"].lower() and heard["content_type"] == "input_audio", heard
+    assert heard["language"] in (None, "en")
+    assert echo["text"] and "weather" in echo["text"].lower() and echo["response_id"], echo
+    assert typed["text"] == "And the day after?" and typed["content_type"] == "input_text"
+    assert echo2["text"] == "And the day after?" and echo2["status"] == "completed"
+    latencies = {latency["response_id"]: latency["stages_ms"] for latency in record["latencies"]}
+    assert set(latencies) == {echo["response_id"], echo2["response_id"]}
+    assert latencies[echo["response_id"]]["transcript"] is not None, latencies
+
+
+def dropped(base: str) -> float:
+    text = httpx.get(f"{base}/metrics", headers=auth("acme")).text
+    found = re.findall(r'^higgs_records_dropped_total\{reason="database_error"\} (\S+)$', text, re.M)
+    return float(found[0]) if found else 0.0
+
+
+# -- the store and its writer thread, without a server ------------------------------------------------------------
+
+def test_writer_commits_and_the_store_reads_back_per_tenant(tmp_path):
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    writer = RecordWriter(store)
+    writer.start()
+    now = time.time()
+    writer.put(SessionStarted("sess_old", "acme", "phone", "m", now - 10 * 86400))
+    writer.put(SessionStarted("sess_a", "acme", "websocket", "m", now))
+    writer.put(SessionStarted("sess_b", "globex", "webrtc", "m", now + 1))
+    writer.put(ItemWrite("sess_a", "item_2", 1, now, {"role": "assistant", "status": "in_progress"}))
+    writer.put(ItemWrite("sess_a", "item_1", 0, now, {"role": "user", "text": "hi"}))
+    writer.put(ItemWrite("sess_a", "item_2", 1, now, {"text": "hello", "status": "completed"}))
+    writer.put(LatencyWrite("sess_a", "resp_1", "item_1", "item_2", now, {"transcript": 12.5, "first_text": None}))
+    writer.put(SessionEnded("sess_a", now + 5))
+    assert writer.flush()
+    record = store.get_session("acme", "sess_a")
+    assert [(i["item_id"], i["role"], i["text"], i["status"]) for i in record["items"]] == [
+        ("item_1", "user", "hi", None), ("item_2", "assistant", "hello", "completed")]
+    assert record["latencies"][0]["stages_ms"] == {"transcript": 12.5, "first_text": None}
+    assert record["ended_at"] == now + 5
+    assert store.get_session("globex", "sess_a") is None  # another tenant's session reads as missing
+    rows, more = store.list_sessions("acme", limit=1)
+    assert [r["id"] for r in rows] == ["sess_a"] and more
+    assert [r["id"] for r in store.list_sessions("acme", 5, after="sess_a")[0]] == ["sess_old"]
+    assert store.prune(days=7) == 1 and store.get_session("acme", "sess_old") is None
+    assert not store.delete_session("globex", "sess_a") and store.delete_session("acme", "sess_a")
+    assert store.get_session("acme", "sess_a") is None
+    # writes of a deleted session still on their way (it was live) leave nothing behind
+    writer.put(ItemWrite("sess_a", "item_3", 2, now, {"role": "user", "text": "still talking"}))
+    writer.put(LatencyWrite("sess_a", "resp_2", "item_3", None, now, {}))
+    assert writer.flush()
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(items)).scalar() == 0
+        assert conn.execute(select(func.count()).select_from(latencies)).scalar() == 0
+    writer.close()
+
+
+def test_a_full_queue_or_a_dead_database_drops_and_counts_and_never_raises(tmp_path):
+    drops: list[tuple[str, int]] = []
+    store = RecordStore(f"sqlite:///{tmp_path / 'no-such-dir' / 'records.db'}")  # cannot be opened
+    writer = RecordWriter(store, on_drop=lambda reason, count: drops.append((reason, count)), queue_size=2)
+    for n in range(5):  # the thread is not started: the queue fills
+        writer.put(SessionStarted(f"sess_{n}", "acme", "websocket", None, 0.0))
+    assert drops == [("queue_full", 1)] * 3
+    writer.start()
+    assert writer.flush()
+    assert ("database_error", 2) in drops
+    writer.close()
+
+
+def test_retention_deletes_old_sessions_when_the_writer_starts(tmp_path):
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    now = time.time()
+    store.write([SessionStarted("sess_old", "acme", "phone", None, now - 8 * 86400),
+                 ItemWrite("sess_old", "item_1", 0, now, {"text": "long ago"}),
+                 SessionStarted("sess_new", "acme", "phone", None, now - 86400)])
+    writer = RecordWriter(store, days=7)
+    writer.start()
+    assert writer.flush()
+    assert [row["id"] for row in store.list_sessions("acme", 10)[0]] == ["sess_new"]
+    writer.close()
+
+
+def test_serve_checks_the_records_flags(tmp_path):
+    from higgs_agent.cli import build_parser
+    from higgs_agent.server import check_serve_args, records_store
+
+    def args(*more: str):  # noqa: ANN202
+        return build_parser().parse_args(["serve", *more])
+
+    assert "--records-url" in check_serve_args(args("--records-days", "7"))
+    assert "N > 0" in check_serve_args(args("--records-url", "x.db", "--records-days", "0"))
+    assert check_serve_args(args("--records-url", "x.db", "--records-days", "30")) is None
+    assert records_store(args()) is None
+    assert records_store(args("--records-url", str(tmp_path / "r.db"))).engine.dialect.name == "sqlite"
+    with pytest.raises(ValueError, match="cannot be used"):
+        records_store(args("--records-url", "nosuchdb://host/x"))
+
+
+# -- a real server on a SQLite file ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def records_db(tmp_path_factory):
+    return tmp_path_factory.mktemp("records") / "records.db"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir, keys_file, records_db):
+    with running_serve(serve_args(tiny_dir, keys_file, str(records_db))) as serve:
+        yield serve
+
+
+def test_a_conversation_is_on_record_for_its_tenant_only_and_can_be_deleted(server):
+    base = server.base
+    session_id = asyncio.run(converse(base))
+    response = record_of(base, session_id, until=lambda body: body["ended_at"] is not None)
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert record["object"] == "realtime.session.record" and record["transport"] == "websocket"
+    check_conversation(record)
+    listed = httpx.get(f"{base}/v1/sessions", headers=auth("acme")).json()
+    assert listed["object"] == "list" and listed["data"][0]["id"] == session_id
+    # another tenant's key sees nothing of it
+    assert httpx.get(f"{base}/v1/sessions", headers=auth("globex")).json()["data"] == []
+    other = httpx.get(f"{base}/v1/sessions/{session_id}", headers=auth("globex"))
+    assert other.status_code == 404 and other.json()["error"]["code"] == "session_not_found"
+    assert httpx.delete(f"{base}/v1/sessions/{session_id}", headers=auth("globex")).status_code == 404
+    assert httpx.get(f"{base}/v1/sessions/{session_id}").status_code == 401  # and no key, nothing
+    # deleted on request
+    deleted = httpx.delete(f"{base}/v1/sessions/{session_id}", headers=auth("acme"))
+    assert deleted.status_code == 200 and deleted.json() == {
+        "id": session_id, "object": "realtime.session.record.deleted", "deleted": True}
+    assert httpx.get(f"{base}/v1/sessions/{session_id}", headers=auth("acme")).status_code == 404
+    assert httpx.get(f"{base}/v1/sessions?limit=0", headers=auth("acme")).status_code == 400
+
+
+def test_a_killed_server_loses_nothing_already_said(tiny_dir, keys_file, tmp_path):
+    """SIGKILL mid-conversation (the WebSocket still open, no shutdown of any kind), then a new server on the same
+    file: everything said up to the kill is on record."""
+    db = tmp_path / "records.db"
+
+    async def talk_then_kill(serve) -> str:  # noqa: ANN001 - a ServeProcess
+        client = await Client.connect(serve.base, additional_headers=auth("acme"))
+        session_id = client.events[0]["session"]["id"]
+        await spoken_turn(client)
+        await typed_turn(client, "And the day after?")
+        await asyncio.sleep(0.5)  # the writer commits within milliseconds of each event
+        serve.process.send_signal(signal.SIGKILL)
+        serve.process.wait(10)
+        return session_id
+
+    with running_serve(serve_args(tiny_dir, keys_file, f"sqlite:///{db}")) as first:
+        session_id = asyncio.run(talk_then_kill(first))
+    with running_serve(serve_args(tiny_dir, keys_file, f"sqlite:///{db}")) as second:
+        response = record_of(second.base, session_id)
+        assert response.status_code == 200, response.text
+        record = response.json()
+        assert record["ended_at"] is None  # it never closed: the server died under it
+        check_conversation(record)
+
+
+def test_a_database_that_cannot_be_written_does_not_stop_the_call(tiny_dir, keys_file, tmp_path):
+    url = f"sqlite:///{tmp_path / 'no-such-dir' / 'records.db'}"
+    with running_serve(serve_args(tiny_dir, keys_file, url)) as serve:
+        async def talk() -> dict:
+            client = await Client.connect(serve.base, additional_headers=auth("acme"))
+            try:
+                return await typed_turn(client, "Still here?")
+            finally:
+                await client.close()
+
+        done = asyncio.run(talk())
+        assert done["response"]["status"] == "completed"
+        deadline = time.monotonic() + 10
+        while dropped(serve.base) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert dropped(serve.base) > 0
+        unavailable = httpx.get(f"{serve.base}/v1/sessions", headers=auth("acme"))
+        assert unavailable.status_code == 503 and unavailable.json()["error"]["code"] == "records_unavailable"
+        assert "writing to" in serve.log() and "failed" in serve.log()
+
+
+# -- a real PostgreSQL ---------------------------------------------------------------------------------------------
+
+def test_postgres_keeps_the_record_and_a_stopped_postgres_does_not_stop_the_call(tiny_dir, keys_file):
+    with running_postgres() as postgres, running_serve(serve_args(tiny_dir, keys_file, postgres.url)) as serve:
+        session_id = asyncio.run(converse(serve.base))
+        response = record_of(serve.base, session_id, until=lambda body: body["ended_at"] is not None)
+        assert response.status_code == 200, response.text
+        check_conversation(response.json())
+        assert httpx.get(f"{serve.base}/v1/sessions", headers=auth("globex")).json()["data"] == []
+
+        postgres.stop()  # the database goes down under a live server
+        before = dropped(serve.base)
+
+        async def talk() -> dict:
+            client = await Client.connect(serve.base, additional_headers=auth("acme"))
+            try:
+                return await typed_turn(client, "Still here?")
+            finally:
+                await client.close()
+
+        assert asyncio.run(talk())["response"]["status"] == "completed"
+        deadline = time.monotonic() + 15
+        while dropped(serve.base) == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert dropped(serve.base) > before
+
+        postgres.start()  # back up: the next session is on record again
+        session_id = asyncio.run(converse(serve.base))
+        response = record_of(serve.base, session_id, until=lambda body: body["ended_at"] is not None, timeout_s=20)
+        assert response.status_code == 200, response.text
+        check_conversation(response.json())
+
+
+# -- a phone call (Twilio, simulated exactly) on record ---------------------------------------------------------
+
+async def test_a_phone_call_is_on_record(bundle, transcriber, tmp_path):
+    from speech import synthesize
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    from higgs_agent.agent.responders.echo import EchoResponder
+    from higgs_agent.agent.services import AgentServices
+    from higgs_agent.model.sampling import SamplingSettings
+    from higgs_agent.server import serve_app_in_background
+    from higgs_agent.streaming.engine import StreamingEngine
+    from higgs_agent.testing.phone_simulator import SimulatedCall
+    from higgs_agent.transport.app import create_agent_app
+    from higgs_agent.transport.phone.call import CallSettings
+    from higgs_agent.transport.phone.routes import PhoneLine
+    from higgs_agent.transport.phone.twiml import TwilioSettings
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    writer = RecordWriter(store)
+    writer.start()
+    services = AgentServices(engine=StreamingEngine(bundle, slots=1), transcriber=transcriber,
+                             responders={"echo": EchoResponder()}, default_responder="echo",
+                             sampling=SamplingSettings(greedy=True, max_frames=40), records=writer)
+    settings = TwilioSettings(public_url="https://agent.example.com", auth_token="1" * 32)
+    line = PhoneLine(services, settings, CallSettings(greeting="Hi there."))
+    app = Starlette(routes=[*line.routes(), Mount("/", app=create_agent_app(services))])
+    try:
+        with serve_app_in_background(app) as base:
+            call = SimulatedCall(base, settings)
+            await call.dial()
+            await call.wait_frames(1, timeout=60)
+            await call.wait_quiet()
+            audio, _ = synthesize("my name is john and I am calling about my order", sample_rate=16_000)
+            speech_end = await call.say(audio, 16_000)
+            await call.wait_frames(1, since=speech_end, timeout=60)
+            await call.wait_quiet()
+            await call.hang_up()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                assert writer.flush()
+                rows, _ = store.list_sessions("default", 10)
+                if rows and rows[0]["ended_at"] is not None:
+                    break
+                await asyncio.sleep(0.1)
+        assert [row["transport"] for row in rows] == ["phone"]
+        record = store.get_session("default", rows[0]["id"])
+        messages = [(item["role"], item["text"]) for item in record["items"] if item["kind"] == "message"]
+        assert messages[0] == ("assistant", "Hi there.")
+        assert messages[1][0] == "user" and "order" in messages[1][1].lower(), messages
+        assert messages[2][0] == "assistant" and "order" in messages[2][1].lower(), messages
+        assert any(latency["user_item_id"] for latency in record["latencies"])
+    finally:
+        services.engine.close()
+        writer.close()
+
+
+# -- a WebRTC call (aiortc, as a browser) on record, for its key's tenant ------------------------------------------
+
+async def test_a_webrtc_call_is_on_record_for_its_tenant(bundle, transcriber, tmp_path):
+    from agent_server import running_server
+
+    from higgs_agent.agent.responders.echo import EchoResponder
+    from higgs_agent.agent.services import AgentServices
+    from higgs_agent.model.sampling import SamplingSettings
+    from higgs_agent.streaming.engine import StreamingEngine
+    from higgs_agent.testing.webrtc_caller import Caller
+    from higgs_agent.transport.auth import Authenticator
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    writer = RecordWriter(store)
+    writer.start()
+    services = AgentServices(engine=StreamingEngine(bundle, slots=1), transcriber=transcriber,
+                             responders={"echo": EchoResponder()}, default_responder="echo",
+                             sampling=SamplingSettings(greedy=True, max_frames=40), records=writer)
+    try:
+        with running_server(services, authenticator=Authenticator({"acme-key": "acme"})) as base:
+            caller = await Caller.call(base, "acme-key")
+            try:
+                caller.send({"type": "conversation.item.create", "item": {
+                    "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Ahoy there."}]}})
+                caller.send({"type": "response.create"})
+                done = await caller.until("response.done", timeout=120)
+            finally:
+                await caller.hang_up()
+            assert done["response"]["status"] == "completed"
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                assert writer.flush()
+                rows, _ = store.list_sessions("acme", 10)
+                if rows and rows[0]["ended_at"] is not None:
+                    break
+                await asyncio.sleep(0.1)
+        assert [row["transport"] for row in rows] == ["webrtc"]
+        assert store.list_sessions("default", 10)[0] == []
+        record = store.get_session("acme", rows[0]["id"])
+        messages = [(item["role"], item["text"]) for item in record["items"] if item["kind"] == "message"]
+        assert messages == [("user", "Ahoy there."), ("assistant", "Ahoy there.")], messages
+        assert [latency["response_id"] for latency in record["latencies"]] == [done["response"]["id"]]
+    finally:
+        services.engine.close()
+        writer.close()
+
+
+# -- a tool round (text mode: the real Session, typed turns) and a cut reply on record -------------------------
+
+async def test_a_tool_round_is_on_record_with_its_call_and_result(bundle, transcriber, llm, tmp_path):
+    from mcp_server import ORDER_TOOL
+
+    from higgs_agent.agent.responders.llm import LLMResponder
+    from higgs_agent.agent.services import AgentServices
+    from higgs_agent.streaming.engine import StreamingEngine
+    from higgs_agent.testing.fake_llm import ToolCall, Turn
+    from higgs_agent.testing.text_mode import TextConversation
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    writer = RecordWriter(store)
+    writer.start()
+    engine = StreamingEngine(bundle)
+    services = AgentServices(engine=engine, transcriber=transcriber, default_responder="llm",
+                             responders={"llm": LLMResponder(llm.base_url, model="fake")}, records=writer)
+    llm.turns = [Turn(text="Let me check.", tool_calls=[ToolCall("lookup_order", '{"order_number": "A1001"}')]),
+                 Turn(text="It shipped on Monday.")]
+    try:
+        async with TextConversation(services, session={"tools": [ORDER_TOOL]}) as chat:
+            session_id = chat.session.config.id
+            asked = await chat.run("Where is my order A1001?")
+            await chat.answer(asked.calls[0]["call_id"], '{"status": "shipped Monday"}')
+        assert writer.flush()
+    finally:
+        engine.close()
+        writer.close()
+    record = store.get_session("default", session_id)
+    rows = [(item["kind"], item["role"], item["text"], (item["call"] or {}).get("name"),
+             (item["call"] or {}).get("output")) for item in record["items"]]
+    assert rows == [("message", "user", "Where is my order A1001?", None, None),
+                    ("message", "assistant", "Let me check.", None, None),
+                    ("function_call", "assistant", None, "lookup_order", None),
+                    ("function_call_output", "user", None, None, '{"status": "shipped Monday"}'),
+                    ("message", "assistant", "It shipped on Monday.", None, None)], rows
+    call = record["items"][2]["call"]
+    assert call["arguments"] == '{"order_number": "A1001"}' and call["call_id"] == asked.calls[0]["call_id"]
+    assert record["ended_at"] is not None and len(record["latencies"]) == 2
+
+
+def test_a_cut_reply_and_the_callers_context_are_on_record(tmp_path):
+    from higgs_agent.agent.config import SessionConfig
+    from higgs_agent.agent.conversation import ConversationItem
+    from higgs_agent.agent.events import CallerUnderstood, ItemAdded, ReplyCut, ReplyFinished, SessionOpened
+    from higgs_agent.agent.recording import SessionRecorder
+    from higgs_agent.agent.tools.spec import ToolConfig
+    from higgs_agent.understanding.context import EmotionReading, TurnContext
+    from higgs_agent.understanding.emotion import EmotionState, Prosody
+
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    writer = RecordWriter(store)
+    writer.start()
+    recorder = SessionRecorder(writer, "sess_1", "acme", "phone")
+    user = ConversationItem("item_u", "user", "input_audio", text="Wait, stop!", status="completed")
+    reply = ConversationItem("item_a", "assistant", "output_audio", status="in_progress")
+    context = TurnContext(None, EmotionReading(EmotionState.UPSET, Prosody(210.0, 40.0, -20.0, 3.1), None), "en")
+    for event in (SessionOpened(SessionConfig(model="m"), ToolConfig()), ItemAdded(reply, None),
+                  ItemAdded(user, reply.id), CallerUnderstood(user.id, context), ReplyCut(reply.id, 1234.56),
+                  ReplyFinished("resp_1", "cancelled", reply.id, "The weather tomorrow")):
+        recorder.observe(event)
+    reply.text = "changed after the event"  # the live item moves on: the record keeps what was said
+    assert writer.flush()
+    writer.close()
+    cut, said = store.get_session("acme", "sess_1")["items"]
+    assert cut["truncated"] and cut["heard_ms"] == 1234.6 and cut["text"] == "The weather tomorrow"
+    assert said["context"]["emotion"]["state"] == "upset" and said["context"]["language"] == "en"
