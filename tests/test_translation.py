@@ -4,20 +4,22 @@ caller goes on talking (#16)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from agent_server import running_server
-from speech import pad, synthesize, word_error_rate
+from speech import pad, silence, synthesize, word_error_rate
 
 from higgs_agent.agent.interpreting import CLAUSE_OPENERS, ClauseSpans
 from higgs_agent.agent.responders.echo import EchoResponder
 from higgs_agent.agent.responders.llm import LLMResponder
 from higgs_agent.agent.responders.translator import translation_prompt
 from higgs_agent.agent.services import AgentServices
-from higgs_agent.audio import read_wav, write_wav
+from higgs_agent.audio import float_to_pcm16, read_wav, write_wav
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.testing.fake_llm import FakeLLM, Turn
@@ -94,10 +96,13 @@ def test_translate_command_turns_a_recording_into_its_translation(tiny_dir, tmp_
 
 # --- simultaneous interpreting: clauses translated while the speaker goes on -------------------------------
 
-LONG = ("I arrived at the station early this morning, then I walked to the old market by the river, "
-        "and after that I met my sister for lunch near the bridge")
-CLAUSES = ["Je suis arrivé tôt à la gare ce matin,", "puis je suis allé au vieux marché près de la rivière,",
-           "et ensuite j'ai déjeuné avec ma sœur près du pont."]
+# One long run of clauses, spoken with no pause the VAD would end the turn on; the test stops speaking once the
+# first clause's translation has begun (a slow machine hears more of it, a fast one less).
+SPOKEN_CLAUSES = ["I arrived at the station early this morning", "then I walked to the old market by the river",
+                  "and after that I met my sister for lunch near the bridge",
+                  "because she wanted to show me her new apartment", "then we took a long walk along the water",
+                  "and finally I went back home on the last train", "while the rain was falling on the city",
+                  "so I was very tired when I arrived"]
 
 
 def test_clauses_are_handed_over_once_each_and_the_rest_completes_the_turn():
@@ -123,9 +128,13 @@ def test_clauses_are_handed_over_once_each_and_the_rest_completes_the_turn():
 
 
 async def test_a_long_turn_is_heard_translated_clause_by_clause_before_the_speaker_finishes(bundle, transcriber, llm):
-    """One turn of three clauses spoken without a pause the VAD would end it on: the first clauses are
-    translated from the agreed partial transcript while the speaker goes on; the rest when the turn ends."""
-    llm.turns = [Turn(text=text) for text in CLAUSES]
+    """One turn spoken clause after clause, without a pause the VAD would end it on: a clause's translation begins
+    (from the agreed partial transcript) while the turn is still going on, in the speaker's voice; the rest comes
+    when the turn ends, and together the translations ask for the whole turn, each word once."""
+    from higgs_agent.bench.common import speech_edges_ms
+    from higgs_agent.client import RealtimeClient
+
+    llm.turns, llm.echo = [], True  # each "translation" is the words it was given (until the test ends)
     engine = StreamingEngine(bundle)
     voices = []
     real_stream = engine.stream
@@ -138,26 +147,63 @@ async def test_a_long_turn_is_heard_translated_clause_by_clause_before_the_speak
     services = AgentServices(engine=engine, transcriber=transcriber,
                              responders={"echo": EchoResponder(), "llm": LLMResponder(llm.base_url, model="fake")},
                              default_responder="echo", sampling=SamplingSettings(greedy=True, max_frames=40))
-    speech, _ = synthesize(LONG, sample_rate=24000)
     asked_before = len(llm.requests)
-    with running_server(services) as base:
-        result = await interpret(base.replace("http", "ws") + "/v1/realtime", pad(speech, 24000, lead_ms=300),
-                                 24000, "fr", "en", realtime_pace=True)
+    events: list[dict] = []
+    clause_begun = asyncio.Event()
 
-    parts = [p.part for p in result.phrases]
-    assert parts[0] == "clause" and set(parts) <= {"clause", "rest"}, parts
-    assert len({p.item_id for p in result.phrases}) == 1  # one turn of the speaker's
-    assert all(p.status == "completed" for p in result.phrases)
-    # every clause the interpreter was asked about, once, in order: together the whole turn
+    async def read(client: RealtimeClient) -> None:
+        async for event in client.events():
+            events.append(event)
+            if event["type"] == "response.created" and \
+                    (event["response"].get("metadata") or {}).get("source_part") == "clause":
+                clause_begun.set()
+
+    async def say(client: RealtimeClient, audio: np.ndarray, until: asyncio.Event | None = None) -> None:
+        """At real-time pace, 20 ms at a time; stops early once `until` is set."""
+        step = 24000 // 50
+        begin = time.perf_counter()
+        for index, start in enumerate(range(0, len(audio), step)):
+            if until is not None and until.is_set():
+                return
+            await asyncio.sleep(max(0.0, begin + index * 0.02 - time.perf_counter()))
+            await client.append_audio(float_to_pcm16(audio[start:start + step]))
+
+    try:
+        with running_server(services) as base:
+            async with await RealtimeClient.connect(base.replace("http", "ws") + "/v1/realtime") as client:
+                await client.update_session(higgs={"translation": {"to": "fr", "from": "en"}},
+                                            audio={"input": {"turn_detection": {"type": "server_vad"}}})
+                reader = asyncio.create_task(read(client))
+                speech, _ = synthesize(", ".join(SPOKEN_CLAUSES), sample_rate=24000)
+                await say(client, speech[:speech_edges_ms(speech, 24000)[1] * 24], until=clause_begun)
+                await say(client, silence(1500, 24000))  # the speaker stops (maybe mid-word): the turn ends
+                async with asyncio.timeout(240):  # until the turn's last translation (its rest) is done
+                    while not any(e["type"] == "response.done" and (e["response"].get("metadata") or {})
+                                  .get("source_part") == "rest" for e in events):
+                        await asyncio.sleep(0.05)
+                reader.cancel()
+    finally:
+        engine.close()
+        llm.echo = False
+
+    types = [event["type"] for event in events]
+    created = [e["response"] for e in events if e["type"] == "response.created"]
+    parts = [(r.get("metadata") or {}).get("source_part") for r in created]
+    assert parts[0] == "clause" and parts[-1] == "rest" and set(parts) == {"clause", "rest"}, parts
+    # a clause's translation began, and its audio went out, while the speaker was still talking
+    assert types.index("response.created") < types.index("input_audio_buffer.speech_stopped"), \
+        "the speaker ran out of words before any clause was translated"
+    first = created[0]["id"]
+    assert any(e["type"] == "response.output_audio.delta" and e["response_id"] == first for e in events)
+    assert len({(r.get("metadata") or {}).get("source_item_id") for r in created}) == 1  # one turn of the speaker's
+    assert all(e["response"]["status"] == "completed" for e in events if e["type"] == "response.done")
+    # every span the interpreter was asked about, once, in order: together the whole turn
     asked = [r["messages"][1]["content"] for r in llm.requests[asked_before:]]
-    assert asked == [p.heard for p in result.phrases]
-    assert word_error_rate(LONG, " ".join(asked)) <= 0.3
+    texts = [(r.get("metadata") or {}).get("source_text") for r in created]
+    assert asked == [text for text in texts if text]
+    [heard] = [e["transcript"] for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert word_error_rate(heard, " ".join(asked)) <= 0.3, (heard, asked)
     for span, following in zip(asked, asked[1:], strict=False):  # handed over where a clause ends
         assert span.endswith((",", ".", ";")) or following.split()[0].lower() in CLAUSE_OPENERS, (span, following)
-    # the first clause's translation was spoken while the speaker still talked: its response began before
-    # the turn ended, and its audio arrived
-    [turn_end] = result.turn_ends_s.values()
-    first = result.phrases[0]
-    assert first.created_s < turn_end and sum(len(chunk) for chunk in first.audio) > 0
     # in the speaker's own voice from the first clause on: cloned from their speech so far
     assert voices and all(voice is not None for voice in voices)
