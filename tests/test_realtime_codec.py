@@ -14,14 +14,13 @@ from higgs_agent.agent import events as ev
 from higgs_agent.agent.config import SessionConfig
 from higgs_agent.agent.conversation import ConversationItem, SpokenPhrase, ToolCall
 from higgs_agent.agent.tools.spec import ToolConfig
-from higgs_agent.protocol import server_events as se
 from higgs_agent.transport.realtime_codec import RealtimeEncoder
 
 PLACE = ev.Place("resp_1", "item_a", 0)
 
 
 def wire(encoder: RealtimeEncoder, event: ev.DomainEvent) -> list[dict]:
-    out = [json.loads(se.to_wire(w)) for w in encoder.encode(event)]
+    out = [json.loads(text) for text in encoder.texts(event)]
     for message in out:
         if not message["type"].startswith("higgs."):
             assert server_event_shape_errors(message) == [], message

@@ -34,6 +34,37 @@ KEYS = {"acme": "sk-acme-1", "globex": "sk-globex-2"}
 SPOKEN = "hello, can you tell me the weather forecast for tomorrow"
 
 
+def started_writer(tmp_path) -> tuple[RecordStore, RecordWriter]:  # noqa: ANN001
+    """A SQLite file to record to, and its writer thread running."""
+    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
+    writer = RecordWriter(store)
+    writer.start()
+    return store, writer
+
+
+async def ended_sessions(store: RecordStore, writer: RecordWriter, tenant: str, timeout_s: float = 30.0) -> list:
+    """The tenant's sessions on record, once the newest one's end is written (or the time is up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert writer.flush()
+        rows, _ = store.list_sessions(tenant, 10)
+        if (rows and rows[0]["ended_at"] is not None) or time.monotonic() >= deadline:
+            return rows
+        await asyncio.sleep(0.1)
+
+
+def echo_services(bundle, transcriber, writer: RecordWriter):  # noqa: ANN001, ANN201 - AgentServices
+    """An echo agent (one engine slot) that records through `writer`."""
+    from higgs_agent.agent.responders.echo import EchoResponder
+    from higgs_agent.agent.services import AgentServices
+    from higgs_agent.model.sampling import SamplingSettings
+    from higgs_agent.streaming.engine import StreamingEngine
+
+    return AgentServices(engine=StreamingEngine(bundle, slots=1), transcriber=transcriber,
+                         responders={"echo": EchoResponder()}, default_responder="echo",
+                         sampling=SamplingSettings(greedy=True, max_frames=40), records=writer)
+
+
 def auth(tenant: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEYS[tenant]}"}
 
@@ -111,9 +142,7 @@ def dropped(base: str) -> float:
 # -- the store and its writer thread, without a server ------------------------------------------------------------
 
 def test_writer_commits_and_the_store_reads_back_per_tenant(tmp_path):
-    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
-    writer = RecordWriter(store)
-    writer.start()
+    store, writer = started_writer(tmp_path)
     now = time.time()
     writer.put(SessionStarted("sess_old", "acme", "phone", "m", now - 10 * 86400))
     writer.put(SessionStarted("sess_a", "acme", "websocket", "m", now))
@@ -311,23 +340,15 @@ async def test_a_phone_call_is_on_record(bundle, transcriber, tmp_path):
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
-    from higgs_agent.agent.responders.echo import EchoResponder
-    from higgs_agent.agent.services import AgentServices
-    from higgs_agent.model.sampling import SamplingSettings
     from higgs_agent.server import serve_app_in_background
-    from higgs_agent.streaming.engine import StreamingEngine
     from higgs_agent.testing.phone_simulator import SimulatedCall
     from higgs_agent.transport.app import create_agent_app
     from higgs_agent.transport.phone.call import CallSettings
     from higgs_agent.transport.phone.routes import PhoneLine
     from higgs_agent.transport.phone.twiml import TwilioSettings
 
-    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
-    writer = RecordWriter(store)
-    writer.start()
-    services = AgentServices(engine=StreamingEngine(bundle, slots=1), transcriber=transcriber,
-                             responders={"echo": EchoResponder()}, default_responder="echo",
-                             sampling=SamplingSettings(greedy=True, max_frames=40), records=writer)
+    store, writer = started_writer(tmp_path)
+    services = echo_services(bundle, transcriber, writer)
     settings = TwilioSettings(public_url="https://agent.example.com", auth_token="1" * 32)
     line = PhoneLine(services, settings, CallSettings(greeting="Hi there."))
     app = Starlette(routes=[*line.routes(), Mount("/", app=create_agent_app(services))])
@@ -342,13 +363,7 @@ async def test_a_phone_call_is_on_record(bundle, transcriber, tmp_path):
             await call.wait_frames(1, since=speech_end, timeout=60)
             await call.wait_quiet()
             await call.hang_up()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                assert writer.flush()
-                rows, _ = store.list_sessions("default", 10)
-                if rows and rows[0]["ended_at"] is not None:
-                    break
-                await asyncio.sleep(0.1)
+            rows = await ended_sessions(store, writer, "default")
         assert [row["transport"] for row in rows] == ["phone"]
         record = store.get_session("default", rows[0]["id"])
         messages = [(item["role"], item["text"]) for item in record["items"] if item["kind"] == "message"]
@@ -366,19 +381,11 @@ async def test_a_phone_call_is_on_record(bundle, transcriber, tmp_path):
 async def test_a_webrtc_call_is_on_record_for_its_tenant(bundle, transcriber, tmp_path):
     from agent_server import running_server
 
-    from higgs_agent.agent.responders.echo import EchoResponder
-    from higgs_agent.agent.services import AgentServices
-    from higgs_agent.model.sampling import SamplingSettings
-    from higgs_agent.streaming.engine import StreamingEngine
     from higgs_agent.testing.webrtc_caller import Caller
     from higgs_agent.transport.auth import Authenticator
 
-    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
-    writer = RecordWriter(store)
-    writer.start()
-    services = AgentServices(engine=StreamingEngine(bundle, slots=1), transcriber=transcriber,
-                             responders={"echo": EchoResponder()}, default_responder="echo",
-                             sampling=SamplingSettings(greedy=True, max_frames=40), records=writer)
+    store, writer = started_writer(tmp_path)
+    services = echo_services(bundle, transcriber, writer)
     try:
         with running_server(services, authenticator=Authenticator({"acme-key": "acme"})) as base:
             caller = await Caller.call(base, "acme-key")
@@ -390,13 +397,7 @@ async def test_a_webrtc_call_is_on_record_for_its_tenant(bundle, transcriber, tm
             finally:
                 await caller.hang_up()
             assert done["response"]["status"] == "completed"
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                assert writer.flush()
-                rows, _ = store.list_sessions("acme", 10)
-                if rows and rows[0]["ended_at"] is not None:
-                    break
-                await asyncio.sleep(0.1)
+            rows = await ended_sessions(store, writer, "acme")
         assert [row["transport"] for row in rows] == ["webrtc"]
         assert store.list_sessions("default", 10)[0] == []
         record = store.get_session("acme", rows[0]["id"])
@@ -419,9 +420,7 @@ async def test_a_tool_round_is_on_record_with_its_call_and_result(bundle, transc
     from higgs_agent.testing.fake_llm import ToolCall, Turn
     from higgs_agent.testing.text_mode import TextConversation
 
-    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
-    writer = RecordWriter(store)
-    writer.start()
+    store, writer = started_writer(tmp_path)
     engine = StreamingEngine(bundle)
     services = AgentServices(engine=engine, transcriber=transcriber, default_responder="llm",
                              responders={"llm": LLMResponder(llm.base_url, model="fake")}, records=writer)
@@ -458,9 +457,7 @@ def test_a_cut_reply_and_the_callers_context_are_on_record(tmp_path):
     from higgs_agent.understanding.context import EmotionReading, TurnContext
     from higgs_agent.understanding.emotion import EmotionState, Prosody
 
-    store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
-    writer = RecordWriter(store)
-    writer.start()
+    store, writer = started_writer(tmp_path)
     recorder = SessionRecorder(writer, "sess_1", "acme", "phone")
     user = ConversationItem("item_u", "user", "input_audio", text="Wait, stop!", status="completed")
     reply = ConversationItem("item_a", "assistant", "output_audio", status="in_progress")

@@ -21,7 +21,6 @@ from higgs_agent.agent.session import Session
 from higgs_agent.audio import float_to_pcm16
 from higgs_agent.model.asr import Transcript
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.protocol import server_events as se
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.transport.realtime_codec import RealtimeEncoder, deliver
 
@@ -33,7 +32,7 @@ class FakeOutput:
         self.encoder = RealtimeEncoder()
 
     async def send_event(self, event: DomainEvent) -> None:
-        self.events.extend(json.loads(se.to_wire(w)) for w in self.encoder.encode(event))  # what a client reads
+        self.events.extend(json.loads(text) for text in self.encoder.texts(event))  # what a client reads
 
     async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
         self.samples += len(samples)

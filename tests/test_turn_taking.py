@@ -31,7 +31,6 @@ from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
 from higgs_agent.audio import float_to_pcm16
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.protocol import server_events as se
 from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.transport.audio_sink import ReplyAudioSink
 from higgs_agent.transport.realtime_codec import RealtimeEncoder
@@ -227,7 +226,7 @@ class PulledOutput(ReplyAudioSink):
         self.encoder = RealtimeEncoder()
 
     async def send_event(self, event: DomainEvent) -> None:
-        self.events.extend(json.loads(se.to_wire(w)) for w in self.encoder.encode(event))
+        self.events.extend(json.loads(text) for text in self.encoder.texts(event))
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]

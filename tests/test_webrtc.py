@@ -38,7 +38,7 @@ from higgs_agent.transport.auth import Authenticator
 from higgs_agent.transport.webrtc import WebRTCSettings, add_webrtc_args, webrtc_settings
 from higgs_agent.transport.webrtc.client_secrets import ClientSecrets
 from higgs_agent.transport.webrtc.output import CallOutput
-from higgs_agent.testing.webrtc_caller import Caller
+from higgs_agent.testing.webrtc_caller import FRAME, RATE, SOUND_RMS, Caller
 from higgs_agent.transport.webrtc.tracks import ReplyAudioTrack, frame_to_mono
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,9 +46,6 @@ pytestmark = pytest.mark.timeout(180)
 GREEDY = SamplingSettings(greedy=True, max_frames=200)
 STORY = "please read me the news about the weather, the traffic and the football scores"
 INTERRUPTION = "wait, stop"
-RATE = 48_000
-FRAME = RATE // 50  # 20 ms
-FLOOR = 1e-3  # RMS of a 20 ms window with sound in it (Opus keeps digital silence near 1e-5)
 SECRET_KEY = b"test-client-secret-key-0123456789"
 KEYS = {"acme-key": "acme", "globex-key": "globex"}  # API key -> tenant
 
@@ -96,7 +93,7 @@ def windows(audio: np.ndarray) -> np.ndarray:
 
 def audible_span_ms(audio: np.ndarray) -> float:
     """From the first to the last 20 ms window with sound in it."""
-    loud = np.flatnonzero(windows(audio) > FLOOR)
+    loud = np.flatnonzero(windows(audio) > SOUND_RMS)
     return 0.0 if len(loud) == 0 else (loud[-1] - loud[0] + 1) * 20.0
 
 
@@ -246,7 +243,7 @@ async def test_a_spoken_turn_is_answered_on_the_audio_track_and_talking_over_it_
     # ... and nothing of it came after that, until the next reply.
     second_started = caller.at("output_audio_buffer.started", response_id=second)
     leaked = windows(caller.audio(cleared_at + 0.2, second_started))
-    assert (leaked <= FLOOR).all(), f"{(leaked > FLOOR).sum() * 20} ms of the cut reply came after the cut"
+    assert (leaked <= SOUND_RMS).all(), f"{(leaked > SOUND_RMS).sum() * 20} ms of the cut reply came after the cut"
     assert "output_audio_buffer.stopped" not in [e["type"] for e in events if e.get("response_id") == first]
 
     # The second reply was received whole: as long as the audio the server says it sent.
@@ -256,7 +253,7 @@ async def test_a_spoken_turn_is_answered_on_the_audio_track_and_talking_over_it_
     assert audible_span_ms(caller.audio(second_started - 0.1, stopped + 0.5)) == pytest.approx(
         expected, abs=max(300, 0.15 * expected))
     stopped_speaking = caller.at("input_audio_buffer.speech_stopped")
-    first_sound = next(t for t, samples in caller.heard if t > stopped_speaking and windows(samples).max() > FLOOR)
+    first_sound = next(t for t, samples in caller.heard if t > stopped_speaking and windows(samples).max() > SOUND_RMS)
     print(f"\nwebrtc: cut at {truncated['audio_end_ms']} ms (client received {received_ms:.0f} ms); second reply "
           f"{expected:.0f} ms sent, {audible_span_ms(caller.audio(second_started - 0.1, stopped + 0.5)):.0f} ms heard; "
           f"first reply audio at the client {1000 * (first_sound - stopped_speaking):.0f} ms after speech_stopped")

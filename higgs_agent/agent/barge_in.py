@@ -13,6 +13,7 @@ from higgs_agent.agent.events import DomainEvent, InterruptionJudged, ReplyCut, 
 from higgs_agent.agent.interruptions import MAX_BACKCHANNEL_MS, is_backchannel
 from higgs_agent.agent.listening import Listening
 from higgs_agent.agent.output import SessionOutput
+from higgs_agent.agent.reply import being_made
 
 if TYPE_CHECKING:
     from higgs_agent.agent.config import TurnDetection
@@ -30,10 +31,6 @@ class BargeIn:
         self._reply = reply  # the session's reply, maybe past its response.done
         self.held_by: str | None = None  # the user turn whose speech holds the reply: interruption or not?
         self.last_reply_item: ConversationItem | None = None  # the latest assistant audio, maybe still playing
-
-    def _active(self) -> ReplyRun | None:
-        reply = self._reply()
-        return reply if reply is not None and not reply.finishing else None
 
     async def speech_started(self, item_id: str, detection: TurnDetection | None) -> ReplyCut | None:
         """The caller started speaking (turn `item_id`): hold or cut the reply as the turn detection says; a
@@ -82,7 +79,7 @@ class BargeIn:
     def cut(self) -> ReplyCut | None:
         """Cut the reply being made, or the one still playing after its response.done (then: the cut to tell,
         after what the client is told first)."""
-        if (reply := self._active()) is not None:
+        if (reply := being_made(self._reply())) is not None:
             reply.stop("turn_detected")
             return None
         return self.cut_playing_reply()
@@ -102,4 +99,5 @@ class BargeIn:
     def _audible(self) -> bool:
         """A reply is being made, or its audio has not all been heard yet."""
         item = self.last_reply_item
-        return self._active() is not None or (item is not None and self._output.heard_ms(item.id) < item.audio_ms)
+        return being_made(self._reply()) is not None or (
+            item is not None and self._output.heard_ms(item.id) < item.audio_ms)

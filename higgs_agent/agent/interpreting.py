@@ -6,9 +6,9 @@ least `MIN_WORDS`, that span is handed over to be translated at once. A clause c
 punctuation Whisper wrote (, . ; : ? !), or before a word that opens the next clause ("and", "then", "because",
 ...): Whisper's partial readings often leave the commas out of speech that runs on (measured on espeak-ng
 speech: "this morning and I walked", where the final reading writes "this morning, then I walked").
-Interpreters cut at the same places. when the turn ends, what its final transcript adds after the clauses handed over is the
-last span. A speaker who talks for ten seconds is thus heard in translation from their first clause, not after
-their last word (today's conference interpreters lag a clause or two; so does this).
+Interpreters cut at the same places. When the turn ends, what its final transcript adds after the clauses
+handed over is the last span. A speaker who talks for ten seconds is thus heard in translation from their first
+clause, not after their last word (conference interpreters lag a clause or two; so does this).
 
 The rest is placed by aligning the words handed over with the final reading (difflib): it may revise a word the
 partial readings agreed on ("two" for "to", "I uh went" for "I went"), and what was already spoken cannot be

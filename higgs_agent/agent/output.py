@@ -15,10 +15,10 @@ class OutputClosed(Exception):
 
 class SessionOutput(Protocol):
     """What a transport gives a session: the session's events out (a transport encodes those its wire carries,
-    before it awaits anything: an event may name a live conversation item), reply audio out, the end of a response's audio, a way to
-    drop reply audio the listener has not yet heard (barge-in), and what the listener has heard. Sends raise
-    OutputClosed once the client cannot be reached. Transports implement the audio half with a
-    `ReplyAudioSink` (transport/audio_sink.py)."""
+    before it awaits anything: an event may name a live conversation item), reply audio out, the end of a
+    response's audio, a way to drop reply audio the listener has not yet heard (barge-in), and what the listener
+    has heard. Sends raise OutputClosed once the client cannot be reached. Transports implement the audio half
+    with a `ReplyAudioSink` (transport/audio_sink.py)."""
 
     async def send_event(self, event: DomainEvent) -> None: ...
 

@@ -93,6 +93,12 @@ class Preparation:
     speaker_voices: tuple[VoiceReference, ...] = ()  # one per [SPEAKERn]: multi-speaker replies
 
 
+def being_made(reply: ReplyRun | None) -> ReplyRun | None:
+    """The reply, if it is still being made. One whose `response.done` is sent no longer counts, though its task
+    may not have ended yet: a client that read `response.done` may create, cancel or barge in at once."""
+    return reply if reply is not None and not reply.finishing else None
+
+
 def _stalled_message(stall: StageTimeout) -> str:
     return f"the reply stalled: {stall}; the session goes on, try again"
 

@@ -49,7 +49,7 @@ from higgs_agent.agent.input_audio import ASR_RATE, InputAudio
 from higgs_agent.agent.interpreting import ClauseSpans
 from higgs_agent.agent.listening import Listening, ListeningHooks
 from higgs_agent.agent.recording import SessionRecorder
-from higgs_agent.agent.reply import OutputClosed, ReplyRun, SessionOutput
+from higgs_agent.agent.reply import OutputClosed, ReplyRun, SessionOutput, being_made
 from higgs_agent.agent.reply_setup import ReplyInputs, ReplySettings
 from higgs_agent.agent.responders.base import Responder, tools_unsupported
 from higgs_agent.agent.responders.fixed import FixedReply
@@ -646,10 +646,7 @@ class Session:
 
     @property
     def _active_reply(self) -> ReplyRun | None:
-        """The reply still being made. One whose `response.done` is sent no longer counts, though its task may
-        not have ended yet: a client that read `response.done` may create, cancel or barge in at once."""
-        reply = self.reply
-        return reply if reply is not None and not reply.finishing else None
+        return being_made(self.reply)
 
     def _reply_done(self, run: ReplyRun) -> None:
         if run.status == "in_progress":  # cancelled before its task ever ran: nothing was sent

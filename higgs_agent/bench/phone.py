@@ -65,7 +65,7 @@ async def phone_turn(base: str, settings: Any, speech_24k: Any) -> tuple[float, 
 async def webrtc_turn(base: str, speech_24k: Any) -> tuple[float | None, dict[str, float | None]]:  # noqa: ANN401
     """One WebRTC call, one spoken turn: ms from the microphone's last sample to the first reply frame with sound
     in it; the turn's server stages."""
-    from higgs_agent.testing.webrtc_caller import Caller
+    from higgs_agent.testing.webrtc_caller import SOUND_RMS, Caller
 
     caller = await Caller.call(base)
     try:
@@ -76,13 +76,12 @@ async def webrtc_turn(base: str, speech_24k: Any) -> tuple[float | None, dict[st
         await caller.until("response.done", timeout=300)
         said = caller.microphone.drained_at
         first = next((t for t, frame in caller.heard if said is not None and t >= said
-                      and float(np.sqrt(np.mean(frame ** 2))) > _SOUND_RMS), None)
+                      and float(np.sqrt(np.mean(frame ** 2))) > SOUND_RMS), None)
         return (None if first is None or said is None else (first - said) * 1000.0), latency["latency_ms"]
     finally:
         await caller.hang_up()
 
 
-_SOUND_RMS = 1e-3  # a 20 ms frame with sound in it (Opus keeps digital silence near 1e-5)
 STAGES = ("end_of_turn", "transcript", "first_text", "first_audio_frame", "first_audio_sent")
 
 

@@ -25,7 +25,6 @@ import numpy as np
 from higgs_agent.agent.events import DomainEvent
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
-from higgs_agent.protocol import server_events as se
 from higgs_agent.transport.realtime_codec import RealtimeEncoder, deliver
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -70,9 +69,9 @@ class RecordingOutput:
         self._arrived = asyncio.Condition()
 
     async def send_event(self, event: DomainEvent) -> None:
-        wire = self.encoder.encode(event)
+        texts = self.encoder.texts(event)
         async with self._arrived:
-            self.events.extend(json.loads(se.to_wire(w)) for w in wire)
+            self.events.extend(json.loads(text) for text in texts)
             self._arrived.notify_all()
 
     async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:

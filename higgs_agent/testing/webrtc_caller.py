@@ -20,10 +20,11 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from higgs_agent.audio import float_to_pcm16, resample
-from higgs_agent.transport.webrtc.tracks import frame_to_mono
+from higgs_agent.transport.webrtc.tracks import FRAME_SAMPLES, WIRE_RATE, frame_to_mono
 
-RATE = 48_000
-FRAME = RATE // 50  # 20 ms
+RATE = WIRE_RATE  # the microphone sends what the call's tracks carry: 48 kHz, 20 ms frames
+FRAME = FRAME_SAMPLES
+SOUND_RMS = 1e-3  # RMS of a 20 ms window with sound in it (Opus keeps digital silence near 1e-5)
 
 
 class CallRefused(RuntimeError):

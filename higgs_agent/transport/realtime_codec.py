@@ -86,17 +86,20 @@ class RealtimeEncoder:
     def encode(self, event: DomainEvent) -> list[se.ServerEvent]:
         if isinstance(event, SessionOpened | SessionChanged):
             self._config = event.config
-        wire = _encode(event)
-        return [w for w in wire if not w.is_extension or (self._config is not None
-                                                          and self._config.sends_extension(w.type))]  # type: ignore[attr-defined]
+        config = self._config
+        return [wire for wire in _encode(event) if not wire.is_extension  # type: ignore[attr-defined]
+                or (config is not None and config.sends_extension(wire.type))]  # type: ignore[attr-defined]
+
+    def texts(self, event: DomainEvent) -> list[str]:
+        """The event as the JSON text messages a client reads."""
+        return [se.to_wire(wire) for wire in self.encode(event)]
 
 
 def _encode(event: DomainEvent) -> list[se.ServerEvent]:  # noqa: C901, PLR0911, PLR0912 - one case per event
     match event:
-        case SessionOpened(config, tools):
-            return [se.SessionCreated(session={**config.to_dict(), **tools.to_dict()})]
-        case SessionChanged(config, tools):
-            return [se.SessionUpdated(session={**config.to_dict(), **tools.to_dict()})]
+        case SessionOpened(config, tools) | SessionChanged(config, tools):
+            kind = se.SessionCreated if isinstance(event, SessionOpened) else se.SessionUpdated
+            return [kind(session={**config.to_dict(), **tools.to_dict()})]
         case ErrorReported(error):
             return [se.Error.of(error)]
         case AgentFailed(code, message):

@@ -86,8 +86,8 @@ class CallOutput(ReplyAudioSink):
 
     async def send_event(self, event: DomainEvent) -> None:
         self._check_open()
-        for wire in self.encoder.encode(event):
-            self._emit(se.to_wire(wire))
+        for text in self.encoder.texts(event):
+            self._emit(text)
 
     # -- sending ------------------------------------------------------------------------------------------
 
