@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--understanding", action="store_true",
                        help="also run the turns with the caller analysis on, and report what it adds to the "
                             "first audio byte")
+    agent.add_argument("--remote-engines", type=int, default=0, metavar="N",
+                       help="also run the turns with reply speech from N `serve` engine processes on this machine "
+                            "(serve --engine-url) and report the hop it adds")
     agent.add_argument("--records", action="store_true",
                        help="also run the turns with every session on record (a SQLite file) and report what it adds")
     agent.add_argument("--sessions", type=int, default=1,

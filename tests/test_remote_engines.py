@@ -235,3 +235,29 @@ async def test_the_scene_goes_as_instructions_and_no_voice_as_no_ref_audio():
                        "vllm-omni", "higgs_audio_v2")
     assert body == {"input": "Hi.", "response_format": "pcm", "stream": True, "max_new_tokens": 9,
                     "model": "higgs_audio_v2", "instructions": "A quiet room."}
+
+
+async def test_serve_with_engine_urls_loads_no_model_and_speaks_through_them(transcriber):
+    """The command line's path: `serve --engine-url` (no --model at all) answering a typed turn."""
+    standin = VllmOmniStandIn(seconds_per_phrase=0.5)
+    with serve_app_in_background(standin.app) as engine_url, \
+            running_serve(["--engine-url", engine_url, "--engine-kind", "vllm-omni", "--engine-model", "higgs",
+                           "--no-understanding"]) as agent:
+        health = httpx.get(f"{agent.base}/health").json()
+        assert health["device"] == "remote" and health["engines"][0]["url"] == engine_url
+        client = await Client.connect(agent.base)
+        assert client.events[0]["session"]["model"] == "higgs"
+        created = await say(client, "Hello there.")
+        response = await done(client, created["response"]["id"])
+        assert response["status"] == "completed", response
+        assert len(client.reply_audio(created["response"]["id"])) == len(np.concatenate(standin.sent))
+        await client.close()
+
+
+async def test_serve_refuses_what_remote_engines_cannot_do():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "higgs_agent", "serve", "--engine-url", "http://127.0.0.1:9",
+                             "--responder", "native"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--engine-url" in result.stderr

@@ -51,6 +51,7 @@ class Remote:
     in_flight: int = 0  # responses of this agent leasing it
     slots: int | None = None  # from our serve's /health (vLLM-Omni does not say)
     busy_slots: int = 0  # ditto: every client's, this agent's included
+    requests: int = 0  # phrases it was asked for
     errors: int = 0
     last_error: str | None = None
     health_ms: float | None = None
@@ -70,7 +71,7 @@ class Remote:
     def report(self) -> dict[str, Any]:
         recent = sorted(self.first_audio_ms)
         return {"url": self.url, "kind": self.kind, "up": self.up, "in_flight": self.in_flight,
-                "slots": self.slots, "busy_slots": self.busy_slots, "errors": self.errors,
+                "slots": self.slots, "busy_slots": self.busy_slots, "requests": self.requests, "errors": self.errors,
                 "last_error": self.last_error, "health_ms": self.health_ms,
                 "first_audio_ms_p50": recent[len(recent) // 2] if recent else None}
 
@@ -247,7 +248,8 @@ class RemoteEngines:
             details = "; ".join(f"{r.url}: {'up' if r.up else 'down'}" + (f" ({r.last_error})" if not r.up and
                                 r.last_error else "") for r in self.remotes)
             raise AtCapacityError(f"{why} ({details}); try again shortly")
-        return min(free, key=lambda remote: (remote.load / (remote.slots or 1), remote.load))
+        # the least loaded; among equals, the one asked least so far (so idle engines take turns)
+        return min(free, key=lambda remote: (remote.load / (remote.slots or 1), remote.load, remote.requests))
 
     def _hold(self, remote: Remote, change: int) -> None:
         remote.in_flight += change
@@ -263,6 +265,7 @@ class RemoteEngines:
         body = speech_body(prompt, settings, remote.kind, self.model)
         request = self._client.build_request("POST", f"{remote.url}/v1/audio/speech", json=body)
         response = await self._client.send(request, stream=True)
+        remote.requests += 1
         if response.status_code == 200:
             return response
         detail = (await response.aread()).decode("utf-8", "replace")[:300]
