@@ -84,6 +84,10 @@ class RemoteLease(Lease):
         self.remote = remote
         self.heard = False
 
+    @property
+    def engine(self) -> str:  # type: ignore[override]
+        return self.remote.url
+
 
 @dataclass
 class _Stats:
