@@ -108,6 +108,19 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                             "(default: $HIGGS_API_KEYS; with --api-key too, that key is the tenant 'default')")
     serve.add_argument("--slots", type=int, default=DEFAULT_SLOTS,
                        help="speech generations the engine runs at once (default: %(default)s)")
+    serve.add_argument("--engine-url", action="append", default=[], metavar="URL",
+                       help="speak replies through a remote speech engine instead of a model in this process "
+                            "(repeatable: the least-loaded one that is up speaks each reply): our own serve "
+                            "(http://host:8000) or vLLM-Omni serving Higgs Audio v2; --model is then not loaded")
+    serve.add_argument("--engine-kind", choices=("higgs", "vllm-omni"), default="higgs",
+                       help="what the --engine-url servers are: higgs (higgs-agent serve: reports its slots) or "
+                            "vllm-omni (default: %(default)s)")
+    serve.add_argument("--engine-model", default=None,
+                       help="the model name to ask the remote engines for (vLLM-Omni: its served model name)")
+    serve.add_argument("--engine-api-key", default=_env("HIGGS_ENGINE_API_KEY"),
+                       help="key for the remote engines (default: $HIGGS_ENGINE_API_KEY, else none)")
+    serve.add_argument("--engine-health-interval", type=float, default=2.0, metavar="SECONDS",
+                       help="how often each remote engine's /health is asked (default: %(default)s)")
     serve.add_argument("--mcp-server", action="append", default=[], metavar="LABEL=URL|LABEL=stdio:CMD|JSON",
                        help="an MCP server whose tools every session's replies may call, run by this server "
                             "(repeatable): LABEL=http://host/mcp, 'LABEL=stdio:command args', or a JSON mcp tool")
@@ -258,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--understanding", action="store_true",
                        help="also run the turns with the caller analysis on, and report what it adds to the "
                             "first audio byte")
+    agent.add_argument("--remote-engines", type=int, default=0, metavar="N",
+                       help="also run the turns with reply speech from N `serve` engine processes on this machine "
+                            "(serve --engine-url) and report the hop it adds")
     agent.add_argument("--records", action="store_true",
                        help="also run the turns with every session on record (a SQLite file) and report what it adds")
     agent.add_argument("--sessions", type=int, default=1,

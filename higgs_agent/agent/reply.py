@@ -61,7 +61,8 @@ from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol.errors import new_id
-from higgs_agent.streaming.engine import AtCapacityError, Lease, StreamingEngine
+from higgs_agent.streaming.engine import AtCapacityError, Lease
+from higgs_agent.streaming.speech_engine import EngineError, SpeechEngine
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class ReplyRun:
     """A response in flight. `start()` runs it as one task; `cancel(reason)` stops it at the next engine step."""
 
     output: SessionOutput
-    engine: StreamingEngine
+    engine: SpeechEngine
     responder: Responder
     speaker: PhraseSpeaker
     timing: TurnTiming
@@ -242,9 +243,9 @@ class ReplyRun:
             self._stalled(exc)
             self._failed_by_stall = True  # the worker may be what stalled: no more work for it (usage)
             await self._fail("reply_stalled", _stalled_message(exc))
-        except (ResponderError, AtCapacityError) as exc:
+        except (ResponderError, AtCapacityError, EngineError) as exc:
             log.warning("%s failed: %s", self.id, exc)
-            code = "at_capacity" if isinstance(exc, AtCapacityError) else "responder_error"
+            code = {AtCapacityError: "at_capacity", EngineError: "engine_error"}.get(type(exc), "responder_error")
             await self._fail(code, str(exc))
         except OutputClosed as exc:  # the client is gone: nobody to tell
             log.info("%s stopped: %s", self.id, exc)

@@ -19,6 +19,7 @@ from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.records.writer import RecordWriter
 from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.streaming.speech_engine import SpeechEngine
 from higgs_agent.understanding.analyzer import TurnAnalyzer
 from higgs_agent.voices.library import VoiceLibrary, VoiceNotFound
 
@@ -33,7 +34,7 @@ class UnknownVoiceError(ValueError):
 
 @dataclass
 class AgentServices:
-    engine: StreamingEngine
+    engine: SpeechEngine  # the model in this process, or remote engines (serve --engine-url)
     transcriber: Transcriber
     responders: dict[str, Responder]  # the responders this server offers, by name (shared by sessions)
     default_responder: str
@@ -58,11 +59,12 @@ class AgentServices:
             raise ValueError(f"default responder {self.default_responder!r} is not one of {sorted(self.responders)}")
 
     @property
-    def bundle(self) -> HiggsBundle:
-        return self.engine.bundle
+    def bundle(self) -> HiggsBundle | None:
+        """The model in this process (None: replies are spoken by remote engines)."""
+        return self.engine.bundle if isinstance(self.engine, StreamingEngine) else None
 
     def session_config(self) -> SessionConfig:
-        return SessionConfig(model=self.bundle.model_source, responder=self.default_responder,
+        return SessionConfig(model=self.engine.model_name, responder=self.default_responder,
                              extension_events=self.extension_events,
                              transcription=Transcription(self.transcriber.name))
 

@@ -107,6 +107,8 @@ def _agent_bench(args: argparse.Namespace, services: AgentServices, bundle: Any,
         result["from_last_word"] = _from_last_word(services, speech, args.turns)
     if getattr(args, "records", False):
         result["records"] = _records_cost(services, speech, args.turns)
+    if getattr(args, "remote_engines", 0):
+        result["remote_engines"] = _remote_cost(args, services, speech, args.turns)
     return result
 
 
@@ -213,6 +215,45 @@ def _records_cost(services: AgentServices, speech: np.ndarray, count: int) -> di
             "added_ms_p50_of_pairs": median_ms(pairs), "pairs": len(pairs),
             "sessions_on_record": len(sessions), "writes_dropped": sum(dropped),
             "loop_us_per_event": _recorder_cost_us()}
+
+
+def _remote_cost(args: argparse.Namespace, services: AgentServices, speech: np.ndarray, count: int) -> dict:
+    """The same turns spoken by this process's engine and by `--remote-engines N` `serve` engine processes on
+    this machine (the same model; the agent keeps ASR and the responder), taken in turn (local, remote, ...): the
+    turn's first audio byte both ways, and the hop the remote adds (the median of each pair's difference)."""
+    import contextlib
+    from dataclasses import replace
+
+    from higgs_agent.bench.common import note
+    from higgs_agent.model.tiny import make_tiny_model
+    from higgs_agent.remote.engines import RemoteEngines
+    from higgs_agent.testing.serve_process import running_serve
+
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
+        model_dir = args.model or str(make_tiny_model(Path(scratch) / "mini", size="mini", seed=0))
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        note(f"starting {args.remote_engines} serve engine(s) ...")
+        engines = [stack.enter_context(running_serve(["--model", model_dir, "--device", args.device or "auto",
+                                                      "--no-understanding", *threads]))
+                   for _ in range(args.remote_engines)]
+        pool = RemoteEngines([engine.base for engine in engines], metrics=services.metrics)
+        remote = replace(services, engine=pool)
+        local_turns, remote_turns = [], []
+        for _ in range(count):
+            local_turns.extend(_turns(services, speech, 1))
+            remote_turns.extend(_turns(remote, speech, 1))
+        report = pool.health()["engines"]
+    stage = "first_audio_sent"
+    pairs = [b[stage] - a[stage] for a, b in zip(local_turns, remote_turns)
+             if a.get(stage) is not None and b.get(stage) is not None]
+    return {"engines": len(engines), f"{stage}_ms_p50_local": median_ms([t.get(stage) for t in local_turns]),
+            f"{stage}_ms_p50_remote": median_ms([t.get(stage) for t in remote_turns]),
+            "client_first_audio_ms_p50_local": median_ms([t.get("client_first_audio") for t in local_turns]),
+            "client_first_audio_ms_p50_remote": median_ms([t.get("client_first_audio") for t in remote_turns]),
+            "remote_added_ms_p50_of_pairs": median_ms(pairs), "pairs": len(pairs),
+            "completed_remote": sum(t["status"] == "completed" for t in remote_turns),
+            "phrases_per_engine": [r["requests"] for r in report],
+            "engine_first_audio_ms_p50": [r["first_audio_ms_p50"] for r in report]}
 
 
 def _recorder_cost_us(turns: int = 2000) -> float:

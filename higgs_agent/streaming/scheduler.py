@@ -91,6 +91,8 @@ class StepReport:
 class Lease:
     """A slot's worth of capacity held for a whole response (see the module docstring)."""
 
+    engine = "local"  # which engine speaks under it (a remote lease names its engine's URL)
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.released = False
