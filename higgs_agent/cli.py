@@ -122,6 +122,10 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                             "(default: $HIGGS_RECORDS_URL, else nothing is kept)")
     serve.add_argument("--records-days", type=float, default=None, metavar="N",
                        help="delete sessions on record older than N days, at start and every hour (default: keep)")
+    serve.add_argument("--otlp-endpoint", default=None, metavar="URL",
+                       help="export each answered turn as an OpenTelemetry trace over OTLP/HTTP to this collector "
+                            "(http://collector:4318; /v1/traces is added) (default: $OTEL_EXPORTER_OTLP_ENDPOINT, "
+                            "else no traces)")
     serve.add_argument("--no-understanding", action="store_true",
                        help="skip the per-turn caller analysis (speaker id, prosody and emotion state) that steers "
                             "what the agent says and how it sounds")
