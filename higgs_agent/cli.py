@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "first audio byte")
     agent.add_argument("--records", action="store_true",
                        help="also run the turns with every session on record (a SQLite file) and report what it adds")
+    agent.add_argument("--traces", action="store_true",
+                       help="also run the turns with each one traced (OTLP/HTTP to a receiver in the process) and "
+                            "report what it adds, and the tracer's cost on the event loop per turn")
     agent.add_argument("--sessions", type=int, default=1,
                        help="N > 1: rounds of 1 and N callers ending their turns at the same moment; reports "
                             "time to first audio, playback underruns and event-loop lag (default: %(default)s)")

@@ -76,9 +76,9 @@ class TurnTracer:
         if error is not None:
             root.set_status(Status(StatusCode.ERROR, error))
         context = trace.set_span_in_context(root)
-        shared = {**self.attributes, "higgs.response.id": timed.response_id, "higgs.engine": timed.engine}
+        stage = {"higgs.engine": timed.engine}  # the rest is the root's: a trace is found by its root
         for (_, start), (name, end) in zip(moments, moments[1:]):
-            span = self.tracer.start_span(name, context=context, start_time=ns(min(start, end)), attributes=shared)
+            span = self.tracer.start_span(name, context=context, start_time=ns(min(start, end)), attributes=stage)
             span.end(end_time=ns(end))
         root.end(end_time=end_ns)
 

@@ -107,6 +107,8 @@ def _agent_bench(args: argparse.Namespace, services: AgentServices, bundle: Any,
         result["from_last_word"] = _from_last_word(services, speech, args.turns)
     if getattr(args, "records", False):
         result["records"] = _records_cost(services, speech, args.turns)
+    if getattr(args, "traces", False):
+        result["traces"] = _traces_cost(services, speech, args.turns)
     return result
 
 
@@ -194,25 +196,51 @@ def _records_cost(services: AgentServices, speech: np.ndarray, count: int) -> di
         writer = RecordWriter(RecordStore(f"sqlite:///{Path(folder) / 'records.db'}"),
                               on_drop=lambda reason, n: dropped.append(n))
         writer.start()
-        recorded = replace(services, records=writer)
-        off, on = [], []
         try:
-            for _ in range(count):
-                off.extend(_turns(services, speech, 1))
-                on.extend(_turns(recorded, speech, 1))
+            figures = _paired(services, replace(services, records=writer), speech, count)
             writer.flush()
             sessions, _ = writer.store.list_sessions("default", 100)
         finally:
             writer.close()
+    return {**figures, "sessions_on_record": len(sessions), "writes_dropped": sum(dropped),
+            "loop_us_per_event": _recorder_cost_us()}
+
+
+def _traces_cost(services: AgentServices, speech: np.ndarray, count: int) -> dict:
+    """The same turns with each answered turn traced (as `serve --otlp-endpoint`, to a receiver in this process)
+    and without, taken in turn: what tracing adds to the turn's first audio byte; and the tracer's own cost on
+    the event loop per turn, with the collector up and with it down (bench/traces.py)."""
+    from dataclasses import replace
+
+    from higgs_agent.bench.traces import tracer_cost_us
+    from higgs_agent.otlp import start_traces
+    from higgs_agent.testing.otlp_receiver import Collector
+
+    with Collector() as receiver:
+        traces = start_traces(receiver.url)
+        assert traces is not None
+        try:
+            figures = _paired(services, replace(services, traces=traces), speech, count)
+        finally:
+            traces.shutdown()
+        spans = len(receiver.spans)
+    return {**figures, "spans_received": spans, "loop_us_per_turn": tracer_cost_us()}
+
+
+def _paired(services: AgentServices, on_services: AgentServices, speech: np.ndarray, count: int) -> dict:
+    """`count` turns each way, taken in turn (off, on, off, on, ...) so that a machine's drift falls on both:
+    the first audio byte's medians, and the median of each pair's difference."""
+    off, on = [], []
+    for _ in range(count):
+        off.extend(_turns(services, speech, 1))
+        on.extend(_turns(on_services, speech, 1))
     stage = "first_audio_sent"
     pairs = [b[stage] - a[stage] for a, b in zip(off, on) if a.get(stage) is not None and b.get(stage) is not None]
     return {f"{stage}_ms_p50_without": median_ms([t.get(stage) for t in off]),
             f"{stage}_ms_p50_with": median_ms([t.get(stage) for t in on]),
             "client_first_audio_ms_p50_without": median_ms([t.get("client_first_audio") for t in off]),
             "client_first_audio_ms_p50_with": median_ms([t.get("client_first_audio") for t in on]),
-            "added_ms_p50_of_pairs": median_ms(pairs), "pairs": len(pairs),
-            "sessions_on_record": len(sessions), "writes_dropped": sum(dropped),
-            "loop_us_per_event": _recorder_cost_us()}
+            "added_ms_p50_of_pairs": median_ms(pairs), "pairs": len(pairs)}
 
 
 def _recorder_cost_us(turns: int = 2000) -> float:

@@ -1,5 +1,5 @@
-"""A tiny OTLP/HTTP trace receiver for tests: a real HTTP server on a free loopback port that takes what an
-OpenTelemetry exporter posts to /v1/traces and decodes it with opentelemetry-proto, as a collector would."""
+"""A tiny OTLP/HTTP trace receiver for tests and benchmarks: a real HTTP server on a free loopback port that takes
+what an OpenTelemetry exporter posts to /v1/traces and decodes it with opentelemetry-proto, as a collector would."""
 
 from __future__ import annotations
 
