@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,7 +57,6 @@ from higgs_agent.agent.responders.translator import Translator
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session_tools import SessionTools, tool_descriptions
 from higgs_agent.agent.speaker import PhraseSpeaker
-from higgs_agent.agent.tracing import TurnTracer
 from higgs_agent.agent.turn_reading import TurnReader, WireAudio
 from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.agent.vad import SpeechPaused, SpeechStarted, SpeechStopped
@@ -68,6 +67,9 @@ from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.model.asr import Transcript
 from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol.errors import ProtocolError, new_id
+
+if TYPE_CHECKING:
+    from higgs_agent.agent.tracing import TurnTracer
 
 log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # as the reference server: shorter buffers are refused
@@ -151,6 +153,8 @@ class Session:
             self.observe(self.recorder.observe)
         self.tracer: TurnTracer | None = None  # each answered turn a trace (serve --otlp-endpoint)
         if services.traces is not None:
+            from higgs_agent.agent.tracing import TurnTracer  # OpenTelemetry loads only when traces are on
+
             self.tracer = TurnTracer(services.traces.tracer, self.config.id, tenant, transport)
             self.observe(self.tracer.observe)
         self.listening = Listening(services.transcriber, ListeningHooks(
