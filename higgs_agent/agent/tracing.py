@@ -23,7 +23,7 @@ loop only builds them.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -57,7 +57,8 @@ class TurnTracer:
                     failure = state.failure if state is not None else None
                     error = f"{failure.code}: {failure.message}" if failure is not None else \
                         "the reply failed" if status == "failed" else None
-                    self._trace(timed, status, item_id, state.reason if state is not None else None, error)
+                    self._trace(timed, status, item_id or timed.reply_item_id,
+                                state.reason if state is not None else None, error)
 
     def end(self) -> None:
         """The session is over: a reply timed but never finished (its client left mid-reply) ends failed."""
@@ -106,7 +107,7 @@ def _moments(timed: TurnTimed) -> list[tuple[str, float]]:
     return moments
 
 
-def _wall_ns(zero_s: float):  # noqa: ANN202 - Callable[[float], int]
+def _wall_ns(zero_s: float) -> Callable[[float], int]:
     """ms from the turn's zero -> nanoseconds since the epoch (OpenTelemetry's timestamps)."""
     zero_ns = int(zero_s * 1e9)
     return lambda ms: zero_ns + int(ms * 1e6)
