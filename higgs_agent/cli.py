@@ -135,6 +135,10 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                             "(default: $HIGGS_RECORDS_URL, else nothing is kept)")
     serve.add_argument("--records-days", type=float, default=None, metavar="N",
                        help="delete sessions on record older than N days, at start and every hour (default: keep)")
+    serve.add_argument("--otlp-endpoint", default=None, metavar="URL",
+                       help="export each answered turn as an OpenTelemetry trace over OTLP/HTTP to this collector "
+                            "(http://collector:4318; /v1/traces is added) (default: $OTEL_EXPORTER_OTLP_ENDPOINT, "
+                            "else no traces)")
     serve.add_argument("--no-understanding", action="store_true",
                        help="skip the per-turn caller analysis (speaker id, prosody and emotion state) that steers "
                             "what the agent says and how it sounds")
@@ -276,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(serve --engine-url) and report the hop it adds")
     agent.add_argument("--records", action="store_true",
                        help="also run the turns with every session on record (a SQLite file) and report what it adds")
+    agent.add_argument("--traces", action="store_true",
+                       help="also run the turns with each one traced (OTLP/HTTP to a receiver in the process) and "
+                            "report what it adds, and the tracer's cost on the event loop per turn")
     agent.add_argument("--sessions", type=int, default=1,
                        help="N > 1: rounds of 1 and N callers ending their turns at the same moment; reports "
                             "time to first audio, playback underruns and event-loop lag (default: %(default)s)")

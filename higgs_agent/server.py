@@ -56,6 +56,8 @@ def check_serve_args(args: argparse.Namespace) -> str | None:
         return str(exc)
     if args.records_days is not None and (not args.records_url or args.records_days <= 0):
         return "--records-days N needs --records-url and N > 0"
+    if getattr(args, "otlp_endpoint", None) and not args.otlp_endpoint.startswith(("http://", "https://")):
+        return "--otlp-endpoint needs an http:// or https:// URL (OTLP over HTTP, e.g. http://collector:4318)"
     return None
 
 
@@ -133,6 +135,7 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle | None, samplin
     from higgs_agent.metrics import AgentMetrics
     from higgs_agent.model.asr import Transcriber
     from higgs_agent.model.prompts import AudioClip, VoiceReference, encode_voice
+    from higgs_agent.otlp import start_traces
     from higgs_agent.streaming.engine import StreamingEngine
     from higgs_agent.streaming.speech_engine import SpeechEngine
 
@@ -171,7 +174,8 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle | None, samplin
                          extension_events=args.extension_events, mcp_servers=mcp_servers(args),
                          allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout,
                          analyzer=analyzer, voices=voices, turn_model=turn_model, metrics=metrics,
-                         records=records_writer(records, args.records_days, metrics))
+                         records=records_writer(records, args.records_days, metrics),
+                         traces=start_traces(getattr(args, "otlp_endpoint", None)))
 
 
 def remote_engines(args: argparse.Namespace, metrics: Any) -> Any:  # noqa: ANN401 - AgentMetrics -> RemoteEngines

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from higgs_agent.agent.config import OPENAI_VOICES, TRANSLATORS, ServerOffer, SessionConfig, Transcription
 from higgs_agent.agent.end_of_turn import SmartTurn, TurnModelMissing
@@ -22,6 +23,9 @@ from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.streaming.speech_engine import SpeechEngine
 from higgs_agent.understanding.analyzer import TurnAnalyzer
 from higgs_agent.voices.library import VoiceLibrary, VoiceNotFound
+
+if TYPE_CHECKING:  # the OpenTelemetry SDK loads only when traces are on
+    from higgs_agent.otlp import OtlpTraces
 
 log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 1 << 20  # 1 MiB: ~20 s of 24 kHz PCM16 per append, base64-encoded
@@ -52,6 +56,7 @@ class AgentServices:
     reply_limits: ReplyLimits = field(default_factory=ReplyLimits)  # every wait of a reply is bounded
     turn_model: SmartTurn | None = None  # semantic_vad's voice judge: loaded at start by serve, else on first use
     records: RecordWriter | None = None  # every session on record (serve --records-url); None: nothing is kept
+    traces: OtlpTraces | None = None  # every answered turn as a trace (serve --otlp-endpoint); None: no tracer
     _turn_model_missing: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -135,3 +140,5 @@ class AgentServices:
             await responder.aclose()
         if self.records is not None:  # what the sessions said last is committed before the process ends
             await asyncio.to_thread(self.records.close)
+        if self.traces is not None:  # and the last turns' traces exported
+            await asyncio.to_thread(self.traces.shutdown)

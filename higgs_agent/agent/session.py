@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -67,6 +67,9 @@ from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.model.asr import Transcript
 from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol.errors import ProtocolError, new_id
+
+if TYPE_CHECKING:
+    from higgs_agent.agent.tracing import TurnTracer
 
 log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # as the reference server: shorter buffers are refused
@@ -148,6 +151,12 @@ class Session:
         if services.records is not None:
             self.recorder = SessionRecorder(services.records, self.config.id, tenant, transport)
             self.observe(self.recorder.observe)
+        self.tracer: TurnTracer | None = None  # each answered turn a trace (serve --otlp-endpoint)
+        if services.traces is not None:
+            from higgs_agent.agent.tracing import TurnTracer  # OpenTelemetry loads only when traces are on
+
+            self.tracer = TurnTracer(services.traces.tracer, self.config.id, tenant, transport)
+            self.observe(self.tracer.observe)
         self.listening = Listening(services.transcriber, ListeningHooks(
             send=self.send, end_turn=self._end_turn_at, publish=self._publish,
             on_words=lambda item_id, words: self.barge_in.words(item_id, words),
@@ -191,6 +200,8 @@ class Session:
         await self.tools.aclose()
         if self.recorder is not None:  # after the reply's cancel, whose last words are on record first
             self.recorder.end()
+        if self.tracer is not None:
+            self.tracer.end()
         # A cancelled task keeps its CancelledError, whose traceback holds the task's frames, whose `self` is
         # this session: a reference cycle through every task the session still names. Left alone, the session
         # and its audio (two minutes of input tape, the caller's gathered speech) wait for the cycle collector,
@@ -664,7 +675,8 @@ class Session:
                            for stage, ms in latency_ms.items())
         log.info("turn latency %s: %s (from the end of the user's speech)", run.id, stages)
         await self.send(TurnTimed(run.id, run.user_item_id, run.item.id if run.item is not None else None,
-                                  dict(latency_ms)))
+                                  dict(latency_ms), engine=run.lease.engine if run.lease is not None else "local",
+                                  at=run.timing.wall_at, engine_start_ms=run.timing.since_ms("engine_start")))
 
     # --- helpers ---------------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from higgs_agent import FRAME_RATE, SAMPLE_RATE
 from higgs_agent.model.prompts import SpeechPrompt, VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.model.prompts import AudioClip
+from higgs_agent.streaming.latency import GenerationStats
 from higgs_agent.streaming.speech_engine import SpeechEngine
 
 MAX_REFERENCE_FRAMES = 10 * FRAME_RATE  # longer references add prompt cost without a better voice
@@ -82,10 +83,10 @@ class PhraseSpeaker:
 
     async def speak(self, text: str, lease: Any = None, voice: VoiceReference | None = None,  # noqa: ANN401 - lease
                     scene: str | None = None, max_frames: int | None = None,
-                    on_first_frame: Callable[[], None] | None = None,
+                    on_first_frame: Callable[[GenerationStats], None] | None = None,
                     speaker_voices: tuple[VoiceReference, ...] = ()) -> AsyncIterator[np.ndarray]:
         """Yield float32 PCM chunks of `text` spoken in `voice` (or the session's own voice), or with a voice
-        per [SPEAKERn] tag."""
+        per [SPEAKERn] tag. `on_first_frame` sees the stream's timing when its first frame arrives."""
         pinned = voice is not None or self.own_voice is not None or bool(speaker_voices)
         budget = frame_budget(text, self.sampling.max_frames if max_frames is None else max_frames)
         settings = replace(self.sampling, max_frames=budget)
@@ -95,7 +96,7 @@ class PhraseSpeaker:
             nonlocal on_first_frame
             if on_first_frame is not None:
                 on_first_frame, first = None, on_first_frame
-                first()
+                first(speech.stats)
 
         async with self.engine.stream(self.prompt(text, voice, scene, speaker_voices), settings, lease=lease,
                                       frames=True) as speech:

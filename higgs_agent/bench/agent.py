@@ -109,6 +109,8 @@ def _agent_bench(args: argparse.Namespace, services: AgentServices, bundle: Any,
         result["records"] = _records_cost(services, speech, args.turns)
     if getattr(args, "remote_engines", 0):
         result["remote_engines"] = _remote_cost(args, services, speech, args.turns)
+    if getattr(args, "traces", False):
+        result["traces"] = _traces_cost(services, speech, args.turns)
     return result
 
 
@@ -196,31 +198,57 @@ def _records_cost(services: AgentServices, speech: np.ndarray, count: int) -> di
         writer = RecordWriter(RecordStore(f"sqlite:///{Path(folder) / 'records.db'}"),
                               on_drop=lambda reason, n: dropped.append(n))
         writer.start()
-        recorded = replace(services, records=writer)
-        off, on = [], []
         try:
-            for _ in range(count):
-                off.extend(_turns(services, speech, 1))
-                on.extend(_turns(recorded, speech, 1))
+            figures = _paired(services, replace(services, records=writer), speech, count)
             writer.flush()
             sessions, _ = writer.store.list_sessions("default", 100)
         finally:
             writer.close()
+    return {**figures, "sessions_on_record": len(sessions), "writes_dropped": sum(dropped),
+            "loop_us_per_event": _recorder_cost_us()}
+
+
+def _traces_cost(services: AgentServices, speech: np.ndarray, count: int) -> dict:
+    """The same turns with each answered turn traced (as `serve --otlp-endpoint`, to a receiver in this process)
+    and without, taken in turn: what tracing adds to the turn's first audio byte; and the tracer's own cost on
+    the event loop per turn, with the collector up and with it down (bench/traces.py)."""
+    from dataclasses import replace
+
+    from higgs_agent.bench.traces import tracer_cost_us
+    from higgs_agent.otlp import start_traces
+    from higgs_agent.testing.otlp_receiver import Collector
+
+    with Collector() as receiver:
+        traces = start_traces(receiver.url)
+        assert traces is not None
+        try:
+            figures = _paired(services, replace(services, traces=traces), speech, count)
+        finally:
+            traces.shutdown()
+        spans = len(receiver.spans)
+    return {**figures, "spans_received": spans, "loop_us_per_turn": tracer_cost_us()}
+
+
+def _paired(services: AgentServices, on_services: AgentServices, speech: np.ndarray, count: int) -> dict:
+    """`count` turns each way, taken in turn (off, on, off, on, ...) so that a machine's drift falls on both:
+    the first audio byte's medians, and the median of each pair's difference."""
+    off, on = [], []
+    for _ in range(count):
+        off.extend(_turns(services, speech, 1))
+        on.extend(_turns(on_services, speech, 1))
     stage = "first_audio_sent"
     pairs = [b[stage] - a[stage] for a, b in zip(off, on) if a.get(stage) is not None and b.get(stage) is not None]
     return {f"{stage}_ms_p50_without": median_ms([t.get(stage) for t in off]),
             f"{stage}_ms_p50_with": median_ms([t.get(stage) for t in on]),
             "client_first_audio_ms_p50_without": median_ms([t.get("client_first_audio") for t in off]),
             "client_first_audio_ms_p50_with": median_ms([t.get("client_first_audio") for t in on]),
-            "added_ms_p50_of_pairs": median_ms(pairs), "pairs": len(pairs),
-            "sessions_on_record": len(sessions), "writes_dropped": sum(dropped),
-            "loop_us_per_event": _recorder_cost_us()}
+            "added_ms_p50_of_pairs": median_ms(pairs), "pairs": len(pairs)}
 
 
 def _remote_cost(args: argparse.Namespace, services: AgentServices, speech: np.ndarray, count: int) -> dict:
-    """The same turns spoken by this process's engine and by `--remote-engines N` `serve` engine processes on
-    this machine (the same model; the agent keeps ASR and the responder), taken in turn (local, remote, ...): the
-    turn's first audio byte both ways, and the hop the remote adds (the median of each pair's difference)."""
+    """The same turns spoken by this process's engine ("without") and by `--remote-engines N` `serve` engine
+    processes on this machine ("with": the same model; the agent keeps ASR and the responder), taken in turn:
+    the turn's first audio byte both ways, and the hop the remote adds (the median of each pair's difference)."""
     import contextlib
     from dataclasses import replace
 
@@ -237,22 +265,9 @@ def _remote_cost(args: argparse.Namespace, services: AgentServices, speech: np.n
                                                       "--no-understanding", *threads]))
                    for _ in range(args.remote_engines)]
         pool = RemoteEngines([engine.base for engine in engines], metrics=services.metrics)
-        remote = replace(services, engine=pool)
-        local_turns, remote_turns = [], []
-        for _ in range(count):
-            local_turns.extend(_turns(services, speech, 1))
-            remote_turns.extend(_turns(remote, speech, 1))
+        paired = _paired(services, replace(services, engine=pool), speech, count)  # without = local, with = remote
         report = pool.health()["engines"]
-    stage = "first_audio_sent"
-    pairs = [b[stage] - a[stage] for a, b in zip(local_turns, remote_turns)
-             if a.get(stage) is not None and b.get(stage) is not None]
-    return {"engines": len(engines), f"{stage}_ms_p50_local": median_ms([t.get(stage) for t in local_turns]),
-            f"{stage}_ms_p50_remote": median_ms([t.get(stage) for t in remote_turns]),
-            "client_first_audio_ms_p50_local": median_ms([t.get("client_first_audio") for t in local_turns]),
-            "client_first_audio_ms_p50_remote": median_ms([t.get("client_first_audio") for t in remote_turns]),
-            "remote_added_ms_p50_of_pairs": median_ms(pairs), "pairs": len(pairs),
-            "completed_remote": sum(t["status"] == "completed" for t in remote_turns),
-            "phrases_per_engine": [r["requests"] for r in report],
+    return {"engines": len(engines), **paired, "phrases_per_engine": [r["requests"] for r in report],
             "engine_first_audio_ms_p50": [r["first_audio_ms_p50"] for r in report]}
 
 

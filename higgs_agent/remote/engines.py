@@ -93,6 +93,7 @@ class RemoteLease(Lease):
 class _Stats:
     stop_reason: str | None = None
     frames: int = 0
+    prefill_started_at: float | None = None  # perf_counter when the engine answered (began the phrase)
 
 
 class RemoteSpeech:
@@ -209,6 +210,7 @@ class RemoteEngines:
                 lease.heard = True
 
         speech = RemoteSpeech(response, first_audio)
+        speech.stats.prefill_started_at = time.perf_counter()  # the engine took it: its headers are here
         outcome = "cancelled"
         try:
             yield speech

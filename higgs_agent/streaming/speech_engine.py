@@ -26,6 +26,11 @@ class StreamStats(Protocol):
     @property
     def frames(self) -> int: ...
 
+    @property
+    def prefill_started_at(self) -> float | None:
+        """perf_counter when the engine began the phrase (for traces)."""
+        ...
+
 
 class SpeechStream(Protocol):
     """One phrase being spoken."""
