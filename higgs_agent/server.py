@@ -120,6 +120,7 @@ def local_responder(args: argparse.Namespace, bundle: HiggsBundle) -> Responder:
 def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: SamplingSettings,
                    records: RecordStore | None = None) -> AgentServices:
     from higgs_agent import SAMPLE_RATE
+    from higgs_agent.agent.noise import NoiseReduction
     from higgs_agent.agent.services import AgentServices
     from higgs_agent.audio import read_wav
     from higgs_agent.metrics import AgentMetrics
@@ -152,6 +153,7 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
     return AgentServices(engine=engine, transcriber=transcriber, responders=build_responders(args, bundle, engine),
                          default_responder=default_responder(args), sampling=sampling, voice=voice,
                          extension_events=args.extension_events, mcp_servers=mcp_servers(args),
+                         noise_reduction=NoiseReduction.from_flag(getattr(args, "noise_reduction", "off")),
                          allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout,
                          analyzer=analyzer, voices=voices, turn_model=turn_model, metrics=metrics,
                          records=records_writer(records, args.records_days, metrics))
