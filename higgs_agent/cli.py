@@ -325,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
     noise.add_argument("--sentences", type=int, default=4, help="espeak-ng sentences per condition (default: "
                        "%(default)s, at most 8)")
+    noise.add_argument("--cpu-seconds", type=float, default=20.0,
+                       help="audio the suppressor's CPU cost is measured on, 3 times (default: %(default)s)")
     noise.add_argument("--json", action="store_true", help="print only the JSON line")
     understanding = kinds.add_parser("understanding", help="caller analysis per turn next to transcription")
     understanding.add_argument("--turns", type=int, default=10, help="espeak-ng turns (default: %(default)s)")
