@@ -9,8 +9,8 @@ Keeps the input buffer for manual commits and runs the server VAD when it is on.
 analyzers start from the 16 kHz turn audio; the caller's voice is cloned from the same audio at its wire rate
 (`tape`: 24 kHz PCM keeps the band a 16 kHz round trip would cut), never suppressed: Higgs copies the
 reference's sound, and would copy the suppressor's thinned, gated speech with it (the clone keeps the speech
-runs only, so little of the room between words goes in). With suppression on, the VAD's times are the
-suppressor's `delay_ms` (31 ms) late on the input clock, well inside the turn's prefix padding.
+runs only, so little of the room between words goes in). With suppression on, the VAD hears each sound the
+suppressor's `delay_ms` (31 ms) late; its clock starts that much earlier, so its times stay the input's.
 """
 
 from __future__ import annotations
@@ -83,14 +83,18 @@ class InputAudio:
         return self._buffered * 1000 // ASR_RATE
 
     def reconfigure(self, fmt: AudioFormat, vad: VadSettings | None, noise: NoiseReduction | None = None) -> None:
+        toggled = (noise is None) != (self._suppressor is None)
         self._set_noise(noise)
         if fmt != self.format:
             self.format = fmt
             self._resampler = StreamResampler(fmt.rate, ASR_RATE)
         if vad is None:
             self._detector = None
-        elif self._detector is None or self._detector.settings != vad:
-            self._detector = TurnDetector(vad, sample_rate=ASR_RATE, origin_ms=self.audio_ms)  # session clock
+        elif self._detector is None or self._detector.settings != vad or toggled:
+            # On the session clock: the detector hears each sample the suppressor's delay late, so its clock
+            # starts that much earlier and its times are those of the audio as it came in.
+            lag_ms = self._suppressor.lag_samples * 1000 // ASR_RATE if self._suppressor is not None else 0
+            self._detector = TurnDetector(vad, sample_rate=ASR_RATE, origin_ms=self.audio_ms - lag_ms)
 
     def append(self, data: bytes) -> list[VadEvent]:
         """Add wire bytes (AudioFormatError if malformed); return the VAD's events."""

@@ -57,7 +57,7 @@ def _rnnoise() -> Any:  # noqa: ANN401 - pyrnnoise's ctypes module
 
 
 class NoiseSuppressor:
-    """One session's stream: float samples at `rate` in, the same number out, `delay_samples` later."""
+    """One session's stream: float samples at `rate` in, the same number out, `lag_samples` later."""
 
     def __init__(self, strength: float = 1.0, rate: int = 16_000) -> None:
         if not 0.0 <= strength <= 1.0:
@@ -73,7 +73,9 @@ class NoiseSuppressor:
         self._pending = np.zeros(0, dtype=np.float32)  # 48 kHz input short of a whole frame
         self._dry = np.zeros(_MODEL_DELAY, dtype=np.float32)  # the input RNNoise's output lags, for the mix
         # Room for a frame still filling and the quick resampler's few held samples: the output never runs short.
-        self.delay_samples = -(-(self._frame + _RESAMPLER_SLACK) * rate // MODEL_RATE)
+        held = -(-(self._frame + _RESAMPLER_SLACK) * rate // MODEL_RATE)
+        per_ms = max(1, rate // 1000)  # the whole lag a whole number of ms, for clocks kept in ms
+        self.delay_samples = held + -(held + _MODEL_DELAY * rate // MODEL_RATE) % per_ms
         self.underruns = 0  # times the output ran short anyway (zeros were inserted): 0, or delay_samples is wrong
         self._out = np.zeros(self.delay_samples, dtype=np.float32)
 
