@@ -120,7 +120,7 @@ def local_responder(args: argparse.Namespace, bundle: HiggsBundle) -> Responder:
 def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: SamplingSettings,
                    records: RecordStore | None = None) -> AgentServices:
     from higgs_agent import SAMPLE_RATE
-    from higgs_agent.agent.noise import NoiseReduction
+    from higgs_agent.agent.noise import NoiseReduction, load_rnnoise
     from higgs_agent.agent.services import AgentServices
     from higgs_agent.audio import read_wav
     from higgs_agent.metrics import AgentMetrics
@@ -150,6 +150,7 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
                  args.speaker_model or "Resemblyzer GE2E", args.emotion_model or "prosody rules",
                  time.perf_counter() - started)
     metrics = AgentMetrics()
+    load_rnnoise()  # any session may ask for noise_reduction
     return AgentServices(engine=engine, transcriber=transcriber, responders=build_responders(args, bundle, engine),
                          default_responder=default_responder(args), sampling=sampling, voice=voice,
                          extension_events=args.extension_events, mcp_servers=mcp_servers(args),

@@ -50,8 +50,10 @@ class NoiseReduction:
         return NoiseReduction(value)  # type: ignore[arg-type]
 
 
-def _rnnoise() -> Any:  # noqa: ANN401 - pyrnnoise's ctypes module
-    from pyrnnoise import rnnoise  # imports its library once; only sessions that suppress need it
+def load_rnnoise() -> Any:  # noqa: ANN401 - pyrnnoise's ctypes module
+    """pyrnnoise's module (its first import takes ~250 ms, through audiolab: serve does it before serving, so
+    no session's first suppressed chunk waits for it on the event loop)."""
+    from pyrnnoise import rnnoise
 
     return rnnoise
 
@@ -64,7 +66,7 @@ class NoiseSuppressor:
             raise ValueError(f"strength must be from 0 to 1, got {strength}")
         self.rate = rate
         self.strength = strength
-        lib = _rnnoise()
+        lib = load_rnnoise()
         self._lib = lib.lib
         self._frame = int(lib.FRAME_SIZE)
         self._state = lib.create()
@@ -110,7 +112,7 @@ class NoiseSuppressor:
         return DelayLine(self.lag_samples)
 
     def close(self) -> None:
-        if self._state is not None:
+        if getattr(self, "_state", None) is not None:  # (a refused strength never made one)
             self._lib.rnnoise_destroy(self._state)
             self._state = None
 
