@@ -109,6 +109,9 @@ async def test_a_spoken_turn_in_hum_ends_and_is_transcribed_with_the_servers_def
         assert error["error"]["param"] == "session.audio.input.noise_reduction.type"
         await client.send_audio(heard)
         done = await client.until("conversation.item.input_audio_transcription.completed")
+        await client.send({"type": "session.update", "session": {"audio": {"input": {"noise_reduction": None}}}})
+        updated = await client.until("session.updated")  # this session's own choice over the server's default
         await client.close()
+    assert updated["session"]["audio"]["input"]["noise_reduction"] is None
     assert word_error_rate(SENTENCE, done["transcript"]) <= 0.25, done["transcript"]
     services.engine.close()
