@@ -1,4 +1,5 @@
-"""Noise suppression of the caller's audio (`audio.input.noise_reduction`) before the VAD and the ASR hear it.
+"""Noise suppression of the caller's audio (`audio.input.noise_reduction`): what the VAD judges (input_audio.py
+keeps the original for Whisper, which transcribes it better: `bench noise`).
 
 RNNoise (Xiph's recurrent suppressor, the open one Pipecat's RNNoiseFilter uses), through pyrnnoise, whose
 shared library carries the model's weights: nothing to download. It works on 10 ms frames at 48 kHz; the
@@ -9,8 +10,9 @@ high-quality filters hold back ~30 ms each way, which the VAD would then hear la
 `strength * suppressed + (1 - strength) * original`, so strength s limits the suppression to
 20*log10(1/(1-s)) dB (1, the default: no limit; 0.9: 20 dB).
 
-`NoiseSuppressor.push` returns exactly as many samples as it is given, delayed by a fixed `DELAY_MS`, so the
+`NoiseSuppressor.push` returns exactly as many samples as it is given, `lag_samples` (31 ms) late, so the
 session's audio clock stays a count of input samples; its output does not depend on how the input was chunked.
+It runs on the caller of `push` (the event loop): ~1 ms of CPU per 20 ms chunk.
 """
 
 from __future__ import annotations
