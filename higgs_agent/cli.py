@@ -153,6 +153,9 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                             "prosody state (default: none)")
     add_webrtc_args(serve)
     add_phone_args(serve)
+    serve.add_argument("--noise-reduction", choices=("off", "near_field", "far_field"), default="off",
+                       help="suppress noise in every session's incoming audio before VAD and ASR (RNNoise), until "
+                            "a session sets audio.input.noise_reduction itself (default: %(default)s)")
     serve.add_argument("--extension-events", action="store_true",
                        help="send our higgs.* events (turn latency, caller context) to every session; by "
                             "default a session opts in with session.update {higgs: {extension_events: true}}")
@@ -340,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--language", action="append", choices=("fr", "es", "de"),
                        help="also measure ASR on this language (needs a multilingual --asr-model); repeatable")
     turns.add_argument("--json", action="store_true", help="print only the JSON line")
+    noise = kinds.add_parser("noise", help="noise suppression on and off: WER, missed turn ends, false barge-ins "
+                             "in white noise, babble and hum at 0/5/10 dB SNR; its CPU per session")
+    noise.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
+    noise.add_argument("--sentences", type=int, default=4, help="espeak-ng sentences per condition (default: "
+                       "%(default)s, at most 8)")
+    noise.add_argument("--cpu-seconds", type=float, default=20.0,
+                       help="audio the suppressor's CPU cost is measured on, 3 times (default: %(default)s)")
+    noise.add_argument("--json", action="store_true", help="print only the JSON line")
     understanding = kinds.add_parser("understanding", help="caller analysis per turn next to transcription")
     understanding.add_argument("--turns", type=int, default=10, help="espeak-ng turns (default: %(default)s)")
     understanding.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
@@ -404,6 +415,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         from higgs_agent.bench.understanding import run_understanding_bench as run
     elif args.bench == "turns":
         from higgs_agent.bench.turns import run_turns_bench as run
+    elif args.bench == "noise":
+        from higgs_agent.bench.noise import run_noise_bench as run
     elif args.bench == "phone":
         from higgs_agent.bench.phone import run_phone_bench as run
     elif args.bench == "soak":

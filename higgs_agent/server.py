@@ -130,6 +130,7 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle | None, samplin
                    records: RecordStore | None = None) -> AgentServices:
     """Everything sessions share. `bundle` None: replies are spoken by the --engine-url remotes."""
     from higgs_agent import SAMPLE_RATE
+    from higgs_agent.agent.noise import NoiseReduction, load_rnnoise
     from higgs_agent.agent.services import AgentServices
     from higgs_agent.audio import read_wav
     from higgs_agent.metrics import AgentMetrics
@@ -169,9 +170,11 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle | None, samplin
         log.info("understanding: speaker %s, emotion %s (%.1f s; still warming up in the background)",
                  args.speaker_model or "Resemblyzer GE2E", args.emotion_model or "prosody rules",
                  time.perf_counter() - started)
+    load_rnnoise()  # any session may ask for noise_reduction
     return AgentServices(engine=engine, transcriber=transcriber, responders=build_responders(args, bundle, local),
                          default_responder=default_responder(args), sampling=sampling, voice=voice,
                          extension_events=args.extension_events, mcp_servers=mcp_servers(args),
+                         noise_reduction=NoiseReduction.from_flag(getattr(args, "noise_reduction", "off")),
                          allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout,
                          analyzer=analyzer, voices=voices, turn_model=turn_model, metrics=metrics,
                          records=records_writer(records, args.records_days, metrics),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from higgs_agent.agent.config import OPENAI_VOICES, TRANSLATORS, ServerOffer, SessionConfig, Transcription
 from higgs_agent.agent.end_of_turn import SmartTurn, TurnModelMissing
+from higgs_agent.agent.noise import NoiseReduction
 from higgs_agent.agent.reply import ReplyLimits
 from higgs_agent.agent.responders.base import Responder
 from higgs_agent.agent.tools.spec import McpServerSpec
@@ -48,6 +49,7 @@ class AgentServices:
     slow_client_timeout_s: float = 10.0  # a client that reads nothing this long is disconnected
     max_event_bytes: int = MAX_EVENT_BYTES
     extension_events: bool = False  # send higgs.* events to every session (else each session opts in)
+    noise_reduction: NoiseReduction | None = None  # every session's until it sets its own (serve --noise-reduction)
     mcp_servers: tuple[McpServerSpec, ...] = ()  # the operator's MCP servers, offered to every session
     allow_client_mcp: bool = False  # may clients name MCP servers for this server to connect to?
     mcp_call_timeout_s: float = 20.0
@@ -70,7 +72,7 @@ class AgentServices:
 
     def session_config(self) -> SessionConfig:
         return SessionConfig(model=self.engine.model_name, responder=self.default_responder,
-                             extension_events=self.extension_events,
+                             extension_events=self.extension_events, noise_reduction=self.noise_reduction,
                              transcription=Transcription(self.transcriber.name))
 
     def end_of_turn_model(self) -> SmartTurn | None:

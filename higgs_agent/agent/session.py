@@ -130,7 +130,8 @@ class Session:
         self.config = services.session_config()
         self.offer = services.offer(tenant)
         self.conversation = Conversation()
-        self.input = InputAudio(self.config.input_format, self._vad_settings())
+        self.input = InputAudio(self.config.input_format, self._vad_settings(),
+                                 noise=self.config.noise_reduction)
         self.speaker = PhraseSpeaker(services.engine, services.sampling)
         self.reply: ReplyRun | None = None
         self._speech_item_id: str | None = None
@@ -309,7 +310,7 @@ class Session:
         session.update applies it but without events; returns the notes to report once open. ProtocolError
         (nothing applied) for a bad value."""
         self.config, notes = self.config.updated(dict(raw), self.offer)
-        self.input.reconfigure(self.config.input_format, self._vad_settings())
+        self.input.reconfigure(self.config.input_format, self._vad_settings(), self.config.noise_reduction)
         return notes
 
     async def _session_update(self, event: ce.SessionUpdate) -> None:
@@ -335,7 +336,7 @@ class Session:
         servers_before = self.tools.servers
         if tools is not None:
             self.tools.config = tools
-        self.input.reconfigure(self.config.input_format, self._vad_settings())
+        self.input.reconfigure(self.config.input_format, self._vad_settings(), self.config.noise_reduction)
         for note in notes:
             note.event_id = event.event_id
             await self.report(note)
