@@ -36,12 +36,17 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 # Three phrases: each is its own request to the engine, so a reply outlives any one of them.
 THREE_PHRASES = ("The first phrase of this reply is here. The second phrase follows it right away. "
                  "And a third phrase closes the whole reply for good.")
+# One phrase (no sentence ends inside it) with a frame budget of ~16 s of speech.
+ONE_LONG_PHRASE = ("Please tell me everything about the long and winding road that leads from the old harbour "
+                   "up the hill to the little house where my grandmother lived for more than sixty years")
 ENGINE_ARGS = ["--no-understanding", "--slots", "2"]
 
 
-def remote_services(urls: list[str], transcriber, kind: str = "higgs", model: str | None = None) -> AgentServices:  # noqa: ANN001
+def remote_services(urls: list[str], transcriber, kind: str = "higgs", model: str | None = None,  # noqa: ANN001
+                    health_interval_s: float = 0.5) -> AgentServices:
     metrics = AgentMetrics()  # the engines' metrics are the server's (/metrics)
-    return AgentServices(engine=RemoteEngines(urls, kind=kind, model=model, metrics=metrics, health_interval_s=0.5),
+    engines = RemoteEngines(urls, kind=kind, model=model, metrics=metrics, health_interval_s=health_interval_s)
+    return AgentServices(engine=engines,
                          transcriber=transcriber, responders={"echo": EchoResponder()}, default_responder="echo",
                          sampling=SamplingSettings(seed=7, max_frames=40), metrics=metrics)
 
@@ -114,9 +119,9 @@ async def test_a_barge_in_closes_the_stream_and_the_engine_frees_its_slot(engine
     services.sampling = SamplingSettings(seed=7, max_frames=1500)  # long phrases: still speaking when cut
     with running_server(services) as base:
         client = await Client.connect(base)
-        created = await say(client, THREE_PHRASES)
+        created = await say(client, ONE_LONG_PHRASE)  # one request: still open when the cancel lands
         await client.until("response.output_audio.delta")
-        assert httpx.get(f"{url}/health").json()["busy_slots"] >= 1  # the engine is speaking it
+        assert services.engine.remotes[0].streams == 1  # the engine is speaking it
         await client.send({"type": "response.cancel"})
         response = await done(client, created["response"]["id"])
         assert response["status"] == "cancelled"
@@ -228,13 +233,29 @@ async def test_an_agent_with_remote_engines_says_its_speech_endpoint_is_elsewher
         assert response.status_code == 501 and response.json()["error"]["code"] == "no_local_engine"
 
 
-async def test_the_scene_goes_as_instructions_and_no_voice_as_no_ref_audio():
+async def test_each_kind_is_asked_only_what_it_takes():
+    """Our serve: the scene as instructions, the seed, speaker tags; vLLM-Omni's Higgs adapter refuses those (and a
+    voice without its words), so it gets the words and a voice whose words are known."""
+    from higgs_agent.model.prompts import AudioClip, VoiceReference
     from higgs_agent.remote.speech_api import speech_body
+    from tests.vllm_omni_standin import VllmOmniSpeechRequest
 
-    body = speech_body(SpeechPrompt("Hi.", scene="A quiet room."), SamplingSettings(seed=1, max_frames=9),
-                       "vllm-omni", "higgs_audio_v2")
-    assert body == {"input": "Hi.", "response_format": "pcm", "stream": True, "max_new_tokens": 9,
-                    "model": "higgs_audio_v2", "instructions": "A quiet room."}
+    voice = VoiceReference(codes=None, transcript="", audio=AudioClip(np.zeros(2400, np.float32), 24_000))
+    prompt = SpeechPrompt("[SPEAKER0] Hi there.", scene="A quiet room.", voice=voice)
+    settings = SamplingSettings(seed=1, max_frames=9)
+    ours = speech_body(prompt, settings, "higgs", None)
+    assert ours["instructions"] == "A quiet room." and ours["seed"] == 1 and ours["input"] == prompt.text
+    assert ours["ref_text"] == "" and ours["ref_audio"].startswith("data:audio/wav;base64,")
+    theirs = speech_body(prompt, settings, "vllm-omni", "higgs_audio_v2")
+    assert theirs == {"input": "Hi there.", "response_format": "pcm", "stream": True, "stream_format": "audio",
+                      "max_new_tokens": 9, "model": "higgs_audio_v2"}
+    VllmOmniSpeechRequest.model_validate(theirs)  # the stand-in's rules (vLLM-Omni's) take it
+    named = speech_body(SpeechPrompt("Hi.", voice=VoiceReference(codes=None, transcript="Words.", audio=voice.audio)),
+                        settings, "vllm-omni", None)
+    assert named["ref_text"] == "Words." and speech_body(
+        SpeechPrompt("Hi.", voice=VoiceReference(codes=None, transcript="Words.", audio=voice.audio)), settings,
+        "vllm-omni", None)["ref_audio"] is named["ref_audio"]  # made once per clip, not per phrase
+    VllmOmniSpeechRequest.model_validate(named)
 
 
 async def test_serve_with_engine_urls_loads_no_model_and_speaks_through_them(transcriber):
@@ -261,3 +282,36 @@ async def test_serve_refuses_what_remote_engines_cannot_do():
     result = subprocess.run([sys.executable, "-m", "higgs_agent", "serve", "--engine-url", "http://127.0.0.1:9",
                              "--responder", "native"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--engine-url" in result.stderr
+
+
+async def test_an_engine_that_errs_or_refuses_before_any_audio_is_passed_over_within_the_reply(transcriber):
+    """An engine gone since its last health check (its connection refused) and one answering 500, before the reply
+    has any audio: the same reply moves on to the next engine, and the failing ones are down."""
+    import contextlib
+
+    gone, broken, good = VllmOmniStandIn(), VllmOmniStandIn(fail_with=500), VllmOmniStandIn(seconds_per_phrase=0.5)
+    with contextlib.ExitStack() as stack:
+        leaving = contextlib.ExitStack()
+        gone_url = leaving.enter_context(serve_app_in_background(gone.app))
+        broken_url = stack.enter_context(serve_app_in_background(broken.app))
+        good_url = stack.enter_context(serve_app_in_background(good.app))
+        services = remote_services([gone_url, broken_url, good_url], transcriber, kind="vllm-omni",
+                                   health_interval_s=600)  # no check between the first and the reply
+        base = stack.enter_context(running_server(services))
+        client = await Client.connect(base)
+        httpx.get(f"{base}/health")  # starts the first round of checks
+        deadline = time.monotonic() + 60
+        while not all(remote.health_ms is not None for remote in services.engine.remotes):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert all(remote.up for remote in services.engine.remotes)
+        leaving.close()  # the first engine goes away; the agent does not know yet
+        created = await say(client, "Hello there.")
+        response = await done(client, created["response"]["id"])
+        assert response["status"] == "completed", response
+        assert len(client.reply_audio(created["response"]["id"])) == len(np.concatenate(good.sent))
+        health = {e["url"]: e for e in httpx.get(f"{base}/health").json()["engines"]}
+        await client.close()
+    assert health[good_url]["up"] and not health[broken_url]["up"] and not health[gone_url]["up"]
+    assert "500" in health[broken_url]["last_error"] and health[gone_url]["errors"] == 1
+    assert not gone.requests and not broken.requests  # neither spoke a word of it

@@ -1,15 +1,19 @@
 """A stand-in for vLLM-Omni serving Higgs Audio v2 (no GPU here to run the real one): its `/v1/audio/speech`
 takes exactly the request fields of vLLM-Omni's `OpenAICreateSpeechRequest`
 (vllm_omni/entrypoints/openai/protocol/audio.py) and refuses any other with 400, as a strict reading of it
-would, checks the streaming and voice-clone rules it documents (`stream: true` needs `response_format` pcm or
-wav; `ref_audio` is a URL, base64 or data URI, with `ref_text`), and streams a known tone as raw 24 kHz PCM16
-so a test can compare what reaches the client with what was sent. Every accepted request is kept."""
+would; applies its streaming rules (`stream: true` needs `response_format` pcm or wav, and newer releases answer
+it with server-sent events unless `stream_format` is "audio": refused here, since raw PCM is what we read) and
+the Higgs Audio v2 adapter's own (tts_adapters/higgs_audio_v2.py `validate`: no `instructions`, `voice`,
+`task_type`, `language`, speaker tags; `ref_audio` and a non-empty `ref_text` together); and streams a known tone
+as raw 24 kHz PCM16 so a test can compare what reaches the client with what was sent. Every accepted request is
+kept."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
+import re
 from typing import Literal
 
 import numpy as np
@@ -35,7 +39,7 @@ class VllmOmniSpeechRequest(BaseModel):
     instructions: str | None = None
     response_format: Literal["wav", "pcm", "flac", "mp3", "aac", "opus"] = "wav"
     speed: float | None = Field(default=1.0, ge=0.25, le=4.0)
-    stream_format: Literal["sse", "audio"] | None = "audio"
+    stream_format: Literal["sse", "audio"] | None = None
     stream: bool = False
     task_type: Literal["CustomVoice", "VoiceDesign", "Base"] | None = None
     language: str | None = None
@@ -50,6 +54,19 @@ class VllmOmniSpeechRequest(BaseModel):
     def streaming_needs_pcm(self) -> VllmOmniSpeechRequest:
         if self.stream and self.response_format not in ("pcm", "wav"):
             raise ValueError("Streaming (stream=true) requires response_format='pcm' or 'wav'")
+        if self.stream and self.stream_format != "audio":
+            raise ValueError("stream=true without stream_format 'audio' is answered with server-sent events")
+        return self
+
+    @model_validator(mode="after")
+    def higgs_audio_v2_adapter(self) -> VllmOmniSpeechRequest:
+        if (self.ref_audio is None) != (not self.ref_text):
+            raise ValueError("higgs_audio_v2 voice clone requires both 'ref_audio' and 'ref_text'")
+        for name in ("instructions", "voice", "task_type", "language", "x_vector_only_mode", "speaker_embedding"):
+            if getattr(self, name):
+                raise ValueError(f"higgs_audio_v2 v1 does not support '{name}'")
+        if re.search(r"\[SPEAKER\d+\]", self.input):
+            raise ValueError("higgs_audio_v2 v1 does not support multi-speaker [SPEAKERn] tags")
         return self
 
 
@@ -65,7 +82,8 @@ def decode_ref_audio(ref_audio: str) -> tuple[np.ndarray, int]:
 
 
 class VllmOmniStandIn:
-    def __init__(self, seconds_per_phrase: float = 1.0, chunk_ms: int = 40) -> None:
+    def __init__(self, seconds_per_phrase: float = 1.0, chunk_ms: int = 40, fail_with: int | None = None) -> None:
+        self.fail_with = fail_with  # answer every request with this status (a broken engine)
         self.requests: list[VllmOmniSpeechRequest] = []
         self.sent: list[np.ndarray] = []  # each request's audio, as sent
         self.seconds_per_phrase = seconds_per_phrase
@@ -77,11 +95,12 @@ class VllmOmniStandIn:
         return Response(status_code=200)  # vLLM's /health: 200 and no body
 
     async def speech(self, request: Request) -> Response:
+        if self.fail_with is not None:
+            return JSONResponse({"error": {"message": "engine broken", "code": self.fail_with}},
+                                status_code=self.fail_with)
         try:
             body = VllmOmniSpeechRequest.model_validate_json(await request.body())
             if body.ref_audio is not None:
-                if not body.ref_text:
-                    raise ValueError("ref_audio needs ref_text (the transcript of the reference clip)")
                 decode_ref_audio(body.ref_audio)
         except (ValidationError, ValueError) as exc:
             return JSONResponse({"error": {"message": str(exc), "type": "BadRequestError", "code": 400}},

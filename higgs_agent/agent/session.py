@@ -675,9 +675,10 @@ class Session:
         stages = ", ".join(f"{stage.replace('_', ' ')} {'-' if ms is None else f'{ms:.0f} ms'}"
                            for stage, ms in latency_ms.items())
         log.info("turn latency %s: %s (from the end of the user's speech)", run.id, stages)
+        engine = run.lease.engine if run.lease is not None else self.services.engine.name
         await self.send(TurnTimed(run.id, run.user_item_id, run.item.id if run.item is not None else None,
-                                  dict(latency_ms), engine=run.lease.engine if run.lease is not None else "local",
-                                  at=run.timing.wall_at, engine_start_ms=run.timing.since_ms("engine_start")))
+                                  dict(latency_ms), engine=engine, at=run.timing.wall_at,
+                                  engine_start_ms=run.timing.since_ms("engine_start")))
 
     # --- helpers ---------------------------------------------------------------------------------------
 

@@ -109,5 +109,5 @@ class PhraseSpeaker:
         if speech.frames:  # the local engine: the phrase's own codes
             self.own_voice = VoiceReference(codes=torch.stack(speech.frames, dim=1), transcript=text)
         elif spoken:  # a remote engine encodes references itself: the phrase's sound
-            self.own_voice = VoiceReference(codes=None, transcript=text,
-                                            audio=AudioClip(np.concatenate(spoken), SAMPLE_RATE))
+            self.own_voice = clip_reference(VoiceReference(codes=None, transcript=text,
+                                                           audio=AudioClip(np.concatenate(spoken), SAMPLE_RATE)))

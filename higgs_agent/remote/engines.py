@@ -32,13 +32,16 @@ import numpy as np
 from higgs_agent.metrics import AgentMetrics
 from higgs_agent.model.prompts import AudioClip, SpeechPrompt, VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.remote.speech_api import PCM_RATE, EngineKind, PcmChunks, speech_body
+from higgs_agent.remote.speech_api import PCM_RATE, REFERENCE_SECONDS, EngineKind, PcmChunks, speech_body
 from higgs_agent.streaming.generation import AtCapacityError
 from higgs_agent.streaming.scheduler import Lease
 from higgs_agent.streaming.speech_engine import EngineError
 
 log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4  # usage's text tokens without the remote's tokenizer: OpenAI's rule of thumb
+FULL_RETRY_S = 3.0  # a reply's engine that is full between two of its phrases is asked again this long
+HEALTH_TIMEOUT_S = 2.0  # a /health that takes longer is a miss
+MISSES_DOWN = 2  # health checks missed in a row before an engine is down (one slow answer is not a death)
 
 
 @dataclass
@@ -49,8 +52,10 @@ class Remote:
     kind: EngineKind
     up: bool = True  # until a check or a request says otherwise
     in_flight: int = 0  # responses of this agent leasing it
+    streams: int = 0  # this agent's phrases being spoken by it now
     slots: int | None = None  # from our serve's /health (vLLM-Omni does not say)
-    busy_slots: int = 0  # ditto: every client's, this agent's included
+    others: int = 0  # slots busy for other clients, at the last check (its busy slots less our streams then)
+    misses: int = 0  # health checks failed in a row
     requests: int = 0  # phrases it was asked for
     errors: int = 0
     last_error: str | None = None
@@ -59,7 +64,7 @@ class Remote:
 
     @property
     def load(self) -> int:
-        return max(self.in_flight, self.busy_slots)
+        return self.in_flight + self.others
 
     @property
     def full(self) -> bool:
@@ -68,12 +73,20 @@ class Remote:
     def failed(self, why: str) -> None:
         self.up, self.errors, self.last_error = False, self.errors + 1, why
 
+    @property
+    def busy_slots(self) -> int:
+        return self.others + self.streams
+
     def report(self) -> dict[str, Any]:
         recent = sorted(self.first_audio_ms)
         return {"url": self.url, "kind": self.kind, "up": self.up, "in_flight": self.in_flight,
                 "slots": self.slots, "busy_slots": self.busy_slots, "requests": self.requests, "errors": self.errors,
                 "last_error": self.last_error, "health_ms": self.health_ms,
                 "first_audio_ms_p50": recent[len(recent) // 2] if recent else None}
+
+
+class RequestRefused(EngineError):
+    """An engine refused the request itself (a 4xx other than a key or path problem): another would too."""
 
 
 class RemoteLease(Lease):
@@ -99,16 +112,17 @@ class _Stats:
 class RemoteSpeech:
     """One phrase's streamed PCM from a remote engine."""
 
-    def __init__(self, response: httpx.Response, on_first_audio: Callable[[], None]) -> None:
+    def __init__(self, response: httpx.Response, on_first_audio: Callable[[], None], max_frames: int) -> None:
         self.frames: list[Any] = []  # a remote sends sound, not codes
         self.stats = _Stats()
         self._response = response
         self._on_first_audio = on_first_audio
+        self._max_frames = max_frames
 
     async def pcm(self, on_frame: Callable[[Any], None] | None = None) -> AsyncIterator[np.ndarray]:
         chunks = PcmChunks()
         samples = 0
-        async for data in self._response.aiter_raw():
+        async for data in self._response.aiter_bytes():  # decoded, should a proxy compress it
             chunk = chunks.feed(data)
             if chunk is None:
                 continue
@@ -119,7 +133,8 @@ class RemoteSpeech:
             if on_frame is not None:
                 on_frame(None)
             yield chunk
-        self.stats.stop_reason = "end_of_audio"
+        # a phrase that used its whole budget was cut, not finished (it must not become the session's voice)
+        self.stats.stop_reason = "max_frames" if self.stats.frames >= self._max_frames - 1 else "end_of_audio"
 
 
 class RemoteEngines:
@@ -140,8 +155,6 @@ class RemoteEngines:
             read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s))
         self._checks: asyncio.Task | None = None
         self._first_round: asyncio.Future | None = None
-        for remote in self.remotes:
-            self.metrics.engine_up.labels(engine=remote.url).set(1)
 
     # -- the SpeechEngine contract ---------------------------------------------------------------------
 
@@ -179,28 +192,7 @@ class RemoteEngines:
     @asynccontextmanager
     async def stream(self, prompt: SpeechPrompt, settings: SamplingSettings, lease: RemoteLease | None = None,
                      frames: bool = False) -> AsyncIterator[RemoteSpeech]:
-        if lease is not None and not lease.remote.up and lease.heard:
-            raise EngineError(f"the speech engine {lease.remote.url} went down during this reply "
-                              f"({lease.remote.last_error})")
-        await self._first_checked()
-        tried: set[str] = set()
-        while True:
-            remote = lease.remote if lease is not None and lease.remote.up else self._choose(exclude=tried)
-            if lease is not None and remote is not lease.remote:  # nothing heard yet: the reply moves over
-                self._hold(lease.remote, -1)
-                lease.remote = remote
-                self._hold(remote, +1)
-            tried.add(remote.url)
-            try:
-                response = await self._open(remote, prompt, settings)
-            except httpx.ConnectError as exc:  # nothing was said: another engine can say it
-                self.metrics.engine_requests.labels(engine=remote.url, outcome="error").inc()
-                self._down(remote, f"connection failed: {exc}")
-                if lease is not None and lease.heard:
-                    raise EngineError(f"the speech engine {remote.url} went down during this reply") from exc
-                continue
-            break
-        started = time.perf_counter()
+        remote, response, started = await self._opened(prompt, settings, lease)
 
         def first_audio() -> None:
             elapsed = time.perf_counter() - started
@@ -209,9 +201,10 @@ class RemoteEngines:
             if lease is not None:
                 lease.heard = True
 
-        speech = RemoteSpeech(response, first_audio)
+        speech = RemoteSpeech(response, first_audio, settings.max_frames)
         speech.stats.prefill_started_at = time.perf_counter()  # the engine took it: its headers are here
         outcome = "cancelled"
+        remote.streams += 1
         try:
             yield speech
             outcome = "ok" if speech.stats.stop_reason else "cancelled"
@@ -220,14 +213,52 @@ class RemoteEngines:
             self._down(remote, f"its stream broke: {exc!r}")
             raise EngineError(f"the speech engine {remote.url} stopped mid-reply: {exc!r}") from exc
         finally:
+            remote.streams -= 1
             await response.aclose()  # a barge-in closes the connection: the engine frees the slot
             self.metrics.engine_requests.labels(engine=remote.url, outcome=outcome).inc()
 
+    async def _opened(self, prompt: SpeechPrompt, settings: SamplingSettings,
+                      lease: RemoteLease | None) -> tuple[Remote, httpx.Response, float]:
+        """The phrase's request, answered 200 by an engine. Until the reply has any audio, an engine that fails
+        or is full is passed over for the next; after, the reply stays on its engine (a full one is asked again
+        for a few seconds: between two phrases another agent may hold its slot) or fails with EngineError."""
+        await self._first_checked()
+        tried: set[str] = set()
+        full_until: float | None = None
+        while True:
+            stay = lease is not None and (lease.heard or (lease.remote.up and lease.remote.url not in tried))
+            remote = lease.remote if stay and lease is not None else self._choose(exclude=tried)
+            if lease is not None and remote is not lease.remote:  # nothing heard yet: the reply moves over
+                self._hold(lease.remote, -1)
+                lease.remote = remote
+                self._hold(remote, +1)
+            tried.add(remote.url)
+            started = time.perf_counter()
+            try:
+                return remote, await self._open(remote, prompt, settings), started
+            except RequestRefused:  # the same request would be refused anywhere: say why
+                raise
+            except AtCapacityError:
+                if lease is None or not lease.heard:
+                    continue  # another engine may have room (none: _choose says at_capacity)
+                full_until = full_until or time.monotonic() + FULL_RETRY_S
+                if time.monotonic() > full_until:
+                    raise
+                await asyncio.sleep(0.25)
+            except (httpx.TransportError, EngineError) as exc:  # unreachable, timed out, broken, or an error status
+                if isinstance(exc, httpx.TransportError):
+                    self.metrics.engine_requests.labels(engine=remote.url, outcome="error").inc()
+                    self._down(remote, f"request failed: {exc!r}")
+                if lease is not None and lease.heard:
+                    raise EngineError(f"the speech engine {remote.url} failed during this reply: "
+                                      f"{remote.last_error}") from exc
+
     async def voice(self, audio: np.ndarray, sample_rate: int, transcript: str,
                     stage: str = "encode") -> VoiceReference:
-        """Kept as sound: the remote engine encodes it (sent with each phrase as `ref_audio`)."""
-        return VoiceReference(codes=None, transcript=transcript,
-                              audio=AudioClip(np.asarray(audio, dtype=np.float32), sample_rate))
+        """Kept as sound, its last REFERENCE_SECONDS (as the local engine clips codes): the remote engine encodes
+        it; sent with each phrase as `ref_audio` (made into a data URI once)."""
+        samples = np.asarray(audio, dtype=np.float32)[-int(REFERENCE_SECONDS * sample_rate):]
+        return VoiceReference(codes=None, transcript=transcript, audio=AudioClip(samples, sample_rate))
 
     async def count_tokens(self, text: str) -> int:
         return math.ceil(len(text) / CHARS_PER_TOKEN)
@@ -238,8 +269,9 @@ class RemoteEngines:
                 "engines": [remote.report() for remote in self.remotes]}
 
     def close(self) -> None:
-        if self._checks is not None:
-            self._checks.cancel()
+        for task in (self._checks, self._first_round):
+            if task is not None:
+                task.cancel()
         with contextlib.suppress(RuntimeError):  # no running loop: the process is ending anyway
             asyncio.get_running_loop().create_task(self._client.aclose())
 
@@ -274,13 +306,20 @@ class RemoteEngines:
         remote.requests += 1
         if response.status_code == 200:
             return response
-        detail = (await response.aread()).decode("utf-8", "replace")[:300]
-        await response.aclose()
-        if response.status_code == 503:
+        try:
+            detail = (await response.aread()).decode("utf-8", "replace")[:300]
+        finally:
+            await response.aclose()
+        status = response.status_code
+        if status == 503:
             self.metrics.engine_requests.labels(engine=remote.url, outcome="at_capacity").inc()
             raise AtCapacityError(f"the speech engine {remote.url} is at capacity: {detail}")
         self.metrics.engine_requests.labels(engine=remote.url, outcome="error").inc()
-        raise EngineError(f"the speech engine {remote.url} answered {response.status_code}: {detail}")
+        message = f"the speech engine {remote.url} answered {status}: {detail}"
+        if status >= 500 or status in (401, 403, 404):  # broken or misconfigured: not asked again until it is well
+            self._down(remote, message)
+            raise EngineError(message)
+        raise RequestRefused(message)
 
     async def _first_checked(self) -> None:
         """The first reply waits for the first round of health checks (what is up, how many slots), once."""
@@ -310,17 +349,23 @@ class RemoteEngines:
     async def check(self, remote: Remote) -> None:
         """Ask one engine's /health: up or down, and (our serve) its slots and how many are busy."""
         started = time.perf_counter()
+        ours = remote.streams  # our phrases it is speaking as it answers (its busy slots count them)
         try:
-            response = await self._client.get(f"{remote.url}/health", timeout=self.health_interval_s)
+            response = await self._client.get(f"{remote.url}/health", timeout=HEALTH_TIMEOUT_S)
             response.raise_for_status()
         except httpx.HTTPError as exc:
-            self._down(remote, f"health check failed: {exc!r}")
+            remote.misses += 1
+            if remote.misses >= MISSES_DOWN or isinstance(exc, httpx.ConnectError):
+                self._down(remote, f"health check failed: {exc!r}")
             return
+        remote.misses = 0
         remote.health_ms = (time.perf_counter() - started) * 1000.0
+        self.metrics.engine_up.labels(engine=remote.url).set(1)
         with contextlib.suppress(ValueError):
             report = response.json()
             if isinstance(report, dict) and isinstance(report.get("slots"), int):
-                remote.slots, remote.busy_slots = report["slots"], int(report.get("busy_slots") or 0)
+                busy = int(report.get("busy_slots") or 0)
+                remote.slots, remote.others = report["slots"], max(0, busy - min(ours, remote.streams))
         if not remote.up:
             log.info("speech engine %s is up again", remote.url)
         remote.up = True

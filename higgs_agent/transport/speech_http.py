@@ -16,20 +16,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 import numpy as np
 import soundfile
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from higgs_agent.agent.services import AgentServices, UnknownVoiceError
 from higgs_agent.defaults import DEFAULT_TENANT
-from higgs_agent.model.prompts import SpeechPrompt, build_inputs
+from higgs_agent.model.prompts import SpeechPrompt, VoiceReference, build_inputs
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.protocol.errors import loads_strict
 from higgs_agent.streaming.engine import AtCapacityError, Speech, StreamingEngine
@@ -38,6 +41,7 @@ from higgs_agent.transport.speech_formats import DEFAULT_FORMAT, FORMATS, Stream
 
 MAX_BODY_BYTES = 4 << 20  # 4096 characters of input and instructions, and a ref_audio clip of ~30 s of 24 kHz WAV
 MAX_REF_SECONDS = 30.0  # a reference is clipped to its last 10 s anyway (agent/speaker.py)
+REFERENCES_KEPT = 256  # encoded ref_audio clips kept (~10 s of codes each: 8 x 250 int64, 16 KB)
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes without overflow
 
 
@@ -141,6 +145,20 @@ def speech_endpoint(services: AgentServices) -> Callable[[Request], Awaitable[Re
     if bundle is None or not isinstance(engine, StreamingEngine):
         return _no_local_engine
     context = int(bundle.config.max_position_embeddings)
+    encoded: OrderedDict[str, torch.Tensor] = OrderedDict()  # ref_audio's digest -> its codes: an agent sends
+    # the same voice with every phrase of a reply; it is encoded (a codec pass on the model worker) once
+
+    async def reference(ref_audio: str, words: str) -> VoiceReference:
+        digest = hashlib.sha256(ref_audio.encode()).hexdigest()
+        codes = encoded.get(digest)
+        if codes is None:
+            clip, rate = reference_clip(ref_audio)
+            codes = await engine.encode(clip, rate, stage="ref_audio")
+            encoded[digest] = codes
+            while len(encoded) > REFERENCES_KEPT:
+                encoded.popitem(last=False)
+        encoded.move_to_end(digest)
+        return VoiceReference(codes=codes, transcript=words)
 
     async def speech(request: Request) -> Response:
         principal = principal_of(request.scope)
@@ -154,8 +172,7 @@ def speech_endpoint(services: AgentServices) -> Callable[[Request], Awaitable[Re
                 prompt = SpeechPrompt(body.input, scene=body.instructions, speaker_voices=speakers)
             elif body.ref_audio is not None:
                 assert body.ref_text is not None
-                clip, rate = reference_clip(body.ref_audio)
-                voice = await engine.voice(clip, rate, body.ref_text, stage="ref_audio")
+                voice = await reference(body.ref_audio, body.ref_text)
                 prompt = SpeechPrompt(body.input, scene=body.instructions, voice=voice)
             else:
                 prompt = SpeechPrompt(body.input, scene=body.instructions,
