@@ -286,7 +286,7 @@ def test_settings_require_a_token_unless_told_otherwise():
 
 def test_answered_calls_expire_and_admit_once():
     now = [100.0]
-    calls = AnsweredCalls(ttl_s=30, max_pending=2, clock=lambda: now[0])
+    calls = AnsweredCalls(ttl_s=30, max_pending=2, clock=lambda: now[0], wall=lambda: now[0])
     first = calls.answer(CALL_SID, ACCOUNT_SID)
     assert calls.claim(first.token) == first
     assert calls.claim(first.token) is None  # used
@@ -294,11 +294,30 @@ def test_answered_calls_expire_and_admit_once():
     now[0] += 31
     assert calls.claim(late.token) is None  # expired
     tokens = [calls.answer(f"CA{i}").token for i in range(3)]
-    assert len(calls) == 2 and calls.claim(tokens[0]) is None  # the oldest gave way
+    assert len(calls) == 2  # memory stays bounded under a webhook flood; the oldest token still holds its call
+    assert calls.claim(tokens[0]).call_sid == "CA0" and calls.claim(tokens[0]) is None
     other = calls.answer("CA-other")
     with pytest.raises(MediaSocketRefusedError):
         other.check_started(CallStarted(STREAM_SID, CALL_SID, TwilioSerializer.wire_format))
     other.check_started(CallStarted(STREAM_SID, "CA-other", TwilioSerializer.wire_format))
+
+
+def test_a_stream_answered_by_one_agent_is_admitted_once_by_another_with_the_same_key():
+    """Behind a load balancer the webhook and its media stream may reach different agents."""
+    now = [1000.0]
+    answering, streaming = (AnsweredCalls(ttl_s=30, key=b"shared", wall=lambda: now[0]) for _ in range(2))
+    stranger = AnsweredCalls(key=b"another")
+    call = answering.answer(CALL_SID, ACCOUNT_SID, {"From": "+15550100"})
+    admitted = streaming.claim(call.token)
+    assert (admitted.call_sid, admitted.account_sid, dict(admitted.parameters)) == (
+        CALL_SID, ACCOUNT_SID, {"From": "+15550100"})
+    assert streaming.claim(call.token) is None  # once
+    assert stranger.claim(call.token) is None  # not our key
+    forged = call.token[:-2] + ("AA" if not call.token.endswith("AA") else "BB")
+    assert streaming.claim(forged) is None
+    late = answering.answer("CA-late")
+    now[0] += 31
+    assert streaming.claim(late.token) is None  # expired
 
 
 @contextlib.contextmanager

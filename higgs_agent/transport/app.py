@@ -83,7 +83,8 @@ def create_agent_app(services: AgentServices, api_key: str | None = None, cors_o
     ])
     app = ApiKeyMiddleware(app, authenticator or Authenticator.single(api_key), ephemeral=client_secrets)
     if phone is not None:  # carriers prove themselves by signatures, not by our keys: their routes sit outside
-        lines = [route for line in phone.lines for route in phone_routes(services, line, phone.calls)]
+        lines = [route for line in phone.lines  # stream tokens signed with the key every agent shares
+                 for route in phone_routes(services, line, phone.calls, webrtc.client_secret_key)]
         app = Starlette(routes=[*lines, Mount("/", app=app)])
     if cors_origins:  # outermost: a browser's preflight carries no key
         app = CORSMiddleware(app, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"],

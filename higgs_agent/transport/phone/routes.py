@@ -36,11 +36,13 @@ KEPT_CALL_LOGS = 100
 class PhoneLine:
     """Everything the calls of one number share on this server."""
 
-    def __init__(self, services: AgentServices, line: LineSettings, settings: CallSettings | None = None) -> None:
+    def __init__(self, services: AgentServices, line: LineSettings, settings: CallSettings | None = None,
+                 token_key: bytes | None = None) -> None:
+        """`token_key`: signs media-stream tokens; the same on every agent behind one number's balancer."""
         self.services = services
         self.line = line
         self.settings = settings or CallSettings()
-        self.answered = AnsweredCalls()
+        self.answered = AnsweredCalls(key=token_key)
         self.gate = MediaSocketGate(line, self.answered)
         self.busy_message = BusyMessage(self.settings.busy_message)
         self.active: dict[str, PhoneCall] = {}  # calls in progress, by callSid
@@ -72,10 +74,10 @@ class PhoneLine:
         await PhoneCall(websocket, self, answered).run()
 
 
-def phone_routes(services: AgentServices, settings: LineSettings,
-                 calls: CallSettings | None = None) -> list[BaseRoute]:
+def phone_routes(services: AgentServices, settings: LineSettings, calls: CallSettings | None = None,
+                 token_key: bytes | None = None) -> list[BaseRoute]:
     """`POST settings.voice_path` (the number's voice webhook) and the media WebSocket it connects calls to."""
-    return PhoneLine(services, settings, calls).routes()
+    return PhoneLine(services, settings, calls, token_key).routes()
 
 
 twilio_routes = phone_routes  # the name it had when Twilio was the only carrier

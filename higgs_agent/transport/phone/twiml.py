@@ -34,6 +34,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from higgs_agent.logs import session_id
 from higgs_agent.transport.phone.serializer import CallStarted
 from higgs_agent.transport.phone.twilio import TwilioSerializer
+from higgs_agent.transport.signing import Signer
 
 if TYPE_CHECKING:
     from higgs_agent.transport.phone.serializer import MediaStreamSerializer
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 # (the stricter reading, which also meets a per-parameter cap).
 PARAMETERS_MAX_CHARS = 500
 TOKEN_PARAM = "token"  # the path parameter of the media route
+TOKEN_PREFIX = "ms_"  # a media-stream token
 
 
 class Signatures(Protocol):
@@ -202,21 +204,32 @@ class AnsweredCall:
 
 
 class AnsweredCalls:
-    """Calls answered in the last `ttl_s` seconds, by per-call token; a token admits one socket, once."""
+    """Calls answered in the last `ttl_s` seconds, by per-call token; a token admits one socket, once here.
+
+    A token is signed and carries its call (transport/signing.py), so the media stream may reach another agent
+    than the one whose webhook answered (behind a load balancer): any agent with the same `key`
+    (`--client-secret-key`) admits it, once, within `ttl_s`. The carrier's signature on the stream's upgrade and
+    the call id its `start` must name still hold it to that one call."""
 
     def __init__(self, ttl_s: float = 60.0, max_pending: int = 1000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, key: bytes | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
         self.ttl_s = ttl_s
         self.max_pending = max_pending
         self._clock = clock
+        self._wall = wall
+        self._signer = Signer(key)
         self._calls: OrderedDict[str, AnsweredCall] = OrderedDict()
+        self._spent: OrderedDict[str, float] = OrderedDict()  # signed tokens claimed here, until they expire
 
     def answer(self, call_sid: str, account_sid: str | None = None,
                parameters: Mapping[str, str] | None = None) -> AnsweredCall:
         self._expire()
         while len(self._calls) >= self.max_pending:
             self._calls.popitem(last=False)  # bounded memory under a webhook flood
-        token = secrets.token_urlsafe(24)
+        token = self._signer.dumps(TOKEN_PREFIX, {
+            "call": call_sid, "account": account_sid, "parameters": dict(parameters or {}),
+            "expires_at": self._wall() + self.ttl_s, "nonce": secrets.token_hex(8)})
         call = AnsweredCall(token, call_sid, account_sid, dict(parameters or {}), self._clock() + self.ttl_s)
         self._calls[token] = call
         return call
@@ -224,7 +237,22 @@ class AnsweredCalls:
     def claim(self, token: str) -> AnsweredCall | None:
         """The call of an unexpired token, which is used up; None for an unknown, used or expired one."""
         self._expire()
-        return self._calls.pop(token, None)
+        call = self._calls.pop(token, None)
+        if call is not None or token in self._spent:
+            self._spent[token] = self._wall() + self.ttl_s
+            return call
+        payload = self._signer.loads(TOKEN_PREFIX, token)  # answered by another agent with the same key
+        try:
+            if payload is None or float(payload["expires_at"]) <= self._wall():
+                return None
+            call = AnsweredCall(token, str(payload["call"]), payload.get("account"), dict(payload["parameters"]),
+                                self._clock() + float(payload["expires_at"]) - self._wall())
+        except (KeyError, TypeError, ValueError):
+            return None
+        self._spent[token] = float(payload["expires_at"])
+        while len(self._spent) > self.max_pending:
+            self._spent.popitem(last=False)
+        return call
 
     def __len__(self) -> int:
         self._expire()
@@ -237,6 +265,9 @@ class AnsweredCalls:
             if call.expires_at > now:
                 break
             del self._calls[token]
+        wall = self._wall()
+        while self._spent and next(iter(self._spent.values())) <= wall:
+            self._spent.popitem(last=False)
 
 
 class MediaSocketRefusedError(PermissionError):

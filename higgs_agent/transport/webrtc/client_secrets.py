@@ -12,10 +12,6 @@ of the key that minted it; its `session` config is applied to every session it o
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import secrets
 import time
@@ -24,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from higgs_agent.transport.auth import Principal
+from higgs_agent.transport.signing import Signer
 
 PREFIX = "ek_"
 DEFAULT_SECONDS = 600  # OpenAI's default lifetime
@@ -45,20 +42,12 @@ class SessionTooLargeError(ValueError):
     """A session config too large to carry in a key."""
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 class ClientSecrets:
     """Mints and checks `ek_` keys with one server key (random when none is given: keys then die with the
     process, which suits keys that live minutes)."""
 
     def __init__(self, key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
-        self._key = key or secrets.token_bytes(32)
+        self._signer = Signer(key)
         self._clock = clock
 
     def mint(self, tenant: str, seconds: int = DEFAULT_SECONDS, session: Mapping[str, Any] | None = None,
@@ -69,22 +58,13 @@ class ClientSecrets:
         created = int(self._clock()) if created_at is None else created_at
         payload = {"tenant": tenant, "created_at": created, "expires_at": created + seconds,
                    "session": dict(session) if session is not None else None, "nonce": secrets.token_hex(8)}
-        body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-        signed = PREFIX + _b64(body)
-        value = f"{signed}.{_b64(self._sign(signed))}"
+        value = self._signer.dumps(PREFIX, payload)
         return ClientSecret(value, tenant, created, created + seconds, payload["session"])
 
     def verify(self, value: str) -> ClientSecret | None:
         """The secret, or None when it is not one of ours, was altered, or has expired."""
-        if not value.startswith(PREFIX) or value.count(".") != 1:
-            return None
-        signed, _, signature = value.partition(".")
-        try:
-            given = _unb64(signature)
-            payload = json.loads(_unb64(signed[len(PREFIX):]))
-        except (binascii.Error, ValueError):
-            return None
-        if not hmac.compare_digest(given, self._sign(signed)):
+        payload = self._signer.loads(PREFIX, value)
+        if payload is None:
             return None
         try:
             secret = ClientSecret(value, str(payload["tenant"]), int(payload["created_at"]),
@@ -99,6 +79,3 @@ class ClientSecrets:
         if secret is None:
             return None
         return Principal(secret.tenant, ephemeral=True, session=secret.session)
-
-    def _sign(self, signed: str) -> bytes:
-        return hmac.new(self._key, signed.encode("ascii"), hashlib.sha256).digest()
