@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     captions.add_argument("--asr-model", default=None, help="faster-whisper model (default: Whisper tiny.en)")
     captions.add_argument("--phrases", type=int, default=8, help="phrases each session hears, 1 to 8, about 5 s "
                           "each (default: %(default)s)")
+    captions.add_argument("--without-asr", action="store_true", help="Whisper replaced by a stub that answers at "
+                          "once: what everything else costs (VAD, resampling, the codec, the session)")
     captions.add_argument("--json", action="store_true", help="print only the JSON line")
     reply = kinds.add_parser("reply", help="the in-process reply model (--reply-model): time to first word and "
                              "words/s of one reply alone and of N at once (batched)")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import websockets
 from agent_server import running_server, ws_url
-from browser import CHROMIUM, ChatPage, chromium, write_fake_microphone
+from browser import CHROMIUM, ChatPage, artifacts_folder, chromium, write_fake_microphone
 from openai import AsyncOpenAI
 from speech import silence, synthesize, word_error_rate
 from third_party import paced_chunks, server_event_shape_errors, spoken_pcm16
@@ -322,9 +322,11 @@ async def test_the_web_pages_captions_mode_shows_the_words_live(transport, serve
                             "!t.classList.contains('pending'))", timeout_s=90)
         captions = await chat.texts(".turn.user .text")
         stats = await chat.stats()
+        print("screenshot:", await chat.screenshot(artifacts_folder(tmp_path), f"captions-{transport}"))
         await chat.talk()  # stop
     print(f"\n{transport}: captions {captions}")
     assert len(captions) == 1, (captions, chat.log())
     assert_heard(captions[0])
     assert stats["transport"] == transport and stats["responses"] == [] and stats["errors"] == []
+    assert stats["deltas"] >= 1  # the words shown as they came, before the turn's final transcript
     assert engine_asked == []

@@ -36,7 +36,7 @@ class VoiceChat {
     // turn, the output meter's cumulative ms of sound over time, responses, errors, the session's voice.
     this.stats = { receivedMs: {}, playedMs: {}, truncates: [], bargeIns: [], firstAudioMs: {}, output: [],
                    lastSoundAt: 0, responses: [], serverCuts: [], errors: [], voice: null, transport: null,
-                   callId: null, sessionType: null };
+                   callId: null, sessionType: null, deltas: 0 };
   }
 
   get live() {
@@ -167,6 +167,7 @@ class VoiceChat {
         this.graph?.armOnset();
         break;
       case "conversation.item.input_audio_transcription.delta":
+        this.stats.deltas += 1;
         this.view.userPartial(event.item_id, event.delta);
         break;
       case "conversation.item.input_audio_transcription.completed":
