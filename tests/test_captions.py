@@ -18,16 +18,12 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-from agent_server import running_server, ws_url
+from agent_server import echo_services, running_server, ws_url
 from browser import CHROMIUM, ChatPage, artifacts_folder, chromium, write_fake_microphone
 from openai import AsyncOpenAI
 from speech import silence, synthesize, word_error_rate
 from third_party import paced_chunks, server_event_shape_errors, spoken_pcm16
 
-from higgs_agent.agent.responders.echo import EchoResponder
-from higgs_agent.agent.services import AgentServices
-from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.streaming.engine import StreamingEngine
 from higgs_agent.testing.webrtc_caller import RATE as CALL_RATE
 from higgs_agent.testing.webrtc_caller import Caller
 
@@ -40,28 +36,9 @@ DELTA = "conversation.item.input_audio_transcription.delta"
 ENGINE_CALLS = ("lease", "admit", "stream", "encode", "run")  # every way a session could ask the model for work
 
 
-class CountingEcho(EchoResponder):
-    """The echo responder, counting the replies it was asked for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked = 0
-
-    def reply(self, request):  # noqa: ANN001, ANN201
-        self.asked += 1
-        return super().reply(request)
-
-
 @pytest.fixture(scope="module")
-def responder() -> CountingEcho:
-    return CountingEcho()
-
-
-@pytest.fixture(scope="module")
-def services(bundle, transcriber, responder):
-    services = AgentServices(engine=StreamingEngine(bundle), transcriber=transcriber,
-                             responders={"echo": responder}, default_responder="echo",
-                             sampling=SamplingSettings(greedy=True, max_frames=25))
+def services(bundle, transcriber):
+    services = echo_services(bundle, transcriber, max_frames=25)
     yield services
     services.engine.close()
 
@@ -74,19 +51,21 @@ def server(services):
 
 @pytest.fixture
 def engine_asked(services) -> Iterator[list[str]]:
-    """The names of the engine's methods called while the test runs (spies on the instance)."""
-    engine, asked = services.engine, []
-    for name in ENGINE_CALLS:
-        original = getattr(engine, name)
+    """What the engine and the responder were asked for while the test runs (their methods' names; spies on the
+    instances)."""
+    asked: list[str] = []
+    spied = [(services.engine, name) for name in ENGINE_CALLS] + [(services.responder("echo"), "reply")]
+    for target, name in spied:
+        original = getattr(target, name)
 
         def spy(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:  # noqa: ANN401
             asked.append(_name)
             return _original(*args, **kwargs)
 
-        setattr(engine, name, spy)
+        setattr(target, name, spy)
     yield asked
-    for name in ENGINE_CALLS:
-        delattr(engine, name)
+    for target, name in spied:
+        delattr(target, name)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +85,7 @@ def busy(base: str) -> tuple[int, int]:
 # --- 1. the official openai SDK, as its documentation shows a transcription session ----------------------------
 
 
-async def test_the_openai_sdk_gets_live_captions_and_no_response(server, speech, engine_asked, responder):
+async def test_the_openai_sdk_gets_live_captions_and_no_response(server, speech, engine_asked):
     async with AsyncOpenAI(base_url=f"{server}/v1", api_key="sk-captions") as client:
         async with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
             await connection.session.update(session={"type": "transcription", "audio": {"input": {
@@ -158,7 +137,7 @@ async def test_the_openai_sdk_gets_live_captions_and_no_response(server, speech,
 
     # Never a response: no response event, the engine and the responder never asked, no slot busy.
     assert not [kind for kind in kinds if kind.startswith("response.")]
-    assert engine_asked == [] and responder.asked == 0
+    assert engine_asked == []
     assert slots_while_speaking == (0, 0)
 
     # (The spies do see a voice session's response: the same server, a typed turn.)
@@ -168,7 +147,7 @@ async def test_the_openai_sdk_gets_live_captions_and_no_response(server, speech,
         await socket.send(json.dumps({"type": "response.create"}))
         while json.loads(await asyncio.wait_for(socket.recv(), 120))["type"] != "response.done":
             pass
-    assert "stream" in engine_asked and responder.asked == 1
+    assert "stream" in engine_asked and engine_asked.count("reply") == 1
 
 
 # --- 2. WebRTC: a client secret minted for a transcription session, while every engine slot is held ------------

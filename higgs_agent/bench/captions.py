@@ -34,7 +34,8 @@ from higgs_agent.agent.session import Session
 from higgs_agent.audio import float_to_pcm16
 from higgs_agent.bench.common import espeak_ng, median_ms, note, word_error_rate
 from higgs_agent.model.asr import Transcriber, Transcript
-from higgs_agent.transport.realtime_codec import RealtimeEncoder, deliver
+from higgs_agent.testing.text_mode import RecordingOutput
+from higgs_agent.transport.realtime_codec import deliver
 
 RATE = 24_000  # the wire's PCM16 rate, as OpenAI's clients send
 CHUNK_MS = 100
@@ -61,39 +62,23 @@ class _NoEngine:
         raise AssertionError(f"a transcription session asked the engine for {name!r}")
 
 
-class _Events:
-    """A captions session's output: the events a client reads, with their wall-clock times; never audio."""
+class _Events(RecordingOutput):
+    """A captions session's output: the events a client reads, and when each came (wall clock)."""
 
     def __init__(self) -> None:
-        self.encoder = RealtimeEncoder()
-        self.events: list[tuple[float, dict[str, Any]]] = []
-        self.changed = asyncio.Event()
+        super().__init__()
+        self.times: list[float] = []
 
     async def send_event(self, event: DomainEvent) -> None:
-        now = time.perf_counter()
-        self.events.extend((now, json.loads(text)) for text in self.encoder.texts(event))
-        self.changed.set()
+        now, before = time.perf_counter(), len(self.events)
+        await super().send_event(event)
+        self.times += [now] * (len(self.events) - before)
 
-    async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
-        raise AssertionError("a transcription session sent reply audio")
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [event for event in self.events if event["type"] == kind]
 
-    async def flush_audio(self, response_id: str) -> None:
-        pass
-
-    def discard_audio(self, item_id: str) -> int:
-        return 0
-
-    def heard_ms(self, item_id: str) -> float:
-        return 0.0
-
-    def hold_audio(self) -> bool:
-        return False
-
-    def release_audio(self) -> None:
-        pass
-
-    def of(self, kind: str) -> list[tuple[float, dict[str, Any]]]:
-        return [(at, event) for at, event in self.events if event["type"] == kind]
+    def timed(self, kind: str) -> list[tuple[float, dict[str, Any]]]:
+        return [(at, event) for at, event in zip(self.times, self.events, strict=True) if event["type"] == kind]
 
 
 def talk(phrases: list[str]) -> np.ndarray:
@@ -119,11 +104,9 @@ async def caption(services: AgentServices, pcm: bytes, start_delay_s: float) -> 
         await asyncio.sleep(max(0.0, start + index * CHUNK_MS / 1000 - loop.time()))
         chunk = base64.b64encode(pcm[offset:offset + step]).decode()
         await deliver(session, json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
-    deadline = loop.time() + 60
-    completed = "conversation.item.input_audio_transcription.completed"
-    while len(output.of(completed)) < len(output.of("input_audio_buffer.committed")) and loop.time() < deadline:
-        output.changed.clear()
-        await asyncio.wait_for(output.changed.wait(), max(0.1, deadline - loop.time()))
+    since = 0
+    for _ in output.of("input_audio_buffer.committed"):  # every turn's transcript, in order
+        since = await output.next_of("conversation.item.input_audio_transcription.completed", since, 60) + 1
     await session.close()
     return output
 
@@ -131,13 +114,14 @@ async def caption(services: AgentServices, pcm: bytes, start_delay_s: float) -> 
 def summary(outputs: list[_Events], phrases: list[str], cpu_s: float, audio_s: float) -> dict[str, Any]:
     waits, deltas, errors = [], [], []
     for output in outputs:
-        stopped = {event["item_id"]: at for at, event in output.of("input_audio_buffer.speech_stopped")}
-        done = output.of("conversation.item.input_audio_transcription.completed")
+        stopped = {event["item_id"]: at for at, event in output.timed("input_audio_buffer.speech_stopped")}
+        done = output.timed("conversation.item.input_audio_transcription.completed")
         waits += [(at - stopped[event["item_id"]]) * 1000 for at, event in done if event["item_id"] in stopped]
-        counted = [event["item_id"] for _, event in output.of("conversation.item.input_audio_transcription.delta")]
+        counted = [event["item_id"] for event in output.of("conversation.item.input_audio_transcription.delta")]
         deltas += [counted.count(event["item_id"]) for _, event in done]
         errors.append(word_error_rate(" ".join(phrases), " ".join(event["transcript"] for _, event in done)))
-        assert not output.of("error") and not [e for _, e in output.events if e["type"].startswith("response.")]
+        assert not output.of("error") and not [e for e in output.events if e["type"].startswith("response.")]
+        assert output.audio_samples == 0  # a transcription session never speaks
     return {"sessions": len(outputs), "audio_s": round(audio_s, 1), "cpu_s": round(cpu_s, 2),
             "cpu_s_per_audio_s": round(cpu_s / (audio_s * len(outputs)), 3),
             "turns": sum(len(o.of("input_audio_buffer.committed")) for o in outputs),
