@@ -33,7 +33,8 @@ SENTENCE = "please read me the news about the weather, the traffic and the footb
 RATE = 24_000
 COMPLETED = "conversation.item.input_audio_transcription.completed"
 DELTA = "conversation.item.input_audio_transcription.delta"
-ENGINE_CALLS = ("lease", "admit", "stream", "encode", "run")  # every way a session could ask the model for work
+# every way a session could ask the engine for work (the SpeechEngine protocol's, and the local engine's own)
+ENGINE_CALLS = ("lease", "admit", "stream", "voice", "count_tokens", "encode", "run")
 
 
 @pytest.fixture(scope="module")

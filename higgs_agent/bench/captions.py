@@ -22,7 +22,6 @@ import json
 import os
 import statistics
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -56,7 +55,7 @@ PHRASES = [
 class _NoEngine:
     """What a captions session holds for an engine: any use of it is a failure (it makes no speech)."""
 
-    bundle = SimpleNamespace(model_source="none")
+    model_name = "none"
 
     def __getattr__(self, name: str) -> Any:  # noqa: ANN401
         raise AssertionError(f"a transcription session asked the engine for {name!r}")
