@@ -92,7 +92,8 @@ async def test_the_openai_sdk_gets_live_captions_and_no_response(server, speech,
             await connection.session.update(session={"type": "transcription", "audio": {"input": {
                 "format": {"type": "audio/pcm", "rate": RATE},
                 "transcription": {"model": "gpt-4o-transcribe", "language": "en"},
-                "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}})
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+                "noise_reduction": {"type": "near_field"}}}})
 
             async def stream() -> None:
                 async for chunk in paced_chunks(speech, RATE):
@@ -124,6 +125,7 @@ async def test_the_openai_sdk_gets_live_captions_and_no_response(server, speech,
     assert updated.session.audio.input.turn_detection.type == "server_vad"
     assert updated.session.audio.input.turn_detection.silence_duration_ms == 500
     assert updated.session.audio.input.transcription.language == "en"
+    assert updated.session.audio.input.noise_reduction.type == "near_field"
 
     # The same events as a voice session's turn, and the words right; deltas (live, while the words come) after
     # the speech started and before the completed transcript.
