@@ -320,6 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
                                "turn's reply, against importing torch + transformers alone")
     _add_bench_args(startup)
     startup.add_argument("--runs", type=int, default=3, help="starts to take the median of (default: %(default)s)")
+    captions = kinds.add_parser("captions", help="transcription sessions (live captions): CPU seconds per audio "
+                                "second (VAD + Whisper) and transcript latency, for 1 and N sessions at once")
+    captions.add_argument("--sessions", default="1,4",
+                          help="concurrent sessions of each run, comma-separated (default: %(default)s)")
+    captions.add_argument("--asr-model", default=None, help="faster-whisper model (default: Whisper tiny.en)")
+    captions.add_argument("--phrases", type=int, default=8, help="phrases each session hears, 1 to 8, about 5 s "
+                          "each (default: %(default)s)")
+    captions.add_argument("--without-asr", action="store_true", help="Whisper replaced by a stub that answers at "
+                          "once: what everything else costs (VAD, resampling, the codec, the session)")
+    captions.add_argument("--json", action="store_true", help="print only the JSON line")
     reply = kinds.add_parser("reply", help="the in-process reply model (--reply-model): time to first word and "
                              "words/s of one reply alone and of N at once (batched)")
     reply.add_argument("--reply-model", default=None, metavar="ID_OR_DIR",
@@ -423,6 +433,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         from higgs_agent.bench.soak import run_soak_bench as run
     elif args.bench == "startup":
         from higgs_agent.bench.startup import run_startup_bench as run
+    elif args.bench == "captions":
+        from higgs_agent.bench.captions import run_captions_bench as run
     elif args.bench == "reply":
         from higgs_agent.bench.reply import run_reply_bench as run
     else:

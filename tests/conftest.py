@@ -58,7 +58,7 @@ def utterance():
 # -- the slow end-to-end modules: real servers, browsers, third-party clients, benchmarks -----------------------
 # `pytest -m "not slow"` runs the rest in a few minutes; the full suite (CI, the README's command) runs all.
 SLOW_MODULES = {
-    "test_bench", "test_fuzz", "test_hardening", "test_model_thread", "test_phone_call", "test_realtime",
+    "test_bench", "test_captions", "test_fuzz", "test_hardening", "test_model_thread", "test_phone_call", "test_realtime",
     "test_third_party_clients", "test_tool_calls", "test_translation", "test_understanding_agent",
     "test_voices_agent", "test_web_page", "test_webrtc", "test_local_agent", "test_records",
 }

@@ -150,3 +150,11 @@ def test_bench_phone_compares_a_call_with_the_same_turn_over_websocket(tiny_dir)
         assert stages["end_of_turn_ms_p50"] > 0 and stages["first_audio_sent_ms_p50"] > 0, transport
         assert stages["transport_ms_p50"] == pytest.approx(  # one turn: what is left is the transport's
             stages["heard_ms_p50"] - stages["end_of_turn_ms_p50"] - stages["first_audio_sent_ms_p50"], abs=0.2)
+
+
+def test_bench_captions_reports_what_a_transcription_session_costs():
+    figures = bench_json("captions", "--sessions", "1,2", "--phrases", "2")
+    assert [run["sessions"] for run in figures["runs"]] == [1, 2]
+    for run in figures["runs"]:
+        assert run["turns"] == 2 * run["sessions"] and run["word_error_rate"] <= 0.2
+        assert run["cpu_s_per_audio_s"] > 0 and run["completed_after_stop_ms"]["median"] > 0

@@ -1,5 +1,6 @@
 // The voice-chat page: one conversation with the agent over WebRTC or a WebSocket, both speaking the OpenAI
-// Realtime protocol. This module owns the call's lifecycle and reacts to the server's events; audio.js moves
+// Realtime protocol; or, in captions mode, a transcription session (live captions of what the microphone hears,
+// no replies). This module owns the call's lifecycle and reacts to the server's events; audio.js moves
 // the sound, the transport modules move the events, view.js draws.
 
 import { AudioGraph, openMicrophone } from "./audio.js";
@@ -23,6 +24,7 @@ class VoiceChat {
   }
 
   reset() {
+    this.mode = document.getElementById("mode").value; // "conversation" | "captions", fixed for the session
     this.response = null; // {id, itemId} of the reply in progress on the server
     this.queuedItems = new Set(); // WebSocket: reply items with audio queued or playing here
     this.interrupted = new Set(); // response ids cut off by a barge-in: their late audio is dropped
@@ -34,7 +36,7 @@ class VoiceChat {
     // turn, the output meter's cumulative ms of sound over time, responses, errors, the session's voice.
     this.stats = { receivedMs: {}, playedMs: {}, truncates: [], bargeIns: [], firstAudioMs: {}, output: [],
                    lastSoundAt: 0, responses: [], serverCuts: [], errors: [], voice: null, transport: null,
-                   callId: null };
+                   callId: null, sessionType: null, deltas: 0 };
   }
 
   get live() {
@@ -88,6 +90,7 @@ class VoiceChat {
   async #connect(choice) {
     const options = {
       baseUrl: BASE_URL, apiKey: document.getElementById("api-key").value.trim(),
+      intent: this.mode === "captions" ? "transcription" : null,
       onEvent: (event) => this.handle(event), onClose: (error) => this.stop(error),
     };
     if (choice === "websocket") return WebSocketTransport.connect(options);
@@ -102,6 +105,12 @@ class VoiceChat {
   }
 
   #configureSession() {
+    if (this.mode === "captions") {
+      const input = { turn_detection: { type: "server_vad" } };
+      if (this.transport.kind === "websocket") input.format = { type: "audio/pcm", rate: 24000 };
+      this.send({ type: "session.update", session: { type: "transcription", audio: { input } } });
+      return;
+    }
     const voice = document.getElementById("voice").value || "default";
     const audio = { output: { voice } };
     if (this.transport.kind === "websocket") {
@@ -132,7 +141,9 @@ class VoiceChat {
   #showActivity() {
     if (this.userSpeaking) this.view.status("hearing", "Hearing you");
     else if (performance.now() - this.stats.lastSoundAt < RECENT_SOUND_MS) this.view.status("speaking", "Agent speaking");
-    else if (this.turnClock && this.turnClock.heardAt === undefined) this.view.status("thinking", "Thinking…");
+    else if (this.turnClock && this.turnClock.heardAt === undefined && this.mode !== "captions") {
+      this.view.status("thinking", "Thinking…");
+    }
     else this.view.status("listening", "Listening");
   }
 
@@ -143,6 +154,7 @@ class VoiceChat {
       case "session.created":
       case "session.updated":
         this.stats.voice = event.session?.audio?.output?.voice ?? null;
+        this.stats.sessionType = event.session?.type ?? null; // "transcription" in captions mode
         break;
       case "input_audio_buffer.speech_started":
         this.userSpeaking = true;
@@ -155,6 +167,7 @@ class VoiceChat {
         this.graph?.armOnset();
         break;
       case "conversation.item.input_audio_transcription.delta":
+        this.stats.deltas += 1;
         this.view.userPartial(event.item_id, event.delta);
         break;
       case "conversation.item.input_audio_transcription.completed":
@@ -298,6 +311,10 @@ const remembered = (id, storage, fallback) => {
 };
 
 remembered("transport", localStorage, "auto");
+const modeSelect = remembered("mode", localStorage, "conversation");
+const showMode = () => { document.body.dataset.mode = modeSelect.value; };
+showMode();
+modeSelect.addEventListener("change", showMode); // a live session keeps its own mode until the next Talk
 remembered("api-key", sessionStorage, "");
 
 const voiceSelect = document.getElementById("voice");
@@ -312,7 +329,9 @@ loadVoices();
 document.getElementById("api-key").addEventListener("change", loadVoices); // a key may unlock its own voices
 voiceSelect.addEventListener("change", () => {
   localStorage.setItem("higgs.voice", voiceSelect.value);
-  if (chat.live) chat.send({ type: "session.update", session: { type: "realtime", audio: { output: { voice: voiceSelect.value } } } });
+  if (chat.live && chat.mode === "conversation") {
+    chat.send({ type: "session.update", session: { type: "realtime", audio: { output: { voice: voiceSelect.value } } } });
+  }
 });
 
 document.getElementById("settings").addEventListener("submit", (event) => event.preventDefault());

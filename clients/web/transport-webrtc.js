@@ -1,7 +1,9 @@
 // The Realtime protocol over WebRTC, as OpenAI's browser flow: the page POSTs its SDP offer to
 // `/v1/realtime/calls` and gets the answer; the microphone goes out and the reply comes back as Opus tracks,
 // and the JSON events flow on a data channel named `oai-events`. A real API key never goes to the call
-// endpoint: with one, the page first mints a short-lived `ek_...` client secret and calls with that.
+// endpoint: with one, the page first mints a short-lived `ek_...` client secret and calls with that. A
+// transcription session (captions) is asked for both ways OpenAI knows: the secret's session type, and
+// `?intent=transcription` on the call.
 
 import { ChatError, errorFromResponse } from "./errors.js";
 import { authHeaders } from "./server.js";
@@ -13,9 +15,9 @@ const DISCONNECTED_GRACE_MS = 4000; // ICE "disconnected" often recovers by itse
 
 export class WebRTCTransport {
   /** Resolves once the data channel is open; rejects with a ChatError. */
-  static async connect({ baseUrl, apiKey, microphone, onEvent, onClose, onRemoteStream }) {
+  static async connect({ baseUrl, apiKey, microphone, onEvent, onClose, onRemoteStream, intent = null }) {
     if (typeof RTCPeerConnection === "undefined") throw new ChatError("webrtc-failed", "no RTCPeerConnection");
-    const token = apiKey ? await mintClientSecret(baseUrl, apiKey) : null;
+    const token = apiKey ? await mintClientSecret(baseUrl, apiKey, intent ?? "realtime") : null;
     const peer = new RTCPeerConnection();
     const transport = new WebRTCTransport(peer, peer.createDataChannel("oai-events"));
     try {
@@ -26,7 +28,7 @@ export class WebRTCTransport {
 
       await peer.setLocalDescription(await peer.createOffer());
       await iceGatheringDone(peer); // the offer then carries our candidates: no trickle ICE needed
-      const answer = await postOffer(baseUrl, token, peer.localDescription.sdp);
+      const answer = await postOffer(baseUrl, token, peer.localDescription.sdp, intent);
       transport.callId = answer.callId;
       await peer.setRemoteDescription({ type: "answer", sdp: answer.sdp });
       await channelOpen(transport.channel, peer);
@@ -76,12 +78,12 @@ export class WebRTCTransport {
   }
 }
 
-async function mintClientSecret(baseUrl, apiKey) {
+async function mintClientSecret(baseUrl, apiKey, sessionType) {
   const response = await request(`${baseUrl}/v1/realtime/client_secrets`, {
     method: "POST",
     headers: { ...authHeaders(apiKey), "Content-Type": "application/json" },
     body: JSON.stringify({ expires_after: { anchor: "created_at", seconds: SECRET_LIFETIME_S },
-                           session: { type: "realtime" } }),
+                           session: { type: sessionType } }),
   });
   if (!response.ok) throw await errorFromResponse(response, true);
   const secret = await response.json();
@@ -89,8 +91,9 @@ async function mintClientSecret(baseUrl, apiKey) {
   return secret.value;
 }
 
-async function postOffer(baseUrl, token, sdp) {
-  const response = await request(`${baseUrl}/v1/realtime/calls`, {
+async function postOffer(baseUrl, token, sdp, intent) {
+  const query = intent ? `?intent=${encodeURIComponent(intent)}` : "";
+  const response = await request(`${baseUrl}/v1/realtime/calls${query}`, {
     method: "POST", body: sdp, headers: { ...authHeaders(token), "Content-Type": "application/sdp" },
   });
   if (!response.ok) throw await errorFromResponse(response, Boolean(token));

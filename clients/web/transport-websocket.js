@@ -8,9 +8,11 @@ import { probeServer } from "./server.js";
 const KEY_PROTOCOL = "openai-insecure-api-key.";
 
 export class WebSocketTransport {
-  /** Resolves once the server's session.created has arrived; rejects with a ChatError. */
-  static connect({ baseUrl, apiKey, onEvent, onClose }) {
-    const url = `${baseUrl.replace(/^http/, "ws")}/v1/realtime`;
+  /** Resolves once the server's session.created has arrived; rejects with a ChatError. `intent`:
+   * "transcription" opens a transcription session (captions, no replies), as OpenAI's `?intent=` does. */
+  static connect({ baseUrl, apiKey, onEvent, onClose, intent = null }) {
+    const query = intent ? `?intent=${encodeURIComponent(intent)}` : "";
+    const url = `${baseUrl.replace(/^http/, "ws")}/v1/realtime${query}`;
     const protocols = ["realtime"];
     if (apiKey) protocols.push(KEY_PROTOCOL + apiKey);
     return new Promise((resolve, reject) => {
@@ -19,7 +21,7 @@ export class WebSocketTransport {
         socket = new WebSocket(url, protocols);
       } catch {
         // a key with characters a subprotocol cannot carry: the query parameter the server also accepts
-        socket = new WebSocket(`${url}?api_key=${encodeURIComponent(apiKey)}`, ["realtime"]);
+        socket = new WebSocket(`${url}${query ? "&" : "?"}api_key=${encodeURIComponent(apiKey)}`, ["realtime"]);
       }
       const transport = new WebSocketTransport(socket);
       let opened = false;

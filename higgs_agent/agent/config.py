@@ -21,6 +21,15 @@ from pydantic import ValidationError
 
 from higgs_agent.agent.end_of_turn import EndOfTurnPolicy
 from higgs_agent.agent.noise import NoiseReduction
+from higgs_agent.agent.transcription_session import (
+    LOGPROBS,
+    REALTIME,
+    TRANSCRIPTION,
+    check_include,
+    refuse_voice_fields,
+    transcription_object,
+    type_change_error,
+)
 from higgs_agent.agent.vad import VadSettings, threshold_to_aggressiveness
 from higgs_agent.audio_formats import AudioFormat, AudioFormatError
 from higgs_agent.protocol.client_events import validation_error
@@ -127,6 +136,7 @@ class SessionConfig:
     speakers: tuple[str, ...] = ()  # voices for [SPEAKER0], [SPEAKER1], ... (multi-speaker replies)
     translation: Translation | None = None
     noise_reduction: NoiseReduction | None = None  # the caller's audio suppressed before VAD and ASR (agent/noise)
+    kind: str = REALTIME  # session.type: "realtime" (a voice agent) or "transcription" (captions, no replies)
     id: str = field(default_factory=lambda: new_id("sess"))
 
     def with_responder(self, responder: str) -> SessionConfig:
@@ -138,7 +148,16 @@ class SessionConfig:
             return self.latency_events
         return self.extension_events
 
+    @property
+    def transcribes_only(self) -> bool:
+        return self.kind == TRANSCRIPTION
+
     def to_dict(self) -> dict[str, Any]:
+        if self.transcribes_only:
+            return transcription_object(self._voice_dict(), ())
+        return self._voice_dict()
+
+    def _voice_dict(self) -> dict[str, Any]:
         return {
             "type": "realtime", "object": "realtime.session", "id": self.id, "model": self.model,
             "output_modalities": [self.output_modality], "instructions": self.instructions,
@@ -160,17 +179,28 @@ class SessionConfig:
                           "silence_duration_ms": self.turn_detection.vad.silence_duration_ms}},
         }
 
-    def updated(self, raw: dict[str, Any], offer: ServerOffer) -> tuple[SessionConfig, list[ProtocolError]]:
+    def updated(self, raw: dict[str, Any], offer: ServerOffer,
+                type_fixed: bool = True) -> tuple[SessionConfig, list[ProtocolError]]:
         """A copy with `session.update`'s fields applied, and the errors for fields left unapplied.
-        Raises ProtocolError (and applies nothing) for a value of the wrong type or shape. (`tracing` is
-        accepted and has no effect: it concerns OpenAI's own dashboard.)"""
+        Raises ProtocolError (and applies nothing) for a value of the wrong type or shape, a voice session's
+        field in a transcription session, or (`type_fixed`: the session is open) another `type`. (`tracing`
+        is accepted and has no effect: it concerns OpenAI's own dashboard.)"""
         try:
             session = SessionField.model_validate(raw)
         except ValidationError as exc:
             raise validation_error(exc, raw, prefix="session") from None
+        kind = self.kind if session.type is None else session.type
+        if kind != self.kind and type_fixed:
+            raise type_change_error(self.kind)
+        if kind == TRANSCRIPTION:
+            refuse_voice_fields(session)
         notes = [ProtocolError("unknown_parameter", f"unknown parameter {path}: ignored", param=path)
                  for path in unknown_fields(session)]
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = {"kind": kind}
+        if kind == TRANSCRIPTION and session.include:
+            check_include(session.include)
+            notes.append(_unsupported("session.include", f"{LOGPROBS}: this server's Whisper gives no "
+                                      "per-token logprobs"))
         if session.instructions is not None:
             changes["instructions"] = session.instructions
         responder = session.higgs.responder if session.higgs and session.higgs.responder else session.responder

@@ -111,11 +111,16 @@ class Listening:
             return reading.task
         return None
 
-    async def finish(self, item_id: str, transcript: str) -> None:
-        """The turn's final transcript is out next: send what it adds to its deltas first."""
+    async def finish(self, item_id: str, transcript: str, always: bool = False) -> None:
+        """The turn's final transcript is out next: send what it adds to its deltas first (`always`: even when
+        none were sent, as OpenAI's transcription sessions send each turn's words as deltas)."""
         prefix = self._prefixes.pop(item_id, None)
+        if prefix is None and always:
+            prefix = StablePrefix()
         hooks = self._hooks
-        if hooks is not None and prefix is not None and prefix.sent and (delta := prefix.finish(transcript)):
+        if hooks is None or prefix is None or not (prefix.sent or always):
+            return
+        if delta := prefix.finish(transcript):
             await hooks.send(UserTranscriptGrew(item_id, delta))
 
     def close(self) -> None:

@@ -57,6 +57,7 @@ from higgs_agent.agent.responders.translator import Translator
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session_tools import SessionTools, tool_descriptions
 from higgs_agent.agent.speaker import PhraseSpeaker
+from higgs_agent.agent.transcription_session import no_responses_error
 from higgs_agent.agent.turn_reading import TurnReader, WireAudio
 from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.agent.vad import SpeechPaused, SpeechStarted, SpeechStopped
@@ -309,7 +310,7 @@ class Session:
         """A session config applied before `open()` (a client secret's, a WebRTC call's form), as
         session.update applies it but without events; returns the notes to report once open. ProtocolError
         (nothing applied) for a bad value."""
-        self.config, notes = self.config.updated(dict(raw), self.offer)
+        self.config, notes = self.config.updated(dict(raw), self.offer, type_fixed=False)
         self.input.reconfigure(self.config.input_format, self._vad_settings(), self.config.noise_reduction)
         return notes
 
@@ -502,6 +503,8 @@ class Session:
         await self.send(ItemShown(self.conversation.get(event.item_id)))
 
     async def _response_create(self, event: ce.ResponseCreate) -> None:
+        if self.config.transcribes_only:
+            raise no_responses_error(event.type)
         reply = self._active_reply
         busy = reply.id if reply is not None else ("a queued response" if self._pending else None)
         if busy:  # one response at a time writes to the conversation, as the reference server enforces
@@ -514,6 +517,8 @@ class Session:
         self._queue(UserTurn(None, None, TurnTiming(), create_response=True, response=params))
 
     async def _response_cancel(self, event: ce.ResponseCancel) -> None:
+        if self.config.transcribes_only:
+            raise no_responses_error(event.type)
         reply = self._active_reply
         if reply is None and self._pending and not event.response_id:
             for turn in self._pending:  # not started yet: it never will
@@ -542,8 +547,10 @@ class Session:
         if turn is self._waiting_clause:
             self._waiting_clause = None  # taken: the next clause waits on its own
         if turn.item is not None and turn.audio is not None:
-            await self.reader.read(turn.item, turn.audio, self.config.transcription, turn.early, turn.wire,
-                                   in_caller_voice=self.config.voice == CALLER_VOICE, timing=turn.timing)
+            captions = self.config.transcribes_only  # the words only: not who spoke, nor their voice
+            await self.reader.read(turn.item, turn.audio, self.config.transcription, turn.early,
+                                   None if captions else turn.wire, in_caller_voice=self.config.voice == CALLER_VOICE,
+                                   timing=turn.timing, captions=captions)
         if turn in self._pending:
             self._pending.remove(turn)
         if turn.item is not None and await self.barge_in.turn_ended(turn.item):
@@ -687,7 +694,7 @@ class Session:
         """A committed audio turn is answered by itself under turn detection with create_response; in
         manual mode (turn_detection null) only response.create answers."""
         detection = self.config.turn_detection
-        return bool(detection and detection.create_response)
+        return bool(detection and detection.create_response and not self.config.transcribes_only)
 
     def _vad_settings(self):  # noqa: ANN202 - VadSettings | None
         """The detection's VAD; under server_vad, one that reports a pause where the transcript can begin."""

@@ -58,9 +58,10 @@ class TurnReader:
 
     async def read(self, item: ConversationItem, audio: np.ndarray, settings: Transcription,
                    early: asyncio.Future[Transcript] | None, wire: WireAudio | None, in_caller_voice: bool,
-                   timing: TurnTiming) -> bool:
-        """The turn's words into `item`, and what else the turn tells; False if it could not be transcribed."""
-        analyzer = self._services.analyzer
+                   timing: TurnTiming, captions: bool = False) -> bool:
+        """The turn's words into `item`, and what else the turn tells; False if it could not be transcribed.
+        `captions` (a transcription session): the words only, and every turn's words as deltas too."""
+        analyzer = self._services.analyzer if not captions else None
         analysis = (analyzer.start(audio, self._caller)  # not behind a warm-up: this turn goes without
                     if analyzer is not None and self._caller is not None and not analyzer.warming else None)
         try:
@@ -77,7 +78,7 @@ class TurnReader:
         item.text, item.language = transcript.text.strip(), transcript.language
         timing.mark("transcript")
         log.info("user %s: %r (%s)", item.id, item.text, item.language)
-        await self._listening.finish(item.id, item.text)
+        await self._listening.finish(item.id, item.text, always=captions)
         await self._say(UserTranscribed(item.id, item.text, item.language, transcript.duration_s))
         if analysis is not None:
             await self._understand(item, analysis, transcript.language)

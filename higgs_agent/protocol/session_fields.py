@@ -98,7 +98,7 @@ class HiggsField(_Strict):
 
 
 class SessionField(_Strict):
-    type: Literal["realtime"] | None = None
+    type: Literal["realtime", "transcription"] | None = None  # fixed once a session is open
     model: str | None = None
     instructions: str | None = None
     output_modalities: list[Literal["audio", "text"]] | None = None

@@ -99,7 +99,8 @@ def _encode(event: DomainEvent) -> list[se.ServerEvent]:  # noqa: C901, PLR0911,
     match event:
         case SessionOpened(config, tools) | SessionChanged(config, tools):
             kind = se.SessionCreated if isinstance(event, SessionOpened) else se.SessionUpdated
-            return [kind(session={**config.to_dict(), **tools.to_dict()})]
+            tools_shown = {} if config.transcribes_only else tools.to_dict()  # a transcription session has none
+            return [kind(session={**config.to_dict(), **tools_shown})]
         case ErrorReported(error):
             return [se.Error.of(error)]
         case AgentFailed(code, message):

@@ -25,6 +25,7 @@ from higgs_agent.agent.events import DomainEvent
 from higgs_agent.agent.output import OutputClosed
 from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.session import Session
+from higgs_agent.agent.transcription_session import intent_sessions
 from higgs_agent.audio_formats import AudioFormat, encode_audio
 from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.logs import session_id
@@ -180,6 +181,10 @@ async def realtime_endpoint(websocket: WebSocket, services: AgentServices) -> No
             notes = session.configure(principal.session)
         except ProtocolError as exc:
             notes = [exc]
+    intended, refused = intent_sessions(websocket.query_params)  # ?intent=transcription: a captions session
+    for raw in intended:
+        notes += session.configure(raw)
+    notes += refused
     log.info("session opened from %s", websocket.client.host if websocket.client else "?")
     output.start()
     close_code, reason = 1000, ""

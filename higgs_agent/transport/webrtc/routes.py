@@ -2,7 +2,9 @@
 
 - `POST /v1/realtime/calls`: an SDP offer in (either body form, see offer.py), `201 Created` with the SDP
   answer and `Location: /v1/realtime/calls/{call_id}` out. 400 in OpenAI's error shape for an offer or
-  session config that cannot be used, 503 (`Retry-After`) when every engine slot is busy.
+  session config that cannot be used, 503 (`Retry-After`) when every engine slot is busy (a transcription
+  call, `?intent=transcription` or a session config of `"type": "transcription"`, makes no replies and is never
+  refused for that).
 - `POST /v1/realtime/calls/{call_id}/hangup`: end a call (its tenant only).
 - `POST /v1/realtime/client_secrets`: mint an `ek_` client secret for the caller's tenant (client_secrets.py).
 """
@@ -17,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from higgs_agent.agent.services import AgentServices
+from higgs_agent.agent.transcription_session import TRANSCRIPTION, intent_sessions, kind_of
 from higgs_agent.logs import session_id
 from higgs_agent.streaming.engine import AtCapacityError
 from higgs_agent.protocol.errors import ProtocolError, loads_strict
@@ -40,17 +43,22 @@ def webrtc_routes(services: AgentServices, calls: CallRegistry, secrets: ClientS
                   settings: WebRTCSettings) -> list[Route]:
     async def create_call(request: Request) -> Response:
         try:
-            try:
-                await services.engine.admit("webrtc call")
-            except AtCapacityError as exc:
-                raise ApiError(503, str(exc), "at_capacity", type="server_error",
-                               headers={"Retry-After": "1"}) from None
             offer = await read_call_request(request)
             principal = _principal(request)
+            intended, refused = intent_sessions(request.query_params)
+            if refused:
+                raise ApiError(400, refused[0].message, refused[0].code, param=refused[0].param)
+            sessions = [s for s in (principal.session, offer.session) if s] + intended
+            if kind_of(sessions) != TRANSCRIPTION:  # captions make no replies: they need no engine capacity
+                try:
+                    await services.engine.admit("webrtc call")
+                except AtCapacityError as exc:
+                    raise ApiError(503, str(exc), "at_capacity", type="server_error",
+                                   headers={"Retry-After": "1"}) from None
             call = Call(services, settings, principal.tenant)
             session_id.set(call.id)  # every line logged for this call names it
             try:
-                answer = await call.start(offer.sdp, [s for s in (principal.session, offer.session) if s])
+                answer = await call.start(offer.sdp, sessions)
             except BaseException:
                 await call.end("the offer was refused")
                 raise
@@ -75,7 +83,7 @@ def webrtc_routes(services: AgentServices, calls: CallRegistry, secrets: ClientS
             config = services.session_config()
             if session is not None:  # checked now, as the session that uses the secret will check it
                 try:
-                    config, _ = config.updated(session, services.offer(tenant))
+                    config, _ = config.updated(session, services.offer(tenant), type_fixed=False)
                 except ProtocolError as exc:
                     raise ApiError(400, exc.message, exc.code, param=exc.param) from None
             try:
