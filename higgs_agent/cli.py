@@ -122,6 +122,9 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                             "(default: $HIGGS_RECORDS_URL, else nothing is kept)")
     serve.add_argument("--records-days", type=float, default=None, metavar="N",
                        help="delete sessions on record older than N days, at start and every hour (default: keep)")
+    serve.add_argument("--records-audio", action="store_true",
+                       help="keep both sides' audio on record too, in the same database (GET /v1/sessions/ID/audio); "
+                            "off by default even with --records-url: a voice is personal data")
     serve.add_argument("--no-understanding", action="store_true",
                        help="skip the per-turn caller analysis (speaker id, prosody and emotion state) that steers "
                             "what the agent says and how it sounds")

@@ -7,6 +7,7 @@ analyzers start from the 16 kHz turn audio; the caller's voice is cloned from th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,7 @@ class InputAudio:
         self._buffered = 0
         self._total = 0  # samples since the session started: the audio clock events report
         self._buffer_start = 0  # where the manual buffer starts on that clock
+        self.on_audio: Callable[[np.ndarray], None] | None = None  # told every sample the clock counts (records)
         self.reconfigure(fmt, vad)
 
     def release(self) -> None:
@@ -92,6 +94,8 @@ class InputAudio:
         audio = self._resampler.push(samples)
         if not len(audio):
             return []
+        if self.on_audio is not None:
+            self.on_audio(audio)
         self._chunks.append(audio)
         self._buffered += len(audio)
         self._total += len(audio)
@@ -128,6 +132,8 @@ class InputAudio:
         """Take the buffer as a turn (manual mode, or a commit in VAD mode), resampler tail included."""
         tail = self._resampler.flush()
         if len(tail):
+            if self.on_audio is not None:
+                self.on_audio(tail)
             self._chunks.append(tail)
             self._total += len(tail)
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
