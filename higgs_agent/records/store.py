@@ -3,8 +3,9 @@
 Four tables: `record_sessions` (one row per session: its tenant, transport, model, when it started and ended),
 `record_items` (the session's conversation items in the order they appeared: role, kind, words, status, the
 caller's context, a tool call, where a barge-in cut a reply), `record_latencies` (each reply's latency by
-stage) and `record_audio` (with `serve --records-audio`: both sides' audio in FLAC chunks, records/audio.py). Writes are `Write`s (plain data, made on the event loop by the recorder) that the writer thread applies;
-reads answer the HTTP routes. Nothing here knows of sessions or events.
+stage) and `record_audio` (with `serve --records-audio`: both sides' audio in FLAC chunks, records/audio.py).
+Writes are `Write`s (plain data, made on the event loop by the recorder) that the writer thread applies; reads
+answer the HTTP routes. Nothing here knows of sessions or events.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The event loop only ever puts a write into the queue without waiting (`put`): a 
 or a failed commit (a database that is down) drops writes, says so in the log (once a minute at most) and
 counts them (`on_drop(reason, count)`: the `higgs_records_dropped` metric); nothing reaches the session.
 Audio chunks (`serve --records-audio`) have a budget of their own in bytes waiting (`audio_queue_full` when it
-is spent): a slow database holds back at most that much audio. Retention runs on the same thread: sessions older than `days` are deleted at start and every hour.
+is spent): a slow database holds back at most that much audio. Retention runs on the same thread: sessions
+older than `days` are deleted at start and every hour.
 """
 
 from __future__ import annotations
