@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also run the turns with the caller analysis on, and report what it adds to the "
                             "first audio byte")
     agent.add_argument("--records", action="store_true",
-                       help="also run the turns with every session on record (a SQLite file) and report what it adds")
+                       help="also run the turns with every session on record (a SQLite file), and with both sides' "
+                            "audio on record too, and report what each adds")
     agent.add_argument("--sessions", type=int, default=1,
                        help="N > 1: rounds of 1 and N callers ending their turns at the same moment; reports "
                             "time to first audio, playback underruns and event-loop lag (default: %(default)s)")
