@@ -37,10 +37,10 @@ KEYS = {"acme": "sk-acme-1", "globex": "sk-globex-2"}
 SPOKEN = "hello, can you tell me the weather forecast for tomorrow"
 
 
-def started_writer(tmp_path) -> tuple[RecordStore, RecordWriter]:  # noqa: ANN001
-    """A SQLite file to record to, and its writer thread running."""
+def started_writer(tmp_path, audio: bool = False) -> tuple[RecordStore, RecordWriter]:  # noqa: ANN001
+    """A SQLite file to record to (`audio`: both sides' audio too), and its writer thread running."""
     store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
-    writer = RecordWriter(store)
+    writer = RecordWriter(store, audio=audio)
     writer.start()
     return store, writer
 
@@ -214,6 +214,8 @@ def test_serve_checks_the_records_flags(tmp_path):
     assert "--records-url" in check_serve_args(args("--records-days", "7"))
     assert "N > 0" in check_serve_args(args("--records-url", "x.db", "--records-days", "0"))
     assert check_serve_args(args("--records-url", "x.db", "--records-days", "30")) is None
+    assert "--records-url" in check_serve_args(args("--records-audio"))
+    assert check_serve_args(args("--records-url", "x.db", "--records-audio")) is None
     assert records_store(args()) is None
     assert records_store(args("--records-url", str(tmp_path / "r.db"))).engine.dialect.name == "sqlite"
     with pytest.raises(ValueError, match="cannot be used"):
@@ -364,10 +366,10 @@ async def test_a_phone_call_is_on_record(bundle, transcriber, tmp_path):
     from higgs_agent.transport.phone.routes import PhoneLine
     from higgs_agent.transport.phone.twiml import TwilioSettings
 
-    store, writer = started_writer(tmp_path)
+    store, writer = started_writer(tmp_path, audio=True)
     services = echo_services(bundle, transcriber, writer)
     settings = TwilioSettings(public_url="https://agent.example.com", auth_token="1" * 32)
-    line = PhoneLine(services, settings, CallSettings(greeting="Hi there."))
+    line = PhoneLine(services, settings, CallSettings(greeting="Hi there.", tenant="acme"))  # --phone-tenant acme
     app = Starlette(routes=[*line.routes(), Mount("/", app=create_agent_app(services))])
     try:
         with serve_app_in_background(app) as base:
@@ -380,14 +382,25 @@ async def test_a_phone_call_is_on_record(bundle, transcriber, tmp_path):
             await call.wait_frames(1, since=speech_end, timeout=60)
             await call.wait_quiet()
             await call.hang_up()
-            rows = await ended_sessions(store, writer, "default")
-        assert [row["transport"] for row in rows] == ["phone"]
-        record = store.get_session("default", rows[0]["id"])
+            rows = await ended_sessions(store, writer, "acme")
+        assert [row["transport"] for row in rows] == ["phone"] and store.list_sessions("default", 10)[0] == []
+        record = store.get_session("acme", rows[0]["id"])
         messages = [(item["role"], item["text"]) for item in record["items"] if item["kind"] == "message"]
+        messages_ids = [item["item_id"] for item in record["items"] if item["kind"] == "message"]
         assert messages[0] == ("assistant", "Hi there.")
         assert messages[1][0] == "user" and "order" in messages[1][1].lower(), messages
         assert messages[2][0] == "assistant" and "order" in messages[2][1].lower(), messages
         assert any(latency["user_item_id"] for latency in record["latencies"])
+        # the call's audio: the caller's 8 kHz heard at 16 kHz, the greeting as the agent's first reply
+        from higgs_agent.records.audio import call_sound, item_sound
+
+        found = store.get_audio("acme", rows[0]["id"])
+        caller = call_sound(found, "caller").samples
+        assert len(caller) >= len(audio) and np.abs(caller).max() > 1000, len(caller)  # all it said, at least
+        greeting = item_sound(found, messages_ids[0])
+        assert greeting.rate == 24_000 and len(greeting.samples) > 0
+        said = item_sound(store.get_audio("acme", rows[0]["id"], messages_ids[1]), messages_ids[1])
+        assert said.rate == 16_000 and len(said.samples) > 0
     finally:
         services.engine.close()
         writer.close()
