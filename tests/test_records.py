@@ -22,11 +22,13 @@ from speech import speech_with_silence
 from sqlalchemy import func, select
 
 from higgs_agent.records.store import (
+    AudioWrite,
     ItemWrite,
     LatencyWrite,
     RecordStore,
     SessionEnded,
     SessionStarted,
+    audio,
     items,
     latencies,
 )
@@ -196,11 +198,14 @@ def test_retention_deletes_old_sessions_when_the_writer_starts(tmp_path):
     now = time.time()
     store.write([SessionStarted("sess_old", "acme", "phone", None, now - 8 * 86400),
                  ItemWrite("sess_old", "item_1", 0, now, {"text": "long ago"}),
+                 AudioWrite("sess_old", "caller", None, 0, 16_000, bytes(3200)),
                  SessionStarted("sess_new", "acme", "phone", None, now - 86400)])
     writer = RecordWriter(store, days=7)
     writer.start()
     assert writer.flush()
     assert [row["id"] for row in store.list_sessions("acme", 10)[0]] == ["sess_new"]
+    with store.engine.connect() as conn:  # its audio went with it
+        assert conn.execute(select(func.count()).select_from(audio)).scalar() == 0
     writer.close()
 
 
@@ -520,7 +525,6 @@ def test_audio_is_recorded_in_chunks_cut_where_heard_and_deleted_with_its_sessio
     from higgs_agent.agent.conversation import ConversationItem
     from higgs_agent.agent.events import Place, ReplyItemDone
     from higgs_agent.records.audio import call_sound, item_sound
-    from higgs_agent.records.store import audio
 
     store, writer = started_writer(tmp_path)
     writer.put(SessionStarted("sess_a", "acme", "websocket", None, time.time()))
@@ -564,8 +568,6 @@ def test_audio_is_recorded_in_chunks_cut_where_heard_and_deleted_with_its_sessio
 
 
 def test_audio_waiting_over_its_budget_is_dropped_and_counted(tmp_path):
-    from higgs_agent.records.store import AudioWrite
-
     drops: list[tuple[str, int]] = []
     store = RecordStore(f"sqlite:///{tmp_path / 'records.db'}")
     writer = RecordWriter(store, on_drop=lambda reason, count: drops.append((reason, count)), audio=True,
