@@ -536,6 +536,7 @@ def test_audio_is_recorded_in_chunks_cut_where_heard_and_deleted_with_its_sessio
         recorder.caller(heard[at:at + 320])
         clock[0] = (at + 320) // 16
     recorder.turn("item_u", heard[8000:40000], start_ms=500)
+    recorder.turn("item_c", heard[:20000], start_ms=None)  # an audio item the client created: its own audio
     said = rng.uniform(-0.5, 0.5, 24_000 * 2 + 100).astype(np.float32)  # 2 s of a reply, then it is cut
     for at in range(0, len(said), 960):
         recorder.agent("item_a", said[at:at + 960])
@@ -550,6 +551,8 @@ def test_audio_is_recorded_in_chunks_cut_where_heard_and_deleted_with_its_sessio
 
     turn = item_sound(store.get_audio("acme", "sess_a", "item_u"), "item_u")
     assert turn.rate == 16_000 and np.abs(turn.samples / 32767 - heard[8000:40000]).max() < 1e-4  # lossless
+    created = item_sound(store.get_audio("acme", "sess_a", "item_c"), "item_c")
+    assert created.rate == 16_000 and np.abs(created.samples / 32767 - heard[:20000]).max() < 1e-4
     reply = item_sound(store.get_audio("acme", "sess_a", "item_a"), "item_a")
     assert reply.rate == 24_000 and len(reply.samples) == 36_000  # as far as it was heard
     assert np.abs(reply.samples / 32767 - said[:36_000]).max() < 1e-4
