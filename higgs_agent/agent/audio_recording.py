@@ -13,7 +13,6 @@ On the loop this costs a list append per frame, and every second of audio one co
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
@@ -111,15 +110,30 @@ class AudioRecorder:
 
 
 class RecordedOutput:
-    """A session's output whose reply audio is also on record; everything else is the transport's own."""
+    """A session's output (a SessionOutput) whose reply audio is also on record; the rest is the transport's."""
 
     def __init__(self, output: SessionOutput, recorder: AudioRecorder) -> None:
         self._output = output
         self._recorder = recorder
 
+    async def send_event(self, event: DomainEvent) -> None:
+        await self._output.send_event(event)
+
     async def send_audio(self, response_id: str, item_id: str, samples: np.ndarray) -> None:
         await self._output.send_audio(response_id, item_id, samples)
         self._recorder.agent(item_id, samples)  # once handed over: audio the transport refused was never sent
 
-    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - the transport's output, whatever it offers
-        return getattr(self._output, name)
+    async def flush_audio(self, response_id: str) -> None:
+        await self._output.flush_audio(response_id)
+
+    def discard_audio(self, item_id: str) -> int:
+        return self._output.discard_audio(item_id)
+
+    def heard_ms(self, item_id: str) -> float:
+        return self._output.heard_ms(item_id)
+
+    def hold_audio(self) -> bool:
+        return self._output.hold_audio()
+
+    def release_audio(self) -> None:
+        self._output.release_audio()
