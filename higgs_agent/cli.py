@@ -108,6 +108,19 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                             "(default: $HIGGS_API_KEYS; with --api-key too, that key is the tenant 'default')")
     serve.add_argument("--slots", type=int, default=DEFAULT_SLOTS,
                        help="speech generations the engine runs at once (default: %(default)s)")
+    serve.add_argument("--engine-url", action="append", default=[], metavar="URL",
+                       help="speak replies through a remote speech engine instead of a model in this process "
+                            "(repeatable: the least-loaded one that is up speaks each reply): our own serve "
+                            "(http://host:8000) or vLLM-Omni serving Higgs Audio v2; --model is then not loaded")
+    serve.add_argument("--engine-kind", choices=("higgs", "vllm-omni"), default="higgs",
+                       help="what the --engine-url servers are: higgs (higgs-agent serve: reports its slots) or "
+                            "vllm-omni (default: %(default)s)")
+    serve.add_argument("--engine-model", default=None,
+                       help="the model name to ask the remote engines for (vLLM-Omni: its served model name)")
+    serve.add_argument("--engine-api-key", default=_env("HIGGS_ENGINE_API_KEY"),
+                       help="key for the remote engines (default: $HIGGS_ENGINE_API_KEY, else none)")
+    serve.add_argument("--engine-health-interval", type=float, default=2.0, metavar="SECONDS",
+                       help="how often each remote engine's /health is asked (default: %(default)s)")
     serve.add_argument("--mcp-server", action="append", default=[], metavar="LABEL=URL|LABEL=stdio:CMD|JSON",
                        help="an MCP server whose tools every session's replies may call, run by this server "
                             "(repeatable): LABEL=http://host/mcp, 'LABEL=stdio:command args', or a JSON mcp tool")
@@ -125,6 +138,10 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--records-audio", action="store_true",
                        help="keep both sides' audio on record too, in the same database (GET /v1/sessions/ID/audio); "
                             "off by default even with --records-url: a voice is personal data")
+    serve.add_argument("--otlp-endpoint", default=None, metavar="URL",
+                       help="export each answered turn as an OpenTelemetry trace over OTLP/HTTP to this collector "
+                            "(http://collector:4318; /v1/traces is added) (default: $OTEL_EXPORTER_OTLP_ENDPOINT, "
+                            "else no traces)")
     serve.add_argument("--no-understanding", action="store_true",
                        help="skip the per-turn caller analysis (speaker id, prosody and emotion state) that steers "
                             "what the agent says and how it sounds")
@@ -139,6 +156,9 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                             "prosody state (default: none)")
     add_webrtc_args(serve)
     add_phone_args(serve)
+    serve.add_argument("--noise-reduction", choices=("off", "near_field", "far_field"), default="off",
+                       help="suppress noise in every session's incoming audio before VAD and ASR (RNNoise), until "
+                            "a session sets audio.input.noise_reduction itself (default: %(default)s)")
     serve.add_argument("--extension-events", action="store_true",
                        help="send our higgs.* events (turn latency, caller context) to every session; by "
                             "default a session opts in with session.update {higgs: {extension_events: true}}")
@@ -261,9 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--understanding", action="store_true",
                        help="also run the turns with the caller analysis on, and report what it adds to the "
                             "first audio byte")
+    agent.add_argument("--remote-engines", type=int, default=0, metavar="N",
+                       help="also run the turns with reply speech from N `serve` engine processes on this machine "
+                            "(serve --engine-url) and report the hop it adds")
     agent.add_argument("--records", action="store_true",
                        help="also run the turns with every session on record (a SQLite file), and with both sides' "
                             "audio on record too, and report what each adds")
+    agent.add_argument("--traces", action="store_true",
+                       help="also run the turns with each one traced (OTLP/HTTP to a receiver in the process) and "
+                            "report what it adds, and the tracer's cost on the event loop per turn")
     agent.add_argument("--sessions", type=int, default=1,
                        help="N > 1: rounds of 1 and N callers ending their turns at the same moment; reports "
                             "time to first audio, playback underruns and event-loop lag (default: %(default)s)")
@@ -321,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     turns.add_argument("--language", action="append", choices=("fr", "es", "de"),
                        help="also measure ASR on this language (needs a multilingual --asr-model); repeatable")
     turns.add_argument("--json", action="store_true", help="print only the JSON line")
+    noise = kinds.add_parser("noise", help="noise suppression on and off: WER, missed turn ends, false barge-ins "
+                             "in white noise, babble and hum at 0/5/10 dB SNR; its CPU per session")
+    noise.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
+    noise.add_argument("--sentences", type=int, default=4, help="espeak-ng sentences per condition (default: "
+                       "%(default)s, at most 8)")
+    noise.add_argument("--cpu-seconds", type=float, default=20.0,
+                       help="audio the suppressor's CPU cost is measured on, 3 times (default: %(default)s)")
+    noise.add_argument("--json", action="store_true", help="print only the JSON line")
     understanding = kinds.add_parser("understanding", help="caller analysis per turn next to transcription")
     understanding.add_argument("--turns", type=int, default=10, help="espeak-ng turns (default: %(default)s)")
     understanding.add_argument("--asr-model", default=None, help=f"faster-whisper model (default: {DEFAULT_ASR_MODEL})")
@@ -385,6 +419,8 @@ def _run_bench(args: argparse.Namespace) -> int:
         from higgs_agent.bench.understanding import run_understanding_bench as run
     elif args.bench == "turns":
         from higgs_agent.bench.turns import run_turns_bench as run
+    elif args.bench == "noise":
+        from higgs_agent.bench.noise import run_noise_bench as run
     elif args.bench == "phone":
         from higgs_agent.bench.phone import run_phone_bench as run
     elif args.bench == "soak":

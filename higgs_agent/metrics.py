@@ -36,6 +36,16 @@ class AgentMetrics:
                                        "database is slow), audio_queue_full (audio chunks over their budget: "
                                        "the same), database_error (it is down or refused)", ["reason"],
                                        registry=self.registry)
+        self.engine_up = Gauge("higgs_engine_up", "1 while a remote speech engine answers its health check",
+                               ["engine"], registry=self.registry)
+        self.engine_in_flight = Gauge("higgs_engine_in_flight", "Replies a remote speech engine is speaking now",
+                                      ["engine"], registry=self.registry)
+        self.engine_requests = Counter("higgs_engine_requests", "Phrases asked of a remote speech engine, by "
+                                       "outcome: ok, cancelled (a barge-in closed it), error, at_capacity",
+                                       ["engine", "outcome"], registry=self.registry)
+        self.engine_first_audio = Histogram("higgs_engine_first_audio_seconds", "From a phrase's request to its "
+                                            "first audio from the remote engine", ["engine"],
+                                            buckets=LATENCY_BUCKETS, registry=self.registry)
         self.audio_seconds_out = Counter("higgs_audio_out_seconds", "Reply audio sent", registry=self.registry)
 
     def observe_turn(self, latency_ms: dict[str, float | None]) -> None:

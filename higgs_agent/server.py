@@ -43,6 +43,10 @@ def check_serve_args(args: argparse.Namespace) -> str | None:
         return "--responder local needs --reply-model ID_OR_DIR (e.g. Qwen/Qwen2.5-1.5B-Instruct)"
     if bool(args.voice) != bool(args.voice_text):
         return "--voice and --voice-text go together"
+    if args.engine_url and responder == "native":
+        return "--responder native needs the model in this process: it cannot be used with --engine-url"
+    if args.engine_url and args.voice_presets:
+        return "--voice-presets needs the model in this process (the library keeps codec codes); not with --engine-url"
     if args.mcp_server and responder not in ("llm", "local"):
         return ("--mcp-server needs a responder that calls tools: llm (--llm-url URL --llm-model NAME) or local "
                 "(--reply-model ID_OR_DIR)")
@@ -54,6 +58,8 @@ def check_serve_args(args: argparse.Namespace) -> str | None:
         return "--records-days N needs --records-url and N > 0"
     if getattr(args, "records_audio", False) and not args.records_url:
         return "--records-audio needs --records-url"
+    if getattr(args, "otlp_endpoint", None) and not args.otlp_endpoint.startswith(("http://", "https://")):
+        return "--otlp-endpoint needs an http:// or https:// URL (OTLP over HTTP, e.g. http://collector:4318)"
     return None
 
 
@@ -91,7 +97,8 @@ def mcp_servers(args: argparse.Namespace) -> tuple:  # tuple[McpServerSpec, ...]
     return tuple(parse_mcp_server_flag(flag) for flag in args.mcp_server)
 
 
-def build_responders(args: argparse.Namespace, bundle: HiggsBundle, engine: StreamingEngine) -> dict[str, Responder]:
+def build_responders(args: argparse.Namespace, bundle: HiggsBundle | None,
+                     engine: StreamingEngine | None) -> dict[str, Responder]:
     from higgs_agent.agent.responders.echo import EchoResponder
 
     responders: dict[str, Responder] = {"echo": EchoResponder()}
@@ -101,47 +108,62 @@ def build_responders(args: argparse.Namespace, bundle: HiggsBundle, engine: Stre
         responders["llm"] = LLMResponder(args.llm_url, args.llm_model, api_key=args.llm_api_key)
     if getattr(args, "reply_model", None):
         responders["local"] = local_responder(args, bundle)
-    if bundle.model.text_lm_head is not None:  # loaded with use_text_head=True
+    if bundle is not None and engine is not None and bundle.model.text_lm_head is not None:  # use_text_head=True
         from higgs_agent.agent.responders.native import NativeResponder
 
         responders["native"] = NativeResponder(bundle, run=engine.run)  # its model steps on the model worker
     return responders
 
 
-def local_responder(args: argparse.Namespace, bundle: HiggsBundle) -> Responder:
+def local_responder(args: argparse.Namespace, bundle: HiggsBundle | None) -> Responder:
     """The --reply-model on the Higgs model's device (ModelLoadError, saying how to get one, if it cannot load)."""
     from higgs_agent.agent.responders.local import LocalResponder
+    from higgs_agent.model.loader import pick_device
     from higgs_agent.model.reply_model import ReplyGenerator, load_reply_model
 
     dtype = None if args.dtype == "auto" else args.dtype
-    model = load_reply_model(args.reply_model, device=bundle.device, dtype=dtype)
+    model = load_reply_model(args.reply_model, device=bundle.device if bundle is not None else pick_device(args.device),
+                             dtype=dtype)
     generator = ReplyGenerator(model, max_batch=args.reply_batch)
     # two tokens on its thread while the server starts: the first caller does not pay for first-call set-up
     generator.submit(model.tokenizer("Hello.", add_special_tokens=False)["input_ids"], lambda token, error: None, 2)
     return LocalResponder(generator, max_new_tokens=args.reply_max_tokens)
 
 
-def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: SamplingSettings,
+def build_services(args: argparse.Namespace, bundle: HiggsBundle | None, sampling: SamplingSettings,
                    records: RecordStore | None = None) -> AgentServices:
+    """Everything sessions share. `bundle` None: replies are spoken by the --engine-url remotes."""
     from higgs_agent import SAMPLE_RATE
+    from higgs_agent.agent.noise import NoiseReduction, load_rnnoise
     from higgs_agent.agent.services import AgentServices
     from higgs_agent.audio import read_wav
     from higgs_agent.metrics import AgentMetrics
     from higgs_agent.model.asr import Transcriber
-    from higgs_agent.model.prompts import encode_voice
+    from higgs_agent.model.prompts import AudioClip, VoiceReference, encode_voice
+    from higgs_agent.otlp import start_traces
     from higgs_agent.streaming.engine import StreamingEngine
+    from higgs_agent.streaming.speech_engine import SpeechEngine
 
     started = time.perf_counter()
     transcriber = Transcriber.load(args.asr_model, window=getattr(args, "asr_window", "fitted"))
     transcriber.warmup()
     log.info("ASR: %s from %s (%.1f s)", transcriber.name, transcriber.source, time.perf_counter() - started)
     turn_model = _load_turn_model()
+    metrics = AgentMetrics()
     voice = None
-    if args.voice:
-        voice = encode_voice(bundle.processor, read_wav(args.voice), SAMPLE_RATE, args.voice_text)
-    engine = StreamingEngine(bundle, slots=args.slots)
-    _warm_up_engine(engine, sampling)
-    voices = voice_library(args.voices_dir, args.voice_presets, bundle, engine)
+    local: StreamingEngine | None = None
+    if bundle is None:  # the model runs elsewhere: voices travel as sound, the remote encodes them
+        engine: SpeechEngine = remote_engines(args, metrics)
+        if args.voice:
+            voice = VoiceReference(codes=None, transcript=args.voice_text,
+                                   audio=AudioClip(read_wav(args.voice), SAMPLE_RATE))
+        voices = None
+    else:
+        if args.voice:
+            voice = encode_voice(bundle.processor, read_wav(args.voice), SAMPLE_RATE, args.voice_text)
+        engine = local = StreamingEngine(bundle, slots=args.slots)
+        _warm_up_engine(local, sampling)
+        voices = voice_library(args.voices_dir, args.voice_presets, bundle, local)
     analyzer = None
     if not args.no_understanding:
         from higgs_agent.understanding.analyzer import TurnAnalyzer
@@ -152,14 +174,23 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle, sampling: Samp
         log.info("understanding: speaker %s, emotion %s (%.1f s; still warming up in the background)",
                  args.speaker_model or "Resemblyzer GE2E", args.emotion_model or "prosody rules",
                  time.perf_counter() - started)
-    metrics = AgentMetrics()
-    return AgentServices(engine=engine, transcriber=transcriber, responders=build_responders(args, bundle, engine),
+    load_rnnoise()  # any session may ask for noise_reduction
+    return AgentServices(engine=engine, transcriber=transcriber, responders=build_responders(args, bundle, local),
                          default_responder=default_responder(args), sampling=sampling, voice=voice,
                          extension_events=args.extension_events, mcp_servers=mcp_servers(args),
+                         noise_reduction=NoiseReduction.from_flag(getattr(args, "noise_reduction", "off")),
                          allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout,
                          analyzer=analyzer, voices=voices, turn_model=turn_model, metrics=metrics,
                          records=records_writer(records, args.records_days, metrics,
-                                                getattr(args, "records_audio", False)))
+                                                getattr(args, "records_audio", False)),
+                         traces=start_traces(getattr(args, "otlp_endpoint", None)))
+
+
+def remote_engines(args: argparse.Namespace, metrics: Any) -> Any:  # noqa: ANN401 - AgentMetrics -> RemoteEngines
+    from higgs_agent.remote.engines import RemoteEngines
+
+    return RemoteEngines(args.engine_url, kind=args.engine_kind, model=args.engine_model,
+                         api_key=args.engine_api_key, metrics=metrics, health_interval_s=args.engine_health_interval)
 
 
 def _load_turn_model():  # noqa: ANN202 - SmartTurn | None
@@ -240,7 +271,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from higgs_agent.model.sources import precheck
 
     try:  # a wrong folder is said at once, before torch and transformers take seconds to import
-        precheck(args.model, args.codec, args.reply_model)
+        precheck(None if args.engine_url else args.model, None if args.engine_url else args.codec, args.reply_model)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -265,7 +296,7 @@ def serve_command(args: argparse.Namespace) -> int:
     except (ServeError, TenantKeysError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    bundle = load_bundle(args, use_text_head=default_responder(args) == "native")
+    bundle = None if args.engine_url else load_bundle(args, use_text_head=default_responder(args) == "native")
     try:
         services = build_services(args, bundle, sampling_settings(args), records)
     except (ModelLoadError, ValueError) as exc:

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import websockets
+from speech import speech_with_silence
 
 from higgs_agent.agent.responders.echo import EchoResponder
 from higgs_agent.agent.services import AgentServices
@@ -83,3 +84,18 @@ class Client:
 
     async def close(self) -> None:
         await self.socket.close()
+
+
+async def spoken_turn(client: Client, text: str) -> dict:
+    """`text` spoken (espeak-ng) with silence around it, so the server's VAD ends the turn; its response.done."""
+    audio, _ = speech_with_silence(text, lead_ms=300, tail_ms=1200, rate=24_000)
+    await client.send_audio(audio)
+    return await client.until("response.done", timeout=180)
+
+
+async def typed_turn(client: Client, text: str) -> dict:
+    """A typed user message and response.create; its response.done."""
+    await client.send({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+    await client.send({"type": "response.create"})
+    return await client.until("response.done", timeout=180)

@@ -86,6 +86,16 @@ def test_bench_understanding_prints_its_json_last():
     assert figures["turns"] == 1 and figures["analysis_ms_p50"] > 0
 
 
+def test_bench_noise_measures_each_noise_with_and_without_suppression():
+    figures = bench_json("noise", "--sentences", "1", "--cpu-seconds", "2")
+    assert {f"{kind}_{snr}db" for kind in ("white", "babble", "hum") for snr in (0, 5, 10)} < figures.keys()
+    for row in (figures[key] for key in figures if key.endswith("db") or key == "clean"):
+        assert set(row["missed_turn_ends"]) == {"off", "on"} and set(row["wer"]) == {"original", "suppressed"}
+    assert figures["hum_5db"]["missed_turn_ends"] == {"off": 1, "on": 0}  # webrtcvad hears hum as speech
+    assert figures["clean"]["missed_turn_ends"] == {"off": 0, "on": 0}
+    assert figures["cpu"]["ms_per_audio_s"] > 0 and figures["cpu"]["delay_ms"] > 0
+
+
 def test_bench_turns_compares_asr_windows_and_judges_pauses():
     figures = bench_json("turns", "--voices", "1", "--language", "fr")
     english = figures["asr"]["en"]

@@ -15,7 +15,7 @@ import wave
 import httpx
 import numpy as np
 import pytest
-from agent_server import Client
+from agent_server import Client, spoken_turn, typed_turn
 from postgres import running_postgres
 from speech import speech_with_silence
 
@@ -88,25 +88,12 @@ def serve_args(tiny_dir, keys_file, records_url: str, *more: str) -> list[str]:
 
 # -- a conversation -------------------------------------------------------------------------------------------
 
-async def spoken_turn(client: Client) -> dict:
-    audio, _ = speech_with_silence(SPOKEN, lead_ms=300, tail_ms=1200, rate=24_000)
-    await client.send_audio(audio)
-    return await client.until("response.done", timeout=180)
-
-
-async def typed_turn(client: Client, text: str) -> dict:
-    await client.send({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
-    await client.send({"type": "response.create"})
-    return await client.until("response.done", timeout=180)
-
-
 async def converse(base: str, tenant: str = "acme") -> str:
     """A spoken turn, then a typed one; the session's id."""
     client = await Client.connect(base, additional_headers=auth(tenant))
     try:
         session_id = client.events[0]["session"]["id"]
-        await spoken_turn(client)
+        await spoken_turn(client, SPOKEN)
         await typed_turn(client, "And the day after?")
         return session_id
     finally:
@@ -271,7 +258,7 @@ def test_a_killed_server_loses_nothing_already_said(tiny_dir, keys_file, tmp_pat
 
     async def talk_then_kill(serve) -> Client:  # noqa: ANN001 - a ServeProcess
         client = await Client.connect(serve.base, additional_headers=auth("acme"))
-        await spoken_turn(client)
+        await spoken_turn(client, SPOKEN)
         await typed_turn(client, "And the day after?")
         await asyncio.sleep(0.5)  # the writer commits within milliseconds of each event
         serve.process.send_signal(signal.SIGKILL)

@@ -412,7 +412,8 @@ async def test_observers_hear_the_conversation_as_domain_events_whatever_the_cli
     assert facts[:5] == [
         ev.UserSpeechEnded(user_item, stopped["audio_end_ms"]),
         ev.UserTranscribed(user_item, "hello there", "en", facts[1].audio_s),
-        ev.TurnTimed(reply_id, user_item, reply_item, facts[2].stages_ms),
+        ev.TurnTimed(reply_id, user_item, reply_item, facts[2].stages_ms, at=facts[2].at,
+                     engine_start_ms=facts[2].engine_start_ms),
         ev.ReplyFinished(reply_id, "completed", reply_item, said, facts[3].state),
         ev.KeyPressed("5", facts[4].at),
     ]
@@ -422,6 +423,9 @@ async def test_observers_hear_the_conversation_as_domain_events_whatever_the_cli
     assert facts[3].state.items[0].id == reply_item and facts[1].audio_s > 1.0
     # The client never asked for the latency event (an extension); observers get the figures all the same.
     assert not out.of("higgs.turn.latency") and facts[2].stages_ms["transcript"] is not None
+    # traces split the wait for the first frame where the engine began the phrase (agent/tracing.py)
+    timed = facts[2]
+    assert timed.stages_ms["first_text"] <= timed.engine_start_ms <= timed.stages_ms["first_audio_frame"], timed
     assert ev.ReplyCut(reply_item, pytest.approx(truncated["audio_end_ms"], abs=1)) in seen
     assert "an observer failed on UserSpeechEnded" in caplog.text
 

@@ -72,12 +72,12 @@ class AudioRecorder:
         if self._agent[item_id][0].add(samples):
             self._flush_agent(item_id)
 
-    def turn(self, item_id: str, audio: np.ndarray, start_ms: int | None) -> None:
+    def turn(self, item_id: str, audio: np.ndarray, start_ms: float | None) -> None:
         """A user turn's 16 kHz audio: a span of the caller's track from `start_ms`, or (None: an item the
         client created, never heard on the input) audio of its own."""
         if start_ms is not None:
-            self.writer.put(AudioWrite(self.session_id, "turn", item_id, start_ms * CALLER_RATE // 1000, CALLER_RATE,
-                                       samples=len(audio)))
+            self.writer.put(AudioWrite(self.session_id, "turn", item_id, max(round(start_ms * CALLER_RATE / 1000), 0),
+                                       CALLER_RATE, samples=len(audio)))
             return
         step = int(CHUNK_S * CALLER_RATE)
         for at in range(0, len(audio), step):

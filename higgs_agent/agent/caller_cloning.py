@@ -12,7 +12,7 @@ import numpy as np
 from higgs_agent.audio import resample
 from higgs_agent.model.asr import Transcriber
 from higgs_agent.model.prompts import VoiceReference
-from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.streaming.speech_engine import SpeechEngine
 from higgs_agent.voices.caller_voice import CallerClip, CallerVoice
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ _ASR_RATE = 16_000
 
 
 class CallerCloning:
-    def __init__(self, engine: StreamingEngine, transcriber: Transcriber,
+    def __init__(self, engine: SpeechEngine, transcriber: Transcriber,
                  spawn: Callable[[asyncio.Future], None], name: str) -> None:
         self._engine = engine
         self._transcriber = transcriber
@@ -49,15 +49,15 @@ class CallerCloning:
 
     async def _clone(self, clip: CallerClip) -> None:
         try:
-            codes = await self._engine.encode(clip.audio, clip.rate)
             words = clip.transcript
             if words is None:  # a turn was cut to fit: the clip's own words
                 words = (await self._transcriber.transcribe_async(
                     resample(clip.audio, clip.rate, _ASR_RATE))).text.strip()
+            reference = await self._engine.voice(clip.audio, clip.rate, words)
         except Exception:  # noqa: BLE001 - the previous reference stays
             log.exception("cloning the caller's voice failed")
             return
-        self.reference = VoiceReference(codes=codes, transcript=words)
+        self.reference = reference
         log.info("caller voice: %.1f s of speech from %d turns at %d Hz", clip.speech_s, clip.turns, clip.rate)
 
     def release(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from higgs_agent.agent.end_of_turn import EndOfTurnPolicy
+from higgs_agent.agent.noise import NoiseReduction
 from higgs_agent.agent.vad import VadSettings, threshold_to_aggressiveness
 from higgs_agent.audio_formats import AudioFormat, AudioFormatError
 from higgs_agent.protocol.client_events import validation_error
@@ -27,6 +28,7 @@ from higgs_agent.protocol.errors import ProtocolError, new_id
 from higgs_agent.protocol.session_fields import (
     FormatField,
     InputField,
+    NoiseReductionField,
     OutputField,
     SemanticVadField,
     ServerVadField,
@@ -124,6 +126,7 @@ class SessionConfig:
     output_modality: str = "audio"  # "audio" (speech with its transcript) or "text" (words only, no speech)
     speakers: tuple[str, ...] = ()  # voices for [SPEAKER0], [SPEAKER1], ... (multi-speaker replies)
     translation: Translation | None = None
+    noise_reduction: NoiseReduction | None = None  # the caller's audio suppressed before VAD and ASR (agent/noise)
     id: str = field(default_factory=lambda: new_id("sess"))
 
     def with_responder(self, responder: str) -> SessionConfig:
@@ -144,7 +147,8 @@ class SessionConfig:
             "audio": {
                 "input": {"format": self.input_format.to_session(),
                           "turn_detection": None if self.turn_detection is None else self.turn_detection.to_dict(),
-                          "transcription": self.transcription.to_dict(), "noise_reduction": None},
+                          "transcription": self.transcription.to_dict(),
+                          "noise_reduction": None if self.noise_reduction is None else self.noise_reduction.to_dict()},
                 "output": {"format": self.output_format.to_session(), "voice": self.voice, "speed": 1.0},
             },
             "higgs": {"responder": self.responder, "extension_events": self.extension_events,
@@ -234,8 +238,8 @@ class SessionConfig:
             changes["input_format"] = _format(inp.format, f"{param}.format")
         if given(inp, "turn_detection"):
             changes["turn_detection"] = self._turn_detection(inp.turn_detection, notes)
-        # noise_reduction is a hint we cannot act on: session.updated shows it null. (An error would end the
-        # session in clients that treat every error as fatal, such as Pipecat's, for a setting they default.)
+        if given(inp, "noise_reduction"):
+            changes["noise_reduction"] = self._noise_reduction(inp.noise_reduction)
         if inp.transcription is not None:
             wanted = inp.transcription
             language = wanted.language
@@ -247,6 +251,14 @@ class SessionConfig:
             # delay, keywords, languages: hints Whisper has no use for; session.updated shows them absent.
             changes["transcription"] = Transcription(offer.asr_model, language, wanted.prompt)
         return changes
+
+    def _noise_reduction(self, value: NoiseReductionField | None) -> NoiseReduction | None:
+        """null turns it off; an omitted type or strength keeps the session's own (OpenAI: strength 1 at first)."""
+        if value is None:
+            return None
+        current = self.noise_reduction or NoiseReduction()
+        return NoiseReduction(value.type or current.type,
+                              current.strength if value.strength is None else float(value.strength))
 
     def _turn_detection(self, value: ServerVadField | SemanticVadField | None,
                         notes: list[ProtocolError]) -> TurnDetection | None:

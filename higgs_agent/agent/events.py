@@ -320,6 +320,9 @@ class TurnTimed:
     user_item_id: str | None
     reply_item_id: str | None  # the message being spoken (None: a reply with no words yet, e.g. a tool call)
     stages_ms: Mapping[str, float | None] = field(default_factory=dict)
+    engine: str = "local"  # the engine that spoke it (a remote engine's URL or name)
+    at: float = 0.0  # the end of the user's speech (the stages' zero) on the wall clock, time.time()
+    engine_start_ms: float | None = None  # when the engine began the first phrase (traces split its wait there)
 
 
 @dataclass(frozen=True)

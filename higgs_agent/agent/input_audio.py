@@ -1,8 +1,16 @@
 """The caller's audio on its way in: wire format -> 16 kHz float (what VAD and ASR want) -> turns.
 
+With `noise_reduction` set, the VAD judges the noise-suppressed signal (agent/noise.py) while the turn keeps
+the original, delayed to stay in step with it sample for sample: Whisper transcribes the original, because
+RNNoise's output raised tiny.en's word error rate in every condition measured (`bench noise`), while the
+suppressed signal is what ends turns in noise and keeps noise from barging in.
+
 Keeps the input buffer for manual commits and runs the server VAD when it is on. Transcription and the
 analyzers start from the 16 kHz turn audio; the caller's voice is cloned from the same audio at its wire rate
-(`tape`: 24 kHz PCM keeps the band a 16 kHz round trip would cut).
+(`tape`: 24 kHz PCM keeps the band a 16 kHz round trip would cut), never suppressed: Higgs copies the
+reference's sound, and would copy the suppressor's thinned, gated speech with it (the clone keeps the speech
+runs only, so little of the room between words goes in). With suppression on, the VAD hears each sound the
+suppressor's `delay_ms` (31 ms) late; its clock starts that much earlier, so its times stay the input's.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from higgs_agent.agent.noise import DelayLine, NoiseReduction, NoiseSuppressor
 from higgs_agent.agent.vad import (
     SpeechStarted,
     SpeechStopped,
@@ -36,7 +45,7 @@ class TurnAudio:
 
 class InputAudio:
     def __init__(self, fmt: AudioFormat, vad: VadSettings | None, max_buffer_s: float = 300.0,
-                 max_turn_s: float = 60.0) -> None:
+                 max_turn_s: float = 60.0, noise: NoiseReduction | None = None) -> None:
         self.format = fmt
         self.max_buffer_samples = int(max_buffer_s * ASR_RATE)
         self.max_turn_ms = int(max_turn_s * 1000)
@@ -44,12 +53,14 @@ class InputAudio:
         self._resampler = StreamResampler(fmt.rate, ASR_RATE)
         self.tape = WireAudioTape(fmt.rate)  # the same audio at the rate it came in, for the caller's voice
         self._detector: TurnDetector | None = None
+        self._suppressor: NoiseSuppressor | None = None
+        self._aligned: DelayLine | None = None  # the original audio in step with the suppressor's output
         self._chunks: list[np.ndarray] = []
         self._buffered = 0
         self._total = 0  # samples since the session started: the audio clock events report
         self._buffer_start = 0  # where the manual buffer starts on that clock
         self.on_audio: Callable[[np.ndarray], None] | None = None  # told every sample the clock counts (records)
-        self.reconfigure(fmt, vad)
+        self.reconfigure(fmt, vad, noise)
 
     def release(self) -> None:
         """Let go of every sample held (the session is over): the buffer, the tape, the VAD's history."""
@@ -57,6 +68,9 @@ class InputAudio:
         self._buffered = 0
         self.tape = WireAudioTape(self.tape.rate)
         self._detector = None
+        if self._suppressor is not None:
+            self._suppressor.close()
+            self._suppressor = None
 
     @property
     def vad_on(self) -> bool:
@@ -70,14 +84,19 @@ class InputAudio:
     def buffered_ms(self) -> int:
         return self._buffered * 1000 // ASR_RATE
 
-    def reconfigure(self, fmt: AudioFormat, vad: VadSettings | None) -> None:
+    def reconfigure(self, fmt: AudioFormat, vad: VadSettings | None, noise: NoiseReduction | None = None) -> None:
+        toggled = (noise is None) != (self._suppressor is None)
+        self._set_noise(noise)
         if fmt != self.format:
             self.format = fmt
             self._resampler = StreamResampler(fmt.rate, ASR_RATE)
         if vad is None:
             self._detector = None
-        elif self._detector is None or self._detector.settings != vad:
-            self._detector = TurnDetector(vad, sample_rate=ASR_RATE, origin_ms=self.audio_ms)  # session clock
+        elif self._detector is None or self._detector.settings != vad or toggled:
+            # On the session clock: the detector hears each sample the suppressor's delay late, so its clock
+            # starts that much earlier and its times are those of the audio as it came in.
+            lag_ms = self._suppressor.lag_samples * 1000 // ASR_RATE if self._suppressor is not None else 0
+            self._detector = TurnDetector(vad, sample_rate=ASR_RATE, origin_ms=self.audio_ms - lag_ms)
 
     def append(self, data: bytes) -> list[VadEvent]:
         """Add wire bytes (AudioFormatError if malformed); return the VAD's events."""
@@ -102,7 +121,7 @@ class InputAudio:
         self._trim()
         if self._detector is None:
             return []
-        events = self._detector.push(audio)
+        events = self._detector.push(*self._for_vad(audio))
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._turn_start_ms = event.audio_start_ms
@@ -112,6 +131,12 @@ class InputAudio:
         if any(isinstance(event, SpeechStopped) for event in events):
             self.clear()  # the turn owns that audio now
         return events
+
+    @property
+    def vad_lag_ms(self) -> float:
+        """How far the VAD's turns lag the input clock: a turn's audio_start_ms of N is input audio from N minus
+        this (the delay line that keeps the original in step with the suppressed; 0 without suppression)."""
+        return self._suppressor.delay_ms if self._suppressor is not None and self._aligned is not None else 0.0
 
     def speech_span(self) -> tuple[int, int] | None:
         """The VAD's turn in progress: [start, end of its last voiced frame) in ms on the input clock."""
@@ -142,6 +167,24 @@ class InputAudio:
         if self._detector is not None:
             self._detector.reset()  # that speech is committed; do not end it again later
         return turn
+
+    def _set_noise(self, noise: NoiseReduction | None) -> None:
+        """Suppression on, off, or at a new strength (the stream and its noise estimate kept)."""
+        if noise is None:
+            if self._suppressor is not None:
+                self._suppressor.close()
+            self._suppressor = None
+        elif self._suppressor is None:
+            self._suppressor = NoiseSuppressor(noise.strength, ASR_RATE)
+            self._aligned = self._suppressor.aligned()
+        else:
+            self._suppressor.strength = noise.strength
+
+    def _for_vad(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(what the turn keeps, what the VAD judges if not that): the original delayed, and the suppressed."""
+        if self._suppressor is None or self._aligned is None:
+            return audio, None
+        return self._aligned.push(audio), self._suppressor.push(audio)
 
     def clear(self) -> None:
         self._chunks.clear()

@@ -61,7 +61,9 @@ from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.protocol.errors import new_id
-from higgs_agent.streaming.engine import AtCapacityError, Lease, StreamingEngine
+from higgs_agent.streaming.engine import AtCapacityError, Lease
+from higgs_agent.streaming.latency import GenerationStats
+from higgs_agent.streaming.speech_engine import EngineError, SpeechEngine
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ class ReplyRun:
     """A response in flight. `start()` runs it as one task; `cancel(reason)` stops it at the next engine step."""
 
     output: SessionOutput
-    engine: StreamingEngine
+    engine: SpeechEngine
     responder: Responder
     speaker: PhraseSpeaker
     timing: TurnTiming
@@ -141,6 +143,7 @@ class ReplyRun:
     _tags: SpeakerTags = field(default_factory=SpeakerTags)
     finishing: bool = False  # response.done is on its way
     _stall: StageTimeout | None = None  # why the session abandoned it
+    lease: Lease | None = None  # the response's capacity, once it has it (its `engine` names who speaks)
     _failed_by_stall: bool = False
 
     def __post_init__(self) -> None:
@@ -228,6 +231,7 @@ class ReplyRun:
             # A text-only reply never reaches the engine: it holds no slot.
             capacity = contextlib.nullcontext(None) if self.text_only else self.engine.lease(self.id)
             async with capacity as lease:
+                self.lease = lease
                 prepared = await self.prepare()
                 self._request = prepared.request
                 await self._converse(lease, prepared)
@@ -242,9 +246,9 @@ class ReplyRun:
             self._stalled(exc)
             self._failed_by_stall = True  # the worker may be what stalled: no more work for it (usage)
             await self._fail("reply_stalled", _stalled_message(exc))
-        except (ResponderError, AtCapacityError) as exc:
+        except (ResponderError, AtCapacityError, EngineError) as exc:
             log.warning("%s failed: %s", self.id, exc)
-            code = "at_capacity" if isinstance(exc, AtCapacityError) else "responder_error"
+            code = {AtCapacityError: "at_capacity", EngineError: "engine_error"}.get(type(exc), "responder_error")
             await self._fail(code, str(exc))
         except OutputClosed as exc:  # the client is gone: nobody to tell
             log.info("%s stopped: %s", self.id, exc)
@@ -386,7 +390,7 @@ class ReplyRun:
         samples = 0
         item.phrases.append(SpokenPhrase(said, start_ms, start_ms))  # the timeline grows as audio goes out
         speech = self.speaker.speak(phrase, lease, prepared.voice, prepared.scene, max_frames=left,
-                                    on_first_frame=lambda: self.timing.mark("first_audio_frame"),
+                                    on_first_frame=self._first_frame,
                                     speaker_voices=prepared.speaker_voices)
         async with contextlib.aclosing(speech):  # a cancel here ends the stream at once, not at GC
             async for chunk in speech:
@@ -400,6 +404,11 @@ class ReplyRun:
                     await self._send_latency()
         left = self._frames_left()
         return left is None or left > 0
+
+    def _first_frame(self, stats: GenerationStats) -> None:
+        self.timing.mark("first_audio_frame")
+        if stats.prefill_started_at is not None:  # same clock (perf_counter), marked on the model's worker
+            self.timing.mark("engine_start", stats.prefill_started_at)
 
     # -- calls -----------------------------------------------------------------------------------------
 

@@ -99,8 +99,8 @@ class ReplyInputs:
         `voice_sample`: (the turn, its speech so far, the words of it), to clone when nothing else is (a clause
         of the caller's first turn, translated while they speak it; cloned once per turn)."""
         caller_voice = config.voice == CALLER_VOICE and not settings.text_only
-        wants_codes = (caller_voice and self._cloning.reference is None and self._cloning.task is None) or \
-            config.responder == "native"
+        wants_turn_voice = caller_voice and self._cloning.reference is None and self._cloning.task is None
+        wants_codes = config.responder == "native"
         limits = self._services.reply_limits
         context = user.context if user is not None else None
 
@@ -121,8 +121,7 @@ class ReplyInputs:
             if settings.text_only:  # nothing is spoken: no voice to fetch
                 return Preparation(request, history)
             if caller_voice:  # the gathered clone, else this very turn (a first turn has nothing else yet)
-                reference = self._cloning.reference or (
-                    VoiceReference(codes=codes, transcript=user.text or "") if codes is not None and user else None)
+                reference = self._cloning.reference or (await self._reader.voice(user) if wants_turn_voice else None)
                 if reference is None and voice_sample is not None:
                     reference = await self._sample_voice(*voice_sample)
             else:
@@ -138,14 +137,14 @@ class ReplyInputs:
         if self._sampled is not None and self._sampled[0] == item_id:
             return self._sampled[1]  # the turn's first clause was cloned: its later clauses speak in that voice
         try:
-            codes = await self._services.engine.encode(sample.samples, sample.rate, stage="user_codes")
+            reference = await self._services.engine.voice(sample.samples, sample.rate, words, stage="user_codes")
         except StageTimeout as exc:  # spoken in the model's own voice rather than not at all
             log.error("cloning the caller's voice from their speech so far stalled: %s", exc)
             return None
         except Exception:  # noqa: BLE001 - as above
             log.exception("cloning the caller's voice from their speech so far failed")
             return None
-        self._sampled = (item_id, VoiceReference(codes=codes, transcript=words))
+        self._sampled = (item_id, reference)
         return self._sampled[1]
 
     async def _voice(self, name: str) -> VoiceReference | None:
@@ -153,7 +152,5 @@ class ReplyInputs:
                             self._services.voice_reference(name, self._tenant))
 
     async def count_tokens(self, text: str) -> int:
-        """Text tokens as the Higgs model counts them (for usage), on the model's worker."""
-        tokenizer = self._services.bundle.tokenizer
-        return await self._services.engine.run(lambda: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
-                                               stage="count_tokens")
+        """Text tokens as the engine counts them (for usage)."""
+        return await self._services.engine.count_tokens(text)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from higgs_agent.agent.config import OPENAI_VOICES, TRANSLATORS, ServerOffer, SessionConfig, Transcription
 from higgs_agent.agent.end_of_turn import SmartTurn, TurnModelMissing
+from higgs_agent.agent.noise import NoiseReduction
 from higgs_agent.agent.reply import ReplyLimits
 from higgs_agent.agent.responders.base import Responder
 from higgs_agent.agent.tools.spec import McpServerSpec
@@ -19,8 +21,12 @@ from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.records.writer import RecordWriter
 from higgs_agent.streaming.engine import StreamingEngine
+from higgs_agent.streaming.speech_engine import SpeechEngine
 from higgs_agent.understanding.analyzer import TurnAnalyzer
 from higgs_agent.voices.library import VoiceLibrary, VoiceNotFound
+
+if TYPE_CHECKING:  # the OpenTelemetry SDK loads only when traces are on
+    from higgs_agent.otlp import OtlpTraces
 
 log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 1 << 20  # 1 MiB: ~20 s of 24 kHz PCM16 per append, base64-encoded
@@ -33,7 +39,7 @@ class UnknownVoiceError(ValueError):
 
 @dataclass
 class AgentServices:
-    engine: StreamingEngine
+    engine: SpeechEngine  # the model in this process, or remote engines (serve --engine-url)
     transcriber: Transcriber
     responders: dict[str, Responder]  # the responders this server offers, by name (shared by sessions)
     default_responder: str
@@ -43,6 +49,7 @@ class AgentServices:
     slow_client_timeout_s: float = 10.0  # a client that reads nothing this long is disconnected
     max_event_bytes: int = MAX_EVENT_BYTES
     extension_events: bool = False  # send higgs.* events to every session (else each session opts in)
+    noise_reduction: NoiseReduction | None = None  # every session's until it sets its own (serve --noise-reduction)
     mcp_servers: tuple[McpServerSpec, ...] = ()  # the operator's MCP servers, offered to every session
     allow_client_mcp: bool = False  # may clients name MCP servers for this server to connect to?
     mcp_call_timeout_s: float = 20.0
@@ -51,6 +58,7 @@ class AgentServices:
     reply_limits: ReplyLimits = field(default_factory=ReplyLimits)  # every wait of a reply is bounded
     turn_model: SmartTurn | None = None  # semantic_vad's voice judge: loaded at start by serve, else on first use
     records: RecordWriter | None = None  # every session on record (serve --records-url); None: nothing is kept
+    traces: OtlpTraces | None = None  # every answered turn as a trace (serve --otlp-endpoint); None: no tracer
     _turn_model_missing: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -58,12 +66,13 @@ class AgentServices:
             raise ValueError(f"default responder {self.default_responder!r} is not one of {sorted(self.responders)}")
 
     @property
-    def bundle(self) -> HiggsBundle:
-        return self.engine.bundle
+    def bundle(self) -> HiggsBundle | None:
+        """The model in this process (None: replies are spoken by remote engines)."""
+        return self.engine.bundle if isinstance(self.engine, StreamingEngine) else None
 
     def session_config(self) -> SessionConfig:
-        return SessionConfig(model=self.bundle.model_source, responder=self.default_responder,
-                             extension_events=self.extension_events,
+        return SessionConfig(model=self.engine.model_name, responder=self.default_responder,
+                             extension_events=self.extension_events, noise_reduction=self.noise_reduction,
                              transcription=Transcription(self.transcriber.name))
 
     def end_of_turn_model(self) -> SmartTurn | None:
@@ -133,3 +142,5 @@ class AgentServices:
             await responder.aclose()
         if self.records is not None:  # what the sessions said last is committed before the process ends
             await asyncio.to_thread(self.records.close)
+        if self.traces is not None:  # and the last turns' traces exported
+            await asyncio.to_thread(self.traces.shutdown)

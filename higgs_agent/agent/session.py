@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,6 +68,9 @@ from higgs_agent.defaults import DEFAULT_TENANT
 from higgs_agent.model.asr import Transcript
 from higgs_agent.protocol import client_events as ce
 from higgs_agent.protocol.errors import ProtocolError, new_id
+
+if TYPE_CHECKING:
+    from higgs_agent.agent.tracing import TurnTracer
 
 log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # as the reference server: shorter buffers are refused
@@ -128,7 +131,8 @@ class Session:
         self.config = services.session_config()
         self.offer = services.offer(tenant)
         self.conversation = Conversation()
-        self.input = InputAudio(self.config.input_format, self._vad_settings())
+        self.input = InputAudio(self.config.input_format, self._vad_settings(),
+                                 noise=self.config.noise_reduction)
         self.speaker = PhraseSpeaker(services.engine, services.sampling)
         self.reply: ReplyRun | None = None
         self._speech_item_id: str | None = None
@@ -156,6 +160,12 @@ class Session:
             self.input.on_audio = self.audio_recorder.caller
             self.output = RecordedOutput(output, self.audio_recorder)
             self.observe(self.audio_recorder.observe)
+        self.tracer: TurnTracer | None = None  # each answered turn a trace (serve --otlp-endpoint)
+        if services.traces is not None:
+            from higgs_agent.agent.tracing import TurnTracer  # OpenTelemetry loads only when traces are on
+
+            self.tracer = TurnTracer(services.traces.tracer, self.config.id, tenant, transport)
+            self.observe(self.tracer.observe)
         self.listening = Listening(services.transcriber, ListeningHooks(
             send=self.send, end_turn=self._end_turn_at, publish=self._publish,
             on_words=lambda item_id, words: self.barge_in.words(item_id, words),
@@ -201,6 +211,8 @@ class Session:
             self.audio_recorder.end()
         if self.recorder is not None:  # after the reply's cancel, whose last words are on record first
             self.recorder.end()
+        if self.tracer is not None:
+            self.tracer.end()
         # A cancelled task keeps its CancelledError, whose traceback holds the task's frames, whose `self` is
         # this session: a reference cycle through every task the session still names. Left alone, the session
         # and its audio (two minutes of input tape, the caller's gathered speech) wait for the cycle collector,
@@ -308,7 +320,7 @@ class Session:
         session.update applies it but without events; returns the notes to report once open. ProtocolError
         (nothing applied) for a bad value."""
         self.config, notes = self.config.updated(dict(raw), self.offer)
-        self.input.reconfigure(self.config.input_format, self._vad_settings())
+        self.input.reconfigure(self.config.input_format, self._vad_settings(), self.config.noise_reduction)
         return notes
 
     async def _session_update(self, event: ce.SessionUpdate) -> None:
@@ -334,7 +346,7 @@ class Session:
         servers_before = self.tools.servers
         if tools is not None:
             self.tools.config = tools
-        self.input.reconfigure(self.config.input_format, self._vad_settings())
+        self.input.reconfigure(self.config.input_format, self._vad_settings(), self.config.noise_reduction)
         for note in notes:
             note.event_id = event.event_id
             await self.report(note)
@@ -411,7 +423,7 @@ class Session:
         await self.send(UserSpeechEnded(item_id, audio_end_ms))
         wire = WireAudio(self.input.tape.slice_ms(self._turn_start_ms, audio_end_ms), self.input.tape.rate)
         await self._add_user_audio(item_id, stopped.audio, timing, create_response=self._turns_create_responses,
-                                   wire=wire, early=early, start_ms=stopped.audio_start_ms)
+                                   wire=wire, early=early, start_ms=stopped.audio_start_ms - self.input.vad_lag_ms)
 
     async def _commit(self, event: ce.InputAudioBufferCommit) -> None:
         if self.input.buffered_ms < MIN_COMMIT_MS:
@@ -436,7 +448,7 @@ class Session:
 
     async def _add_user_audio(self, item_id: str, audio: np.ndarray, timing: TurnTiming, create_response: bool,
                               after: str | None = None, wire: WireAudio | None = None,
-                              early: asyncio.Future[Transcript] | None = None, start_ms: int | None = None) -> None:
+                              early: asyncio.Future[Transcript] | None = None, start_ms: float | None = None) -> None:
         """A user turn of audio (16 kHz): `start_ms` is where it starts on the input clock (None: an item the
         client created)."""
         if self._turns_waiting >= MAX_PENDING_TURNS:  # VAD turns too: a flood of them is dropped, and said so
@@ -678,7 +690,8 @@ class Session:
                            for stage, ms in latency_ms.items())
         log.info("turn latency %s: %s (from the end of the user's speech)", run.id, stages)
         await self.send(TurnTimed(run.id, run.user_item_id, run.item.id if run.item is not None else None,
-                                  dict(latency_ms)))
+                                  dict(latency_ms), engine=run.lease.engine if run.lease is not None else "local",
+                                  at=run.timing.wall_at, engine_start_ms=run.timing.since_ms("engine_start")))
 
     # --- helpers ---------------------------------------------------------------------------------------
 

@@ -16,14 +16,17 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 
-from higgs_agent import FRAME_RATE
+from higgs_agent import FRAME_RATE, SAMPLE_RATE
 from higgs_agent.model.prompts import SpeechPrompt, VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.streaming.engine import Lease, StreamingEngine
+from higgs_agent.model.prompts import AudioClip
+from higgs_agent.streaming.latency import GenerationStats
+from higgs_agent.streaming.speech_engine import SpeechEngine
 
 MAX_REFERENCE_FRAMES = 10 * FRAME_RATE  # longer references add prompt cost without a better voice
 
@@ -56,11 +59,15 @@ class SpeakerTags:
 def clip_reference(voice: VoiceReference) -> VoiceReference:
     if voice.frames <= MAX_REFERENCE_FRAMES:
         return voice
+    if voice.codes is None:  # a voice as sound (for a remote engine): its last seconds
+        assert voice.audio is not None
+        keep = MAX_REFERENCE_FRAMES * voice.audio.rate // FRAME_RATE
+        return replace(voice, audio=AudioClip(voice.audio.samples[-keep:], voice.audio.rate))
     return replace(voice, codes=voice.codes[:, -MAX_REFERENCE_FRAMES:])
 
 
 class PhraseSpeaker:
-    def __init__(self, engine: StreamingEngine, sampling: SamplingSettings) -> None:
+    def __init__(self, engine: SpeechEngine, sampling: SamplingSettings) -> None:
         self.engine = engine
         self.sampling = sampling
         self.own_voice: VoiceReference | None = None  # set by the first phrase spoken without a reference
@@ -74,25 +81,33 @@ class PhraseSpeaker:
         reference = voice or self.own_voice
         return SpeechPrompt(text=text, voice=None if reference is None else clip_reference(reference), scene=scene)
 
-    async def speak(self, text: str, lease: Lease | None = None, voice: VoiceReference | None = None,
+    async def speak(self, text: str, lease: Any = None, voice: VoiceReference | None = None,  # noqa: ANN401 - lease
                     scene: str | None = None, max_frames: int | None = None,
-                    on_first_frame: Callable[[], None] | None = None,
+                    on_first_frame: Callable[[GenerationStats], None] | None = None,
                     speaker_voices: tuple[VoiceReference, ...] = ()) -> AsyncIterator[np.ndarray]:
         """Yield float32 PCM chunks of `text` spoken in `voice` (or the session's own voice), or with a voice
-        per [SPEAKERn] tag."""
+        per [SPEAKERn] tag. `on_first_frame` sees the stream's timing when its first frame arrives."""
         pinned = voice is not None or self.own_voice is not None or bool(speaker_voices)
         budget = frame_budget(text, self.sampling.max_frames if max_frames is None else max_frames)
         settings = replace(self.sampling, max_frames=budget)
+        spoken: list[np.ndarray] = []  # kept only until the session's own voice is pinned
 
-        def on_frame(_: torch.Tensor) -> None:
+        def on_frame(_: Any) -> None:  # noqa: ANN401 - a frame's codes, or a remote's chunk
             nonlocal on_first_frame
             if on_first_frame is not None:
                 on_first_frame, first = None, on_first_frame
-                first()
+                first(speech.stats)
 
         async with self.engine.stream(self.prompt(text, voice, scene, speaker_voices), settings, lease=lease,
                                       frames=True) as speech:
             async for chunk in speech.pcm(on_frame=on_frame):
+                if not pinned:
+                    spoken.append(chunk)
                 yield chunk
-        if not pinned and speech.frames and speech.stats.stop_reason == "end_of_audio":
+        if pinned or speech.stats.stop_reason != "end_of_audio":
+            return
+        if speech.frames:  # the local engine: the phrase's own codes
             self.own_voice = VoiceReference(codes=torch.stack(speech.frames, dim=1), transcript=text)
+        elif spoken:  # a remote engine encodes references itself: the phrase's sound
+            self.own_voice = VoiceReference(codes=None, transcript=text,
+                                            audio=AudioClip(np.concatenate(spoken), SAMPLE_RATE))

@@ -20,6 +20,7 @@ from higgs_agent.agent.services import AgentServices
 from higgs_agent.agent.turn_timing import TurnTiming
 from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.model.asr import Transcript
+from higgs_agent.model.prompts import VoiceReference
 from higgs_agent.understanding.context import context_line
 
 if TYPE_CHECKING:
@@ -106,6 +107,28 @@ class TurnReader:
             return
         log.info("caller context %s: %s", item.id, context_line(item.context))
         await self._say(CallerUnderstood(item.id, item.context))
+
+    async def voice(self, item: ConversationItem | None) -> VoiceReference | None:
+        """The latest user turn as a voice to clone (a first turn in the caller's voice has nothing else yet), in
+        the form the engine takes (codes locally, kept on the item; the sound for a remote engine)."""
+        if item is None or item.codes is not None:
+            return None if item is None else VoiceReference(codes=item.codes, transcript=item.text or "")
+        if self._latest is None or self._latest[0] != item.id:
+            return None
+        wire = self._latest[1]
+        if len(wire.samples) < wire.rate // 10:
+            return None
+        try:
+            reference = await self._services.engine.voice(wire.samples, wire.rate, item.text or "", stage="user_codes")
+        except StageTimeout as exc:  # spoken in the model's own voice rather than not at all
+            self._stalled(exc)
+            return None
+        except Exception:  # noqa: BLE001 - as above
+            log.exception("cloning the caller's voice from their turn failed")
+            return None
+        if reference.codes is not None:
+            item.codes, self._latest = reference.codes, None
+        return reference
 
     async def codes(self, item: ConversationItem | None) -> Any:  # noqa: ANN401 - codes tensor or None
         """The codec codes of the latest user turn, encoded on first use (only some replies need them)."""

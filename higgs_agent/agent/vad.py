@@ -212,6 +212,7 @@ class TurnDetector:
         self._vad = webrtcvad.Vad(self.settings.aggressiveness)
         self._vad_frames = 0  # frames the current VAD has seen
         self._pending = np.zeros(0, dtype=np.float32)  # the partial frame carried to the next push
+        self._pending_heard = self._pending  # the same, as the VAD judges it (see push)
         self._frames_done = self._clock  # samples classified so far (frame-aligned from here on)
         self._history: list[np.ndarray] = []  # classified audio from _history_start to _frames_done, in chunks
         self._history_start = self._frames_done
@@ -235,16 +236,23 @@ class TurnDetector:
 
     # -- processing ----------------------------------------------------------------------------------------
 
-    def push(self, samples: np.ndarray) -> list[VadEvent]:
+    def push(self, samples: np.ndarray, heard: np.ndarray | None = None) -> list[VadEvent]:
+        """`samples` are what a turn keeps; `heard`, if given, the same stretch as the VAD should judge it (the
+        noise-suppressed signal, sample for sample)."""
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        heard = samples if heard is None else np.asarray(heard, dtype=np.float32).reshape(-1)
+        if len(heard) != len(samples):
+            raise ValueError(f"heard has {len(heard)} samples for {len(samples)}")
         self._clock += len(samples)
         data = np.concatenate([self._pending, samples]) if len(self._pending) else samples
+        judged = np.concatenate([self._pending_heard, heard]) if len(self._pending_heard) else heard
         whole = len(data) - len(data) % self.frame_samples
         self._pending = data[whole:].copy()
+        self._pending_heard = judged[whole:].copy()
         if whole == 0:
             return []
         self._history.append(data[:whole])
-        pcm = float_to_pcm16(data[:whole])
+        pcm = float_to_pcm16(judged[:whole])
         events: list[VadEvent] = []
         step = self.frame_samples * 2
         for offset in range(0, len(pcm), step):

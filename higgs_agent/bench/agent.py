@@ -107,6 +107,10 @@ def _agent_bench(args: argparse.Namespace, services: AgentServices, bundle: Any,
         result["from_last_word"] = _from_last_word(services, speech, args.turns)
     if getattr(args, "records", False):
         result["records"] = _records_cost(services, speech, args.turns)
+    if getattr(args, "remote_engines", 0):
+        result["remote_engines"] = _remote_cost(args, services, speech, args.turns)
+    if getattr(args, "traces", False):
+        result["traces"] = _traces_cost(services, speech, args.turns)
     return result
 
 
@@ -181,10 +185,10 @@ def _understanding_cost(services: AgentServices, speech: np.ndarray, count: int,
 
 
 def _records_cost(services: AgentServices, speech: np.ndarray, count: int) -> dict:
-    """The same turns with every session on record (a SQLite file, as `serve --records-url records.db`), without,
-    and on record with both sides' audio (`--records-audio`), taken in turn (off, on, audio, off, on, ...) so that
-    a machine's drift falls on all three: what recording adds to the turn's first audio byte, as medians and as
-    the median of each pair's difference (records against none; audio against records without it)."""
+    """The same turns with every session on record (a SQLite file, as `serve --records-url records.db`) and
+    without, taken in turn (off, on, off, on, ...) so that a machine's drift falls on both: what recording adds
+    to the turn's first audio byte, as medians and as the median of each pair's difference. Then `audio`: the
+    same, on record without audio against on record with both sides' audio (`--records-audio`)."""
     from dataclasses import replace
 
     from higgs_agent.records.store import RecordStore
@@ -192,41 +196,136 @@ def _records_cost(services: AgentServices, speech: np.ndarray, count: int) -> di
 
     with tempfile.TemporaryDirectory() as folder:
         dropped: list[int] = []
-        writers = [RecordWriter(RecordStore(f"sqlite:///{Path(folder) / f'{name}.db'}"), audio=name == "audio",
-                                on_drop=lambda reason, n: dropped.append(n)) for name in ("records", "audio")]
-        for writer in writers:
-            writer.start()
-        off, on, audio = [], [], []
+        writer, with_audio = (RecordWriter(RecordStore(f"sqlite:///{Path(folder) / f'{name}.db'}"),
+                                           on_drop=lambda reason, n: dropped.append(n), audio=name == "audio")
+                              for name in ("records", "audio"))
+        writer.start()
+        with_audio.start()
         try:
-            for _ in range(count):
-                off.extend(_turns(services, speech, 1))
-                on.extend(_turns(replace(services, records=writers[0]), speech, 1))
-                audio.extend(_turns(replace(services, records=writers[1]), speech, 1))
-            for writer in writers:
-                writer.flush()
-            sessions, _ = writers[0].store.list_sessions("default", 100)
-            stored = _audio_stored(writers[1].store)
+            figures = _paired(services, replace(services, records=writer), speech, count)
+            audio = _paired(replace(services, records=writer), replace(services, records=with_audio), speech, count)
+            writer.flush()
+            with_audio.flush()
+            sessions, _ = writer.store.list_sessions("default", 100)
+            stored = _audio_stored(with_audio.store)
         finally:
-            for writer in writers:
-                writer.close()
+            writer.close()
+            with_audio.close()
+    return {**figures, "sessions_on_record": len(sessions), "writes_dropped": sum(dropped),
+            "loop_us_per_event": _recorder_cost_us(),
+            "audio": {**audio, "stored": stored, "loop_us_per_turn": _audio_recorder_cost_us(speech),
+                      "flac_bytes_per_minute": _flac_bytes_per_minute(speech)}}
+
+
+def _traces_cost(services: AgentServices, speech: np.ndarray, count: int) -> dict:
+    """The same turns with each answered turn traced (as `serve --otlp-endpoint`, to a receiver in this process)
+    and without, taken in turn: what tracing adds to the turn's first audio byte; and the tracer's own cost on
+    the event loop per turn, with the collector up and with it down (bench/traces.py)."""
+    from dataclasses import replace
+
+    from higgs_agent.bench.traces import tracer_cost_us
+    from higgs_agent.otlp import start_traces
+    from higgs_agent.testing.otlp_receiver import Collector
+
+    with Collector() as receiver:
+        traces = start_traces(receiver.url)
+        assert traces is not None
+        try:
+            figures = _paired(services, replace(services, traces=traces), speech, count)
+        finally:
+            traces.shutdown()
+        spans = len(receiver.spans)
+    return {**figures, "spans_received": spans, "loop_us_per_turn": tracer_cost_us()}
+
+
+def _paired(services: AgentServices, on_services: AgentServices, speech: np.ndarray, count: int) -> dict:
+    """`count` turns each way, taken in turn (off, on, off, on, ...) so that a machine's drift falls on both:
+    the first audio byte's medians, and the median of each pair's difference."""
+    off, on = [], []
+    for _ in range(count):
+        off.extend(_turns(services, speech, 1))
+        on.extend(_turns(on_services, speech, 1))
     stage = "first_audio_sent"
+    pairs = [b[stage] - a[stage] for a, b in zip(off, on) if a.get(stage) is not None and b.get(stage) is not None]
     return {f"{stage}_ms_p50_without": median_ms([t.get(stage) for t in off]),
             f"{stage}_ms_p50_with": median_ms([t.get(stage) for t in on]),
             "client_first_audio_ms_p50_without": median_ms([t.get("client_first_audio") for t in off]),
             "client_first_audio_ms_p50_with": median_ms([t.get("client_first_audio") for t in on]),
-            "added_ms_p50_of_pairs": _pair_difference(off, on, stage), "pairs": min(len(off), len(on)),
-            "sessions_on_record": len(sessions), "writes_dropped": sum(dropped),
-            "loop_us_per_event": _recorder_cost_us(),
-            "audio": {f"{stage}_ms_p50_with": median_ms([t.get(stage) for t in audio]),
-                      "client_first_audio_ms_p50_with": median_ms([t.get("client_first_audio") for t in audio]),
-                      "added_ms_p50_of_pairs_vs_records": _pair_difference(on, audio, stage),
-                      "stored": stored, "loop_us_per_turn": _audio_recorder_cost_us(speech),
-                      "flac_bytes_per_minute": _flac_bytes_per_minute(speech)}}
+            "added_ms_p50_of_pairs": median_ms(pairs), "pairs": len(pairs)}
 
 
-def _pair_difference(before: list[dict], after: list[dict], stage: str) -> float | None:
-    return median_ms([b[stage] - a[stage] for a, b in zip(before, after)
-                      if a.get(stage) is not None and b.get(stage) is not None])
+def _remote_cost(args: argparse.Namespace, services: AgentServices, speech: np.ndarray, count: int) -> dict:
+    """The same turns spoken by this process's engine ("without") and by `--remote-engines N` `serve` engine
+    processes on this machine ("with": the same model; the agent keeps ASR and the responder), taken in turn:
+    the turn's first audio byte both ways, and the hop the remote adds (the median of each pair's difference)."""
+    import contextlib
+    from dataclasses import replace
+
+    from higgs_agent.bench.common import note
+    from higgs_agent.model.tiny import make_tiny_model
+    from higgs_agent.remote.engines import RemoteEngines
+    from higgs_agent.testing.serve_process import running_serve
+
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
+        model_dir = args.model or str(make_tiny_model(Path(scratch) / "mini", size="mini", seed=0))
+        threads = ["--threads", str(args.threads)] if args.threads else []
+        note(f"starting {args.remote_engines} serve engine(s) ...")
+        engines = [stack.enter_context(running_serve(["--model", model_dir, "--device", args.device or "auto",
+                                                      "--no-understanding", *threads]))
+                   for _ in range(args.remote_engines)]
+        pool = RemoteEngines([engine.base for engine in engines], metrics=services.metrics)
+        paired = _paired(services, replace(services, engine=pool), speech, count)  # without = local, with = remote
+        report = pool.health()["engines"]
+    return {"engines": len(engines), **paired, "phrases_per_engine": [r["requests"] for r in report],
+            "engine_first_audio_ms_p50": [r["first_audio_ms_p50"] for r in report]}
+
+
+def _recorder_cost_us(turns: int = 2000) -> float:
+    """What recording costs the event loop, in microseconds per domain event: a turn's events (a spoken user
+    item, its transcript, the reply's item added, finished and timed) through the session's observer into the
+    writer's queue, the thread committing them to a SQLite file meanwhile."""
+    from higgs_agent.agent.config import SessionConfig
+    from higgs_agent.agent.conversation import ConversationItem
+    from higgs_agent.agent.events import (
+        ItemAdded,
+        ItemFinished,
+        Place,
+        ReplyFinished,
+        ReplyItemAdded,
+        ReplyItemDone,
+        SessionOpened,
+        TurnTimed,
+        UserTranscribed,
+    )
+    from higgs_agent.agent.recording import SessionRecorder
+    from higgs_agent.agent.tools.spec import ToolConfig
+    from higgs_agent.records.store import RecordStore
+    from higgs_agent.records.writer import RecordWriter
+
+    with tempfile.TemporaryDirectory() as folder:
+        writer = RecordWriter(RecordStore(f"sqlite:///{Path(folder) / 'records.db'}"), queue_size=1_000_000)
+        writer.start()
+        recorder = SessionRecorder(writer, "sess_bench", "default", "websocket")
+        recorder.observe(SessionOpened(SessionConfig(model="m"), ToolConfig()))
+        events = 0
+        took = 0.0
+        for n in range(turns):
+            user = ConversationItem(f"item_u{n}", "user", "input_audio", status="in_progress")
+            reply = ConversationItem(f"item_a{n}", "assistant", "output_audio", status="in_progress")
+            place = Place(f"resp_{n}", reply.id, 0)
+            turn = [ItemAdded(user, None), UserTranscribed(user.id, UTTERANCE, "en", 3.2), ItemFinished(user, None),
+                    ReplyItemAdded(place, reply, user.id), ReplyItemDone(place, reply, user.id),
+                    ReplyFinished(place.response_id, "completed", reply.id, UTTERANCE),
+                    TurnTimed(place.response_id, user.id, reply.id, {"transcript": 400.0, "first_text": 4.0,
+                                                                       "first_audio_frame": 450.0})]
+            start = time.perf_counter()
+            for event in turn:
+                recorder.observe(event)
+            took += time.perf_counter() - start
+            events += len(turn)
+        writer.flush(60)
+        writer.close()
+    return round(took / events * 1e6, 1)
 
 
 def _audio_stored(store: Any) -> dict:  # noqa: ANN401 - a RecordStore
@@ -295,51 +394,3 @@ def _audio_recorder_cost_us(speech: np.ndarray, turns: int = 200) -> float:
         writer.flush(120)
         writer.close()
     return round(float(np.median(took)) * 1e6, 1)
-
-
-def _recorder_cost_us(turns: int = 2000) -> float:
-    """What recording costs the event loop, in microseconds per domain event: a turn's events (a spoken user
-    item, its transcript, the reply's item added, finished and timed) through the session's observer into the
-    writer's queue, the thread committing them to a SQLite file meanwhile."""
-    from higgs_agent.agent.config import SessionConfig
-    from higgs_agent.agent.conversation import ConversationItem
-    from higgs_agent.agent.events import (
-        ItemAdded,
-        ItemFinished,
-        Place,
-        ReplyFinished,
-        ReplyItemAdded,
-        ReplyItemDone,
-        SessionOpened,
-        TurnTimed,
-        UserTranscribed,
-    )
-    from higgs_agent.agent.recording import SessionRecorder
-    from higgs_agent.agent.tools.spec import ToolConfig
-    from higgs_agent.records.store import RecordStore
-    from higgs_agent.records.writer import RecordWriter
-
-    with tempfile.TemporaryDirectory() as folder:
-        writer = RecordWriter(RecordStore(f"sqlite:///{Path(folder) / 'records.db'}"), queue_size=1_000_000)
-        writer.start()
-        recorder = SessionRecorder(writer, "sess_bench", "default", "websocket")
-        recorder.observe(SessionOpened(SessionConfig(model="m"), ToolConfig()))
-        events = 0
-        took = 0.0
-        for n in range(turns):
-            user = ConversationItem(f"item_u{n}", "user", "input_audio", status="in_progress")
-            reply = ConversationItem(f"item_a{n}", "assistant", "output_audio", status="in_progress")
-            place = Place(f"resp_{n}", reply.id, 0)
-            turn = [ItemAdded(user, None), UserTranscribed(user.id, UTTERANCE, "en", 3.2), ItemFinished(user, None),
-                    ReplyItemAdded(place, reply, user.id), ReplyItemDone(place, reply, user.id),
-                    ReplyFinished(place.response_id, "completed", reply.id, UTTERANCE),
-                    TurnTimed(place.response_id, user.id, reply.id, {"transcript": 400.0, "first_text": 4.0,
-                                                                       "first_audio_frame": 450.0})]
-            start = time.perf_counter()
-            for event in turn:
-                recorder.observe(event)
-            took += time.perf_counter() - start
-            events += len(turn)
-        writer.flush(60)
-        writer.close()
-    return round(took / events * 1e6, 1)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import HiggsAudioV2Processor
 
-from higgs_agent import SAMPLE_RATE
+from higgs_agent import FRAME_RATE, SAMPLE_RATE
 from higgs_agent.audio import resample
 
 DEFAULT_SYSTEM = "Generate audio following instruction."
@@ -27,15 +27,36 @@ _SPEAKER_TAG = re.compile(r"\[SPEAKER(\d+)\]")
 
 
 @dataclass(frozen=True)
+class AudioClip:
+    """Mono float32 samples at their own rate: a voice as sound, for an engine that encodes it itself."""
+
+    samples: np.ndarray
+    rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.rate
+
+
+@dataclass(frozen=True)
 class VoiceReference:
     """A voice to clone: its plain codec codes (num_codebooks x frames, no BOS/EOS, no delay) and the
-    words spoken in it."""
+    words spoken in it. A remote engine encodes its references itself: those carry the sound (`audio`) and no
+    codes; the local engine is only ever given codes (`StreamingEngine.voice` encodes them)."""
 
-    codes: torch.Tensor
+    codes: torch.Tensor | None
     transcript: str
+    audio: AudioClip | None = None
+
+    def __post_init__(self) -> None:
+        if self.codes is None and self.audio is None:
+            raise ValueError("a voice reference needs its codes or its audio")
 
     @property
     def frames(self) -> int:
+        if self.codes is None:
+            assert self.audio is not None
+            return int(self.audio.seconds * FRAME_RATE)
         return int(self.codes.shape[-1])
 
 
@@ -132,6 +153,8 @@ def delayed_audio_ids(processor: HiggsAudioV2Processor, codes: torch.Tensor) -> 
 
 def build_inputs(processor: HiggsAudioV2Processor, prompt: SpeechPrompt) -> ModelInputs:
     text = prompt_text(processor, prompt)
+    if any(reference.codes is None for reference in prompt.references):
+        raise ValueError("a voice given as sound must be encoded before the local engine speaks in it")
     blocks = [delayed_audio_ids(processor, reference.codes) for reference in prompt.references]
     # Placeholders are in reference order, as the processor expands them; split first, since an expansion
     # itself holds the placeholder token.

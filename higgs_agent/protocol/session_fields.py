@@ -54,8 +54,8 @@ class TranscriptionField(_Strict):
 
 
 class NoiseReductionField(_Strict):
-    type: Literal["near_field", "far_field"]
-    strength: float | None = None
+    type: Literal["near_field", "far_field"] | None = None  # omitted: the session's current type (else near_field)
+    strength: float | None = Field(default=None, ge=0, le=1)  # omitted: the current strength (else 1)
 
 
 class InputField(_Strict):

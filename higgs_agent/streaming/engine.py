@@ -34,7 +34,7 @@ import torch
 
 from higgs_agent.deadlines import StageTimeout, within
 from higgs_agent.model.loader import HiggsBundle
-from higgs_agent.model.prompts import ModelInputs, SpeechPrompt, build_inputs, encode_voice
+from higgs_agent.model.prompts import ModelInputs, SpeechPrompt, VoiceReference, build_inputs, encode_voice
 from higgs_agent.model.sampling import SamplingSettings
 from higgs_agent.streaming.codec_stream import StreamParams
 from higgs_agent.streaming.generation import AtCapacityError, Generation, GenerationCancelled, StepOutput
@@ -256,6 +256,30 @@ class StreamingEngine:
         processor = self.bundle.processor
         reference = await self.run(lambda: encode_voice(processor, audio, sample_rate, ""), stage=stage)
         return reference.codes
+
+    async def voice(self, audio: np.ndarray, sample_rate: int, transcript: str,
+                    stage: str = "encode") -> VoiceReference:
+        """A voice to clone from its sound: encoded to codes here (the prompt takes codes)."""
+        return VoiceReference(codes=await self.encode(audio, sample_rate, stage), transcript=transcript)
+
+    async def count_tokens(self, text: str) -> int:
+        """Text tokens as the Higgs model counts them (for usage), on the model's worker."""
+        tokenizer = self.bundle.tokenizer
+        return await self.run(lambda: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+                              stage="count_tokens")
+
+    @property
+    def name(self) -> str:
+        return "local"
+
+    @property
+    def model_name(self) -> str:
+        return self.bundle.model_source
+
+    def health(self) -> dict[str, Any]:
+        """What /health says of the engine: its model and how busy it is."""
+        return {"model": self.bundle.model_source, "device": str(self.bundle.device), "slots": self.slots,
+                "busy_slots": self.busy_slots, "leases": self.scheduler.leases, "streams": self.active_streams}
 
     async def run(self, fn: Callable[[], T], stage: str = "engine_job") -> T:
         """Any other model-thread work (tokenizer calls, the text head), between two steps; StageTimeout(stage)

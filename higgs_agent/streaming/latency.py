@@ -19,6 +19,7 @@ class GenerationStats:
 
     started_at: float = field(default_factory=now)
     prefill_ms: float | None = None
+    prefill_started_at: float | None = None  # when its prompt began (the end of its wait for the engine)
     step_ms: list[float] = field(default_factory=list)  # one per decode forward after the prefill
     frames: int = 0  # complete frames produced
     first_frame_at: float | None = None

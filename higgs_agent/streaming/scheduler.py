@@ -91,6 +91,8 @@ class StepReport:
 class Lease:
     """A slot's worth of capacity held for a whole response (see the module docstring)."""
 
+    engine = "local"  # which engine speaks under it (a remote lease names its engine's URL)
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.released = False
@@ -319,6 +321,8 @@ class BatchScheduler:
                 self._release(generation, "cancelled")
                 continue
             start = now()
+            if generation.stats.prefill_started_at is None:
+                generation.stats.prefill_started_at = start
             try:  # the view too: a cache that cannot grow fails this stream, not the step
                 chunk = generation.next_prompt_chunk(self.prefill_chunk_tokens if chunked else None)
                 view = self.cache.view(generation.slot, [chunk.start], chunk.length)

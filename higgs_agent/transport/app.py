@@ -44,7 +44,6 @@ def create_agent_app(services: AgentServices, api_key: str | None = None, cors_o
                      phone: PhoneSettings | None = None) -> ASGIApp:
     """`authenticator` (keys -> tenants) overrides `api_key`; `webrtc`: ICE and client-secret settings;
     `phone`: a Twilio number's webhook and media stream (their own routes, checked by Twilio's signatures)."""
-    bundle = services.bundle
     webrtc = webrtc or WebRTCSettings()
     include_loopback(webrtc.loopback)
     calls = CallRegistry()
@@ -54,13 +53,11 @@ def create_agent_app(services: AgentServices, api_key: str | None = None, cors_o
         """Liveness for anyone (load balancers, Docker's health check); details for a caller with the key."""
         if principal_of(request.scope) is None:
             return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "ok", "model": bundle.model_source, "device": str(bundle.device),
+        # the engine's model and capacity (busy_slots: each response's lease and each stream outside one; with
+        # remote engines, each one's state under "engines")
+        return JSONResponse({"status": "ok", **services.engine.health(),
                              "responders": sorted(services.responders), "asr": services.transcriber.name,
                              "sessions": int(services.metrics.sessions_active._value.get()),
-                             "slots": services.engine.slots,
-                             # capacity in use: each response's lease and each stream outside one
-                             "busy_slots": services.engine.busy_slots, "leases": services.engine.scheduler.leases,
-                             "streams": services.engine.active_streams,
                              "webrtc_calls": len(calls)})
 
     async def metrics(_: Request) -> Response:
