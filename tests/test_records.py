@@ -661,3 +661,33 @@ def test_both_sides_audio_is_on_record_cut_at_a_barge_in_for_its_tenant_only(aud
     assert get(f"/items/{replies[0]['id']}/audio", "globex").status_code == 404
     assert httpx.delete(f"{base}/v1/sessions/{session_id}", headers=auth("acme")).status_code == 200
     assert get("/audio").status_code == 404 and get(f"/items/{users[0]['id']}/audio").status_code == 404
+
+
+@pytest.mark.parametrize("noise", [None, "near_field"])
+def test_a_vad_turns_audio_is_its_span_of_the_callers_side_with_or_without_noise_suppression(tmp_path, noise):
+    """With noise suppression the VAD judges the suppressed audio and the turn keeps the original, delayed in step
+    with it: the turn's times are still on the input clock, so its span of the caller's side is the turn's own
+    audio, sample for sample."""
+    from higgs_agent.agent.audio_recording import AudioRecorder
+    from higgs_agent.agent.input_audio import InputAudio
+    from higgs_agent.agent.noise import NoiseReduction
+    from higgs_agent.agent.vad import SpeechStopped, VadSettings
+    from higgs_agent.audio_formats import AudioFormat
+    from higgs_agent.records.audio import item_sound
+
+    store, writer = started_writer(tmp_path, audio=True)
+    writer.put(SessionStarted("sess_a", "acme", "websocket", None, time.time()))
+    heard = InputAudio(AudioFormat("audio/pcm", 16_000), VadSettings(),
+                       noise=NoiseReduction(noise) if noise else None)
+    recorder = AudioRecorder(writer, "sess_a", lambda: heard.audio_ms)
+    heard.on_audio = recorder.caller
+    said, _ = speech_with_silence(SPOKEN, lead_ms=700, tail_ms=1500, rate=16_000)
+    stops = [event for at in range(0, len(said), 320) for event in heard.push(said[at:at + 320], 16_000)
+             if isinstance(event, SpeechStopped)]
+    assert len(stops) == 1
+    recorder.turn("item_u", stops[0].audio, stops[0].audio_start_ms)  # as the session does
+    recorder.end()
+    assert writer.flush()
+    turn = item_sound(store.get_audio("acme", "sess_a", "item_u"), "item_u")
+    assert np.abs(turn.samples.astype(int) - as_int16(stops[0].audio).astype(int)).max() <= 1
+    writer.close()

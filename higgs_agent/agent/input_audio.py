@@ -132,12 +132,6 @@ class InputAudio:
             self.clear()  # the turn owns that audio now
         return events
 
-    @property
-    def vad_lag_ms(self) -> float:
-        """How far the VAD's turns lag the input clock: a turn's audio_start_ms of N is input audio from N minus
-        this (the delay line that keeps the original in step with the suppressed; 0 without suppression)."""
-        return self._suppressor.delay_ms if self._suppressor is not None and self._aligned is not None else 0.0
-
     def speech_span(self) -> tuple[int, int] | None:
         """The VAD's turn in progress: [start, end of its last voiced frame) in ms on the input clock."""
         return self._detector.speech_span() if self._detector is not None else None

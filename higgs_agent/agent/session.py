@@ -423,7 +423,7 @@ class Session:
         await self.send(UserSpeechEnded(item_id, audio_end_ms))
         wire = WireAudio(self.input.tape.slice_ms(self._turn_start_ms, audio_end_ms), self.input.tape.rate)
         await self._add_user_audio(item_id, stopped.audio, timing, create_response=self._turns_create_responses,
-                                   wire=wire, early=early, start_ms=stopped.audio_start_ms - self.input.vad_lag_ms)
+                                   wire=wire, early=early, start_ms=stopped.audio_start_ms)
 
     async def _commit(self, event: ce.InputAudioBufferCommit) -> None:
         if self.input.buffered_ms < MIN_COMMIT_MS:
