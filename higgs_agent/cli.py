@@ -135,6 +135,9 @@ def _add_serve_args(serve: argparse.ArgumentParser) -> None:
                             "(default: $HIGGS_RECORDS_URL, else nothing is kept)")
     serve.add_argument("--records-days", type=float, default=None, metavar="N",
                        help="delete sessions on record older than N days, at start and every hour (default: keep)")
+    serve.add_argument("--records-audio", action="store_true",
+                       help="keep both sides' audio on record too, in the same database (GET /v1/sessions/ID/audio); "
+                            "off by default even with --records-url: a voice is personal data")
     serve.add_argument("--otlp-endpoint", default=None, metavar="URL",
                        help="export each answered turn as an OpenTelemetry trace over OTLP/HTTP to this collector "
                             "(http://collector:4318; /v1/traces is added) (default: $OTEL_EXPORTER_OTLP_ENDPOINT, "
@@ -282,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also run the turns with reply speech from N `serve` engine processes on this machine "
                             "(serve --engine-url) and report the hop it adds")
     agent.add_argument("--records", action="store_true",
-                       help="also run the turns with every session on record (a SQLite file) and report what it adds")
+                       help="also run the turns with every session on record (a SQLite file), and with both sides' "
+                            "audio on record too, and report what each adds")
     agent.add_argument("--traces", action="store_true",
                        help="also run the turns with each one traced (OTLP/HTTP to a receiver in the process) and "
                             "report what it adds, and the tracer's cost on the event loop per turn")

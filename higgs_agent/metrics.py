@@ -33,7 +33,8 @@ class AgentMetrics:
         self.records_written = Counter("higgs_records_written", "Record writes committed (serve --records-url)",
                                        registry=self.registry)
         self.records_dropped = Counter("higgs_records_dropped", "Record writes dropped, by why: queue_full (the "
-                                       "database is slow), database_error (it is down or refused)", ["reason"],
+                                       "database is slow), audio_queue_full (audio chunks over their budget: "
+                                       "the same), database_error (it is down or refused)", ["reason"],
                                        registry=self.registry)
         self.engine_up = Gauge("higgs_engine_up", "1 while a remote speech engine answers its health check",
                                ["engine"], registry=self.registry)

@@ -56,6 +56,8 @@ def check_serve_args(args: argparse.Namespace) -> str | None:
         return str(exc)
     if args.records_days is not None and (not args.records_url or args.records_days <= 0):
         return "--records-days N needs --records-url and N > 0"
+    if getattr(args, "records_audio", False) and not args.records_url:
+        return "--records-audio needs --records-url"
     if getattr(args, "otlp_endpoint", None) and not args.otlp_endpoint.startswith(("http://", "https://")):
         return "--otlp-endpoint needs an http:// or https:// URL (OTLP over HTTP, e.g. http://collector:4318)"
     return None
@@ -72,14 +74,16 @@ def records_store(args: argparse.Namespace) -> RecordStore | None:
     return RecordStore(url)
 
 
-def records_writer(store: RecordStore | None, days: float | None, metrics: Any) -> RecordWriter | None:  # noqa: ANN401
-    """The records' writer thread, started, counting what it writes and drops in `metrics` (AgentMetrics)."""
+def records_writer(store: RecordStore | None, days: float | None, metrics: Any,  # noqa: ANN401
+                   audio: bool = False) -> RecordWriter | None:
+    """The records' writer thread, started, counting what it writes and drops in `metrics` (AgentMetrics);
+    `audio`: both sides' audio too."""
     from higgs_agent.records.writer import RecordWriter
 
     if store is None:
         return None
     writer = RecordWriter(store, days, on_drop=lambda reason, count: metrics.records_dropped.labels(reason).inc(count),
-                          on_write=metrics.records_written.inc)
+                          on_write=metrics.records_written.inc, audio=audio)
     writer.start()
     return writer
 
@@ -177,7 +181,8 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle | None, samplin
                          noise_reduction=NoiseReduction.from_flag(getattr(args, "noise_reduction", "off")),
                          allow_client_mcp=args.allow_client_mcp, mcp_call_timeout_s=args.mcp_call_timeout,
                          analyzer=analyzer, voices=voices, turn_model=turn_model, metrics=metrics,
-                         records=records_writer(records, args.records_days, metrics),
+                         records=records_writer(records, args.records_days, metrics,
+                                                getattr(args, "records_audio", False)),
                          traces=start_traces(getattr(args, "otlp_endpoint", None)))
 
 

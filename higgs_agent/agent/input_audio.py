@@ -15,6 +15,7 @@ suppressor's `delay_ms` (31 ms) late; its clock starts that much earlier, so its
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,7 @@ class InputAudio:
         self._buffered = 0
         self._total = 0  # samples since the session started: the audio clock events report
         self._buffer_start = 0  # where the manual buffer starts on that clock
+        self.on_audio: Callable[[np.ndarray], None] | None = None  # told every sample the clock counts (records)
         self.reconfigure(fmt, vad, noise)
 
     def release(self) -> None:
@@ -111,6 +113,8 @@ class InputAudio:
         audio = self._resampler.push(samples)
         if not len(audio):
             return []
+        if self.on_audio is not None:
+            self.on_audio(audio)
         self._chunks.append(audio)
         self._buffered += len(audio)
         self._total += len(audio)
@@ -147,6 +151,8 @@ class InputAudio:
         """Take the buffer as a turn (manual mode, or a commit in VAD mode), resampler tail included."""
         tail = self._resampler.flush()
         if len(tail):
+            if self.on_audio is not None:
+                self.on_audio(tail)
             self._chunks.append(tail)
             self._total += len(tail)
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)

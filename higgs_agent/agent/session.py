@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from higgs_agent.agent.audio_recording import AudioRecorder, RecordedOutput
 from higgs_agent.agent.barge_in import BargeIn
 from higgs_agent.agent.caller_cloning import CallerCloning
 from higgs_agent.agent.client_items import client_item
@@ -153,6 +154,13 @@ class Session:
         if services.records is not None:
             self.recorder = SessionRecorder(services.records, self.config.id, tenant, transport)
             self.observe(self.recorder.observe)
+        self.audio_recorder: AudioRecorder | None = None  # and both sides' audio (serve --records-audio)
+        if services.records is not None and services.records.audio:
+            self.audio_recorder = AudioRecorder(services.records, self.config.id,
+                                                lambda heard=self.input: heard.audio_ms)  # not the session: no cycle
+            self.input.on_audio = self.audio_recorder.caller
+            self.output = RecordedOutput(output, self.audio_recorder)
+            self.observe(self.audio_recorder.observe)
         self.tracer: TurnTracer | None = None  # each answered turn a trace (serve --otlp-endpoint)
         if services.traces is not None:
             from higgs_agent.agent.tracing import TurnTracer  # OpenTelemetry loads only when traces are on
@@ -200,6 +208,8 @@ class Session:
         for task in list(self._background):
             task.cancel()
         await self.tools.aclose()
+        if self.audio_recorder is not None:
+            self.audio_recorder.end()
         if self.recorder is not None:  # after the reply's cancel, whose last words are on record first
             self.recorder.end()
         if self.tracer is not None:
@@ -414,7 +424,7 @@ class Session:
         await self.send(UserSpeechEnded(item_id, audio_end_ms))
         wire = WireAudio(self.input.tape.slice_ms(self._turn_start_ms, audio_end_ms), self.input.tape.rate)
         await self._add_user_audio(item_id, stopped.audio, timing, create_response=self._turns_create_responses,
-                                   wire=wire, early=early)
+                                   wire=wire, early=early, start_ms=stopped.audio_start_ms)
 
     async def _commit(self, event: ce.InputAudioBufferCommit) -> None:
         if self.input.buffered_ms < MIN_COMMIT_MS:
@@ -424,7 +434,7 @@ class Session:
         turn = self.input.commit()
         wire = WireAudio(self.input.tape.slice_ms(turn.start_ms, turn.end_ms), self.input.tape.rate)
         await self._add_user_audio(new_id("item"), turn.audio, TurnTiming(),
-                                   create_response=self._turns_create_responses, wire=wire)
+                                   create_response=self._turns_create_responses, wire=wire, start_ms=turn.start_ms)
 
     @property
     def _turns_waiting(self) -> int:
@@ -439,7 +449,9 @@ class Session:
 
     async def _add_user_audio(self, item_id: str, audio: np.ndarray, timing: TurnTiming, create_response: bool,
                               after: str | None = None, wire: WireAudio | None = None,
-                              early: asyncio.Future[Transcript] | None = None) -> None:
+                              early: asyncio.Future[Transcript] | None = None, start_ms: float | None = None) -> None:
+        """A user turn of audio (16 kHz): `start_ms` is where it starts on the input clock (None: an item the
+        client created)."""
         if self._turns_waiting >= MAX_PENDING_TURNS:  # VAD turns too: a flood of them is dropped, and said so
             await self.report(ProtocolError("turn_queue_full", f"{MAX_PENDING_TURNS} turns are still waiting to "
                                             "be transcribed; this one was dropped"))
@@ -449,6 +461,8 @@ class Session:
         previous = self.conversation.previous_id(item)
         await self.send(InputCommitted(item_id, previous))
         await self.send(ItemAdded(item, previous))
+        if self.audio_recorder is not None:
+            self.audio_recorder.turn(item_id, audio, start_ms)
         wire = wire if wire is not None and len(wire.samples) else WireAudio(audio, ASR_RATE)
         self.reader.heard(item_id, wire)
         self._queue(UserTurn(item, audio, timing, create_response, epoch=self._epoch, wire=wire, early=early))

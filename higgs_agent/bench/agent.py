@@ -187,7 +187,8 @@ def _understanding_cost(services: AgentServices, speech: np.ndarray, count: int,
 def _records_cost(services: AgentServices, speech: np.ndarray, count: int) -> dict:
     """The same turns with every session on record (a SQLite file, as `serve --records-url records.db`) and
     without, taken in turn (off, on, off, on, ...) so that a machine's drift falls on both: what recording adds
-    to the turn's first audio byte, as medians and as the median of each pair's difference."""
+    to the turn's first audio byte, as medians and as the median of each pair's difference. Then `audio`: the
+    same, on record without audio against on record with both sides' audio (`--records-audio`)."""
     from dataclasses import replace
 
     from higgs_agent.records.store import RecordStore
@@ -195,17 +196,25 @@ def _records_cost(services: AgentServices, speech: np.ndarray, count: int) -> di
 
     with tempfile.TemporaryDirectory() as folder:
         dropped: list[int] = []
-        writer = RecordWriter(RecordStore(f"sqlite:///{Path(folder) / 'records.db'}"),
-                              on_drop=lambda reason, n: dropped.append(n))
+        writer, with_audio = (RecordWriter(RecordStore(f"sqlite:///{Path(folder) / f'{name}.db'}"),
+                                           on_drop=lambda reason, n: dropped.append(n), audio=name == "audio")
+                              for name in ("records", "audio"))
         writer.start()
+        with_audio.start()
         try:
             figures = _paired(services, replace(services, records=writer), speech, count)
+            audio = _paired(replace(services, records=writer), replace(services, records=with_audio), speech, count)
             writer.flush()
+            with_audio.flush()
             sessions, _ = writer.store.list_sessions("default", 100)
+            stored = _audio_stored(with_audio.store)
         finally:
             writer.close()
+            with_audio.close()
     return {**figures, "sessions_on_record": len(sessions), "writes_dropped": sum(dropped),
-            "loop_us_per_event": _recorder_cost_us()}
+            "loop_us_per_event": _recorder_cost_us(),
+            "audio": {**audio, "stored": stored, "loop_us_per_turn": _audio_recorder_cost_us(speech),
+                      "flac_bytes_per_minute": _flac_bytes_per_minute(speech)}}
 
 
 def _traces_cost(services: AgentServices, speech: np.ndarray, count: int) -> dict:
@@ -317,3 +326,71 @@ def _recorder_cost_us(turns: int = 2000) -> float:
         writer.flush(60)
         writer.close()
     return round(took / events * 1e6, 1)
+
+
+def _audio_stored(store: Any) -> dict:  # noqa: ANN401 - a RecordStore
+    """What the bench's calls left in `record_audio`: seconds and FLAC bytes of each side."""
+    from sqlalchemy import func, select
+
+    from higgs_agent.records.store import audio
+
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(audio.c.track, func.sum(audio.c.samples), func.max(audio.c.rate),
+                                   func.sum(func.length(audio.c.data))).where(audio.c.data.is_not(None))
+                            .group_by(audio.c.track)).all()
+    return {track: {"seconds": round(samples / rate, 1), "bytes": int(size),
+                    "bytes_per_minute": int(size / (samples / rate) * 60)} for track, samples, rate, size in rows}
+
+
+def _flac_bytes_per_minute(speech: np.ndarray) -> dict:
+    """Stored bytes per minute of audio, in the recorder's one-second FLAC chunks: the bench's espeak speech
+    (a stand-in for a voice: the bench's random-weight model speaks noise) at the caller's 16 kHz and the
+    agent's 24 kHz, silence, and raw 16-bit PCM for comparison."""
+    from higgs_agent.audio import float_to_pcm16, resample
+    from higgs_agent.records.audio_codec import encode_flac
+
+    def per_minute(audio: np.ndarray, rate: int) -> int:
+        minute = np.resize(audio, 60 * rate)
+        return sum(len(encode_flac(float_to_pcm16(minute[at:at + rate]), rate)) for at in range(0, 60 * rate, rate))
+
+    return {"caller_speech_16k": per_minute(resample(speech, SAMPLE_RATE, 16_000), 16_000),
+            "agent_speech_24k": per_minute(speech, SAMPLE_RATE),
+            "silence_16k": per_minute(np.zeros(16_000, dtype=np.float32), 16_000),
+            "raw_pcm_16k": 60 * 16_000 * 2, "raw_pcm_24k": 60 * SAMPLE_RATE * 2}
+
+
+def _audio_recorder_cost_us(speech: np.ndarray, turns: int = 200) -> float:
+    """What recording audio costs the event loop per turn, in microseconds: the turn's caller audio in 20 ms
+    frames, its span, and a reply as long in 40 ms chunks through a session's AudioRecorder (gathered, made
+    into one-second PCM16 chunks, handed to the writer), the writer compressing and committing meanwhile."""
+    from higgs_agent.agent.audio_recording import AudioRecorder
+    from higgs_agent.agent.conversation import ConversationItem
+    from higgs_agent.agent.events import Place, ReplyItemDone
+    from higgs_agent.audio import resample
+    from higgs_agent.records.store import RecordStore, SessionStarted
+    from higgs_agent.records.writer import RecordWriter
+
+    heard = resample(speech, SAMPLE_RATE, 16_000)
+    took = []
+    with tempfile.TemporaryDirectory() as folder:
+        writer = RecordWriter(RecordStore(f"sqlite:///{Path(folder) / 'records.db'}"), audio=True,
+                              queue_size=1_000_000, audio_queue_bytes=1 << 40)
+        writer.start()
+        writer.put(SessionStarted("sess_bench", "default", "websocket", None, time.time()))
+        clock = [0]
+        recorder = AudioRecorder(writer, "sess_bench", lambda: clock[0])
+        for n in range(turns):
+            reply = ConversationItem(f"item_a{n}", "assistant", "output_audio")
+            start = time.perf_counter()
+            for at in range(0, len(heard), 320):
+                recorder.caller(heard[at:at + 320])
+            recorder.turn(f"item_u{n}", heard, clock[0])
+            for at in range(0, len(speech), 960):
+                recorder.agent(reply.id, speech[at:at + 960])
+            recorder.observe(ReplyItemDone(Place(f"resp_{n}", reply.id, 0), reply, None))
+            took.append(time.perf_counter() - start)
+            clock[0] += len(heard) // 16
+        recorder.end()
+        writer.flush(120)
+        writer.close()
+    return round(float(np.median(took)) * 1e6, 1)

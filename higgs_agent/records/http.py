@@ -4,11 +4,17 @@
                                        "first_id", "last_id"}, newest first
     GET    /v1/sessions/{id}           a session with its `items` in order and its `latencies`
     DELETE /v1/sessions/{id}           {"id", "object": "realtime.session.record.deleted", "deleted": true}
+    GET    /v1/sessions/{id}/audio     the whole call as a WAV (serve --records-audio): stereo, 24 kHz, caller
+                                       left and agent right, on the caller's clock (records/audio.py);
+                                       ?side=caller (mono, 16 kHz) or ?side=agent (mono, 24 kHz): one side alone
+    GET    /v1/sessions/{id}/items/{item_id}/audio
+                                       one item's audio as a mono WAV: a user turn at 16 kHz, a reply at 24 kHz
+                                       as far as it was heard
 
 A session is `{"id", "object": "realtime.session.record", "transport", "model", "created_at", "ended_at"}`
 (unix seconds; `ended_at` null while it is open, or if the server was killed). Errors have OpenAI's shape,
 `{"error": {"type", "code", "message", "param"}}`: 400 (a bad `limit` or `after`), 404 (no such session for this
-key), 503 (the database cannot be read now).
+key; `audio_not_found`: no audio on record for it), 503 (the database cannot be read now).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from higgs_agent.records.audio import Sound, call_sound, item_sound
+from higgs_agent.records.audio_codec import wav_bytes
 from higgs_agent.records.store import RecordStore
 
 log = logging.getLogger(__name__)
@@ -103,9 +111,37 @@ def record_routes(store: RecordStore, tenant_of: TenantOf) -> list[Route]:
         log.info("records: session %s deleted on request", session_id)
         return JSONResponse({"id": session_id, "object": "realtime.session.record.deleted", "deleted": True})
 
+    async def audio(request: Request) -> Response:
+        session_id, item_id = request.path_params["session_id"], request.path_params.get("item_id")
+        tenant = tenant_of(request)
+        side = request.query_params.get("side") or None
+        if side not in (None, "caller", "agent"):
+            return error_response(400, "invalid_value", "side must be caller or agent (or absent: both)", "side")
+
+        def wav() -> bytes | None | bool:  # False: no such session for this tenant; None: no audio of it
+            found = store.get_audio(tenant, session_id, item_id)
+            if found is None:
+                return False
+            made: Sound | None = item_sound(found, item_id) if item_id is not None else (
+                call_sound(found, side) if found.rows else None)
+            return None if made is None else wav_bytes(made.samples, made.rate)
+
+        try:
+            made = await read(wav)  # decoding and mixing are work too: off the event loop with the reads
+        except Exception as exc:  # noqa: BLE001
+            return _unavailable(exc)
+        if made is False:
+            return _not_found(session_id)
+        if made is None:
+            return error_response(404, "audio_not_found", f"no audio on record for {item_id or session_id} (the "
+                                  "server keeps audio with serve --records-audio)")
+        return Response(made, media_type="audio/wav")
+
     return [Route("/v1/sessions", list_sessions, methods=["GET"]),
             Route("/v1/sessions/{session_id}", get_session, methods=["GET"]),
-            Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"])]
+            Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+            Route("/v1/sessions/{session_id}/audio", audio, methods=["GET"]),
+            Route("/v1/sessions/{session_id}/items/{item_id}/audio", audio, methods=["GET"])]
 
 
 def _unavailable(exc: Exception) -> JSONResponse:

@@ -1,10 +1,11 @@
 """The records' tables, and every read and write of them, through SQLAlchemy Core: SQLite (a file) or PostgreSQL.
 
-Three tables: `record_sessions` (one row per session: its tenant, transport, model, when it started and ended),
+Four tables: `record_sessions` (one row per session: its tenant, transport, model, when it started and ended),
 `record_items` (the session's conversation items in the order they appeared: role, kind, words, status, the
-caller's context, a tool call, where a barge-in cut a reply) and `record_latencies` (each reply's latency by
-stage). Writes are `Write`s (plain data, made on the event loop by the recorder) that the writer thread applies;
-reads answer the HTTP routes. Nothing here knows of sessions or events.
+caller's context, a tool call, where a barge-in cut a reply), `record_latencies` (each reply's latency by
+stage) and `record_audio` (with `serve --records-audio`: both sides' audio in FLAC chunks, records/audio.py).
+Writes are `Write`s (plain data, made on the event loop by the recorder) that the writer thread applies; reads
+answer the HTTP routes. Nothing here knows of sessions or events.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Engine,
     Float,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -38,6 +40,8 @@ from sqlalchemy import (
     select,
     update,
 )
+
+from higgs_agent.records.audio_codec import encode_flac
 
 metadata = MetaData()
 
@@ -83,6 +87,21 @@ latencies = Table(
     Column("stages_ms", JSON),
 )
 
+# Both sides' audio, chunk by chunk as the call goes (AudioWrite's `track` says what a row is).
+audio = Table(
+    "record_audio", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), nullable=False, index=True),
+    Column("track", String(8), nullable=False),
+    Column("item_id", String(64)),
+    Column("start", Integer, nullable=False),  # its first sample: on the caller's clock, or in its item
+    Column("samples", Integer, nullable=False),
+    Column("rate", Integer, nullable=False),
+    Column("at_ms", Float),  # agent: where on the caller's clock the item's audio began to go out
+    Column("codec", String(8)),  # flac; None: a turn's span of the caller track, no audio of its own
+    Column("data", LargeBinary),
+)
+
 _ITEM_FIELDS = ("role", "kind", "content_type", "text", "status", "language", "response_id", "context", "call",
                 "truncated", "heard_ms", "deleted")
 
@@ -123,7 +142,30 @@ class LatencyWrite:
     stages_ms: Mapping[str, float | None]
 
 
-Write = SessionStarted | SessionEnded | ItemWrite | LatencyWrite
+@dataclass(frozen=True)
+class AudioWrite:
+    """A chunk of audio, raw (16-bit mono PCM, little-endian), compressed by the writer thread as it is stored.
+
+    `track` is `caller` (everything the server heard, at 16 kHz: `start` counts samples from the session's
+    start), `agent` (a reply's audio as it went out, at 24 kHz: `start` counts samples from the item's start;
+    `at_ms`: where on the caller's clock the item began), `turn` (no audio: a user turn's span of the caller
+    track, `start` and `samples` on its clock) or `item` (the audio of an item the client created)."""
+
+    session_id: str
+    track: str
+    item_id: str | None
+    start: int
+    rate: int
+    pcm: bytes = b""
+    samples: int = 0
+    at_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.pcm and not self.samples:
+            object.__setattr__(self, "samples", len(self.pcm) // 2)
+
+
+Write = SessionStarted | SessionEnded | ItemWrite | LatencyWrite | AudioWrite
 
 
 class RecordStore:
@@ -189,6 +231,29 @@ class RecordStore:
                 select(latencies).where(latencies.c.session_id == session_id).order_by(latencies.c.id)).mappings()]
         return found
 
+    def get_audio(self, tenant: str, session_id: str, item_id: str | None = None) -> SessionAudio | None:
+        """A tenant's session's audio rows (of one item, and the caller chunks its turn spans, when `item_id` is
+        given) with its items; None if the tenant has no such session."""
+        with self.engine.connect() as conn:
+            if conn.execute(select(sessions.c.id).where(sessions.c.id == session_id,
+                                                        sessions.c.tenant == tenant)).first() is None:
+                return None
+            mine = audio.c.session_id == session_id
+            query = select(audio).where(mine)
+            if item_id is not None:
+                query = query.where(audio.c.item_id == item_id)
+            rows = [dict(row) for row in conn.execute(query.order_by(audio.c.id)).mappings()]
+            spans = [row for row in rows if row["track"] == "turn"]
+            if item_id is not None and spans:  # a turn's audio is its span of the caller track
+                first, last = spans[-1]["start"], spans[-1]["start"] + spans[-1]["samples"]
+                rows += [dict(row) for row in conn.execute(select(audio).where(
+                    mine, audio.c.track == "caller", audio.c.start < last,
+                    audio.c.start + audio.c.samples > first).order_by(audio.c.id)).mappings()]
+            found = [dict(row) for row in conn.execute(
+                select(items.c.item_id, items.c.seq, items.c.role, items.c.truncated, items.c.heard_ms)
+                .where(items.c.session_id == session_id).order_by(items.c.seq)).mappings()]
+        return SessionAudio(rows, found)
+
     def delete_session(self, tenant: str, session_id: str) -> bool:
         """Delete a tenant's session and all of its rows; False if the tenant has no such session."""
         with self.engine.begin() as conn:
@@ -215,6 +280,12 @@ class RecordStore:
         self.engine.dispose()
 
 
+@dataclass(frozen=True)
+class SessionAudio:
+    rows: list[dict]  # record_audio rows
+    items: list[dict]  # the session's items: item_id, seq, role, truncated, heard_ms
+
+
 def _with_driver(url: str) -> str:
     """postgresql:// (and postgres://) mean psycopg 3, the driver the project installs (SQLAlchemy's default
     for a bare postgresql:// is psycopg2)."""
@@ -237,6 +308,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:  # noqa: ANN401 - a 
 def _delete_rows(conn: Connection, session_ids: list[str]) -> None:
     conn.execute(delete(items).where(items.c.session_id.in_(session_ids)))
     conn.execute(delete(latencies).where(latencies.c.session_id.in_(session_ids)))
+    conn.execute(delete(audio).where(audio.c.session_id.in_(session_ids)))
 
 
 def _apply(conn: Connection, write: Write) -> None:
@@ -258,6 +330,11 @@ def _apply(conn: Connection, write: Write) -> None:
             _insert_into_session(conn, latencies, dict(session_id=session_id, response_id=response_id,
                                                        user_item_id=user_item_id, reply_item_id=reply_item_id, at=at,
                                                        stages_ms=json.loads(json.dumps(dict(stages_ms)))))
+        case AudioWrite(session_id, track, item_id, start, rate, pcm, samples, at_ms):
+            _insert_into_session(conn, audio, dict(session_id=session_id, track=track, item_id=item_id, start=start,
+                                                   samples=samples, rate=rate, at_ms=at_ms,
+                                                   codec="flac" if pcm else None,
+                                                   data=encode_flac(pcm, rate) if pcm else None))
 
 
 def _insert_into_session(conn: Connection, table: Table, values: dict[str, Any]) -> None:

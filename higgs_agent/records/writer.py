@@ -3,7 +3,9 @@
 The event loop only ever puts a write into the queue without waiting (`put`): a full queue (a slow database)
 or a failed commit (a database that is down) drops writes, says so in the log (once a minute at most) and
 counts them (`on_drop(reason, count)`: the `higgs_records_dropped` metric); nothing reaches the session.
-Retention runs on the same thread: sessions older than `days` are deleted at start and every hour.
+Audio chunks (`serve --records-audio`) have a budget of their own in bytes waiting (`audio_queue_full` when it
+is spent): a slow database holds back at most that much audio. Retention runs on the same thread: sessions
+older than `days` are deleted at start and every hour.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from higgs_agent.records.store import RecordStore, Write
+from higgs_agent.records.store import AudioWrite, RecordStore, Write
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000  # writes waiting: minutes of busy sessions, yet bounded
 BATCH = 200  # writes committed together when they have piled up
+AUDIO_QUEUE_BYTES = 32 << 20  # raw audio waiting: about 11 minutes of one side at 24 kHz
 PRUNE_EVERY_S = 3600.0
 _WARN_EVERY_S = 60.0
 _STOP = object()
@@ -27,9 +30,14 @@ _STOP = object()
 class RecordWriter:
     def __init__(self, store: RecordStore, days: float | None = None,
                  on_drop: Callable[[str, int], None] = lambda reason, count: None,
-                 on_write: Callable[[int], None] = lambda count: None, queue_size: int = QUEUE_SIZE) -> None:
+                 on_write: Callable[[int], None] = lambda count: None, queue_size: int = QUEUE_SIZE,
+                 audio: bool = False, audio_queue_bytes: int = AUDIO_QUEUE_BYTES) -> None:
         self.store = store
         self.days = days
+        self.audio = audio  # sessions record both sides' audio too (serve --records-audio)
+        self._audio_budget = audio_queue_bytes
+        self._audio_waiting = 0  # bytes of audio put and not yet taken by the thread
+        self._audio_lock = threading.Lock()
         self._on_drop = on_drop
         self._on_write = on_write
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -42,9 +50,21 @@ class RecordWriter:
 
     def put(self, write: Write) -> None:
         """Hand a write to the thread; never waits, never raises (a full queue drops it)."""
+        size = len(write.pcm) if isinstance(write, AudioWrite) else 0
+        if size:
+            with self._audio_lock:
+                if self._audio_waiting + size > self._audio_budget:
+                    size = -1
+                else:
+                    self._audio_waiting += size
+            if size < 0:
+                self._dropped("audio_queue_full", 1, "the records' audio waiting is over its budget (the database "
+                                                     "is slow)")
+                return
         try:
             self._queue.put_nowait(write)
         except queue.Full:
+            self._taken(write)
             self._dropped("queue_full", 1, "the records queue is full (the database is slow)")
 
     def flush(self, timeout_s: float = 10.0) -> bool:
@@ -89,6 +109,7 @@ class RecordWriter:
                 elif isinstance(item, threading.Event):
                     waiters.append(item)
                 else:
+                    self._taken(item)
                     batch.append(item)
             if batch:
                 self._commit(batch)
@@ -96,6 +117,11 @@ class RecordWriter:
                 waiter.set()
             if stop:
                 return
+
+    def _taken(self, write: Write) -> None:
+        if isinstance(write, AudioWrite) and write.pcm:
+            with self._audio_lock:
+                self._audio_waiting -= len(write.pcm)
 
     def _take(self, first: object) -> list[object]:
         taken = [first]

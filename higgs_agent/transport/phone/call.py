@@ -27,7 +27,7 @@ from higgs_agent.agent.events import (
     UserSpeechEnded,
     UserTranscribed,
 )
-from higgs_agent.defaults import PHONE_BUSY_MESSAGE, PHONE_LEAD_MS
+from higgs_agent.defaults import DEFAULT_TENANT, PHONE_BUSY_MESSAGE, PHONE_LEAD_MS
 from higgs_agent.transport.phone.serializer import CallStarted
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class CallSettings:
     caller). `busy_message`: said, then the call is hung up, when every engine slot is busy as a call starts
     (None or "": hang up at once). `lead_ms`: reply audio sent ahead of playback, the most a barge-in leaves
     for the carrier to drop. `mark_interval_ms`: a mark at least this often, how finely the agent knows what
-    the caller heard."""
+    the caller heard. `tenant`: whose the calls are (the voices they may use, the key that reads their record)."""
 
     greeting: str | None = None
     busy_message: str | None = DEFAULT_BUSY_MESSAGE
@@ -49,6 +49,7 @@ class CallSettings:
     mark_interval_ms: int = 250
     start_timeout_s: float = 10.0  # a media socket that sends no `start` this long is closed
     busy_message_wait_s: float = 10.0  # the first webhook waits this long for the busy message to be spoken
+    tenant: str = DEFAULT_TENANT
 
     def __post_init__(self) -> None:
         if self.lead_ms < 0 or self.mark_interval_ms <= 0:

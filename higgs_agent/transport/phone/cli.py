@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from higgs_agent.defaults import PHONE_BUSY_MESSAGE, PHONE_LEAD_MS
+from higgs_agent.defaults import DEFAULT_TENANT, PHONE_BUSY_MESSAGE, PHONE_LEAD_MS
 
 if TYPE_CHECKING:  # `serve --help` reads this module: nothing heavier than argparse at import
     from higgs_agent.transport.phone.call import CallSettings
@@ -52,6 +52,9 @@ def add_phone_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--phone-lead-ms", type=int, default=PHONE_LEAD_MS, metavar="MS",
                        help="reply audio sent ahead of playback, the most a barge-in leaves for Twilio to drop "
                             "(default: %(default)s)")
+    group.add_argument("--phone-tenant", default=DEFAULT_TENANT, metavar="NAME",
+                       help="the tenant (of --api-keys) the calls belong to: the voices they may use, and whose "
+                            "key reads their record at /v1/sessions (default: %(default)s)")
 
 
 def phone_settings(args: argparse.Namespace) -> PhoneSettings | None:
@@ -64,7 +67,7 @@ def phone_settings(args: argparse.Namespace) -> PhoneSettings | None:
     try:
         lines = [line for line in (_twilio(args), _telnyx(args)) if line is not None]
         calls = CallSettings(greeting=args.phone_greeting or None, busy_message=args.phone_busy_message or None,
-                             lead_ms=args.phone_lead_ms)
+                             lead_ms=args.phone_lead_ms, tenant=getattr(args, "phone_tenant", DEFAULT_TENANT))
     except ValueError as exc:
         raise ValueError(f"phone line: {exc}") from None
     return PhoneSettings(lines, calls)

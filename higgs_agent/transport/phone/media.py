@@ -123,7 +123,8 @@ class PhoneCall:
         return None
 
     async def _converse(self) -> str:
-        self.session = session = Session(self.line.services, self.output, transport="phone")
+        self.session = session = Session(self.line.services, self.output, tenant=self.line.settings.tenant,
+                                         transport="phone")
         assert self.call_log is not None
         session.observe(self.call_log.observe)  # what was said and how fast, for the call's record
         await session.open()
