@@ -60,7 +60,8 @@ def utterance():
 SLOW_MODULES = {
     "test_bench", "test_captions", "test_fuzz", "test_hardening", "test_model_thread", "test_phone_call", "test_realtime",
     "test_third_party_clients", "test_tool_calls", "test_translation", "test_understanding_agent",
-    "test_voices_agent", "test_web_page", "test_webrtc", "test_local_agent", "test_records",
+    "test_voices_agent", "test_web_page", "test_webrtc", "test_local_agent", "test_records", "test_remote_engines",
+    "test_traces",
 }
 
 

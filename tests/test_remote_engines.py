@@ -59,6 +59,14 @@ async def say(client: Client, text: str) -> dict:
     return await client.until("response.created")
 
 
+async def spoken_reply(client: Client, text: str) -> np.ndarray:
+    """A typed turn answered in full: the reply's audio as the client got it."""
+    created = await say(client, text)
+    response = await done(client, created["response"]["id"])
+    assert response["status"] == "completed", response
+    return client.reply_audio(created["response"]["id"])
+
+
 async def done(client: Client, response_id: str) -> dict:
     while True:
         event = await client.until("response.done", timeout=180)
@@ -78,10 +86,7 @@ async def test_a_reply_is_the_engines_own_speech_streamed_through(engines, trans
     services = remote_services(urls[:1], transcriber)
     with running_server(services) as base:
         client = await Client.connect(base)
-        created = await say(client, "Hello there, how are you today?")
-        response = await done(client, created["response"]["id"])
-        assert response["status"] == "completed", response
-        heard = client.reply_audio(created["response"]["id"])
+        heard = await spoken_reply(client, "Hello there, how are you today?")
         health = httpx.get(f"{base}/health").json()
         await client.close()
     # the same phrase asked of that engine directly, as the agent asks it: the same samples
@@ -188,10 +193,7 @@ async def test_vllm_omni_gets_exactly_its_fields_and_the_voice_as_ref_audio(tran
         services = remote_services([engine_url], transcriber, kind="vllm-omni", model="higgs_audio_v2")
         with running_server(services) as base:
             client = await Client.connect(base)
-            created = await say(client, "Good morning to you. I hope the day is kind.")
-            response = await done(client, created["response"]["id"])
-            assert response["status"] == "completed", response
-            heard = client.reply_audio(created["response"]["id"])
+            heard = await spoken_reply(client, "Good morning to you. I hope the day is kind.")
             await client.close()
     assert len(standin.requests) == 2  # two phrases, one request each
     first, second = standin.requests
@@ -268,10 +270,7 @@ async def test_serve_with_engine_urls_loads_no_model_and_speaks_through_them(tra
         assert health["device"] == "remote" and health["engines"][0]["url"] == engine_url
         client = await Client.connect(agent.base)
         assert client.events[0]["session"]["model"] == "higgs"
-        created = await say(client, "Hello there.")
-        response = await done(client, created["response"]["id"])
-        assert response["status"] == "completed", response
-        assert len(client.reply_audio(created["response"]["id"])) == len(np.concatenate(standin.sent))
+        assert len(await spoken_reply(client, "Hello there.")) == len(np.concatenate(standin.sent))
         await client.close()
 
 
@@ -306,10 +305,7 @@ async def test_an_engine_that_errs_or_refuses_before_any_audio_is_passed_over_wi
             await asyncio.sleep(0.05)
         assert all(remote.up for remote in services.engine.remotes)
         leaving.close()  # the first engine goes away; the agent does not know yet
-        created = await say(client, "Hello there.")
-        response = await done(client, created["response"]["id"])
-        assert response["status"] == "completed", response
-        assert len(client.reply_audio(created["response"]["id"])) == len(np.concatenate(good.sent))
+        assert len(await spoken_reply(client, "Hello there.")) == len(np.concatenate(good.sent))
         health = {e["url"]: e for e in httpx.get(f"{base}/health").json()["engines"]}
         await client.close()
     assert health[good_url]["up"] and not health[broken_url]["up"] and not health[gone_url]["up"]
