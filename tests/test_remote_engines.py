@@ -51,6 +51,20 @@ def remote_services(urls: list[str], transcriber, kind: str = "higgs", model: st
                          sampling=SamplingSettings(seed=7, max_frames=40), metrics=metrics)
 
 
+def traced_in_memory():  # noqa: ANN201 - (OtlpTraces, InMemorySpanExporter)
+    """Traces kept in this process, each span as soon as it ends."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from higgs_agent.otlp import OtlpTraces
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return OtlpTraces(provider), exporter
+
+
 async def say(client: Client, text: str) -> dict:
     """A typed user turn and a spoken reply to it; returns response.created."""
     await client.send({"type": "conversation.item.create", "item": {
@@ -191,10 +205,19 @@ async def test_vllm_omni_gets_exactly_its_fields_and_the_voice_as_ref_audio(tran
     standin = VllmOmniStandIn(seconds_per_phrase=1.0)
     with serve_app_in_background(standin.app) as engine_url:
         services = remote_services([engine_url], transcriber, kind="vllm-omni", model="higgs_audio_v2")
+        services.traces, spans = traced_in_memory()
         with running_server(services) as base:
             client = await Client.connect(base)
             heard = await spoken_reply(client, "Good morning to you. I hope the day is kind.")
             await client.close()
+            deadline = time.monotonic() + 30  # the trace is built when the reply has ended
+            while not spans.get_finished_spans():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+    # its trace names the remote engine that spoke it, and times the engine's part of the turn
+    turn = next(span for span in spans.get_finished_spans() if span.name == "turn")
+    assert turn.attributes["higgs.engine"] == engine_url
+    assert {"engine_queue", "first_audio", "transport"} <= {span.name for span in spans.get_finished_spans()}
     assert len(standin.requests) == 2  # two phrases, one request each
     first, second = standin.requests
     for request in standin.requests:
