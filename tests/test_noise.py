@@ -71,6 +71,27 @@ def test_the_vad_hears_a_turn_end_in_hum_the_turn_keeps_the_original():
     assert np.allclose(stopped.audio, heard[start:start + len(stopped.audio)], atol=1e-6)  # not suppressed
 
 
+@pytest.mark.parametrize("before,after", [(None, NoiseReduction()), (NoiseReduction(), None)])
+def test_switching_noise_reduction_mid_turn_keeps_the_turn_whole(before, after):
+    """The VAD's signal changes when the turn ends, not in the middle of it (which restarted the turn: a second
+    speech_started and the first half of the words lost)."""
+    speech, _ = synthesize(SENTENCE, sample_rate=RATE)
+    quiet = np.zeros(int(RATE * 1.5), dtype=np.float32)
+    heard = np.concatenate([quiet, speech, quiet, speech, quiet])
+    fmt = AudioFormat("audio/pcm", RATE)
+    inp = InputAudio(fmt, VadSettings(), noise=before)
+    events, switched = [], False
+    for start in range(0, len(heard), 320):
+        events += inp.push(heard[start:start + 320], RATE)
+        if not switched and start > len(quiet) + len(speech) // 2:  # halfway through the first sentence
+            inp.reconfigure(fmt, VadSettings(), after)
+            switched = True
+    kinds = [type(event).__name__ for event in events]
+    assert kinds == ["SpeechStarted", "SpeechStopped", "SpeechStarted", "SpeechStopped"], kinds
+    first = next(e for e in events if isinstance(e, SpeechStopped))
+    assert first.audio_end_ms - first.audio_start_ms >= len(speech) * 1000 // RATE - 200  # the whole sentence
+
+
 def test_session_update_sets_reports_and_refuses_noise_reduction():
     config = SessionConfig(model="m")
     assert config.to_dict()["audio"]["input"]["noise_reduction"] is None

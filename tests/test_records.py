@@ -251,6 +251,21 @@ def test_a_conversation_is_on_record_for_its_tenant_only_and_can_be_deleted(serv
     assert httpx.get(f"{base}/v1/sessions?limit=0", headers=auth("acme")).status_code == 400
 
 
+def committed(base: str, client: Client, timeout_s: float = 60) -> None:
+    """Until the writer has committed both turns, their replies, and the first reply's audio (the event that
+    proves a kill now loses nothing the test then looks for)."""
+    session_id = client.events[0]["session"]["id"]
+
+    def whole(record: dict) -> bool:
+        replies = [item for item in record["items"] if item.get("role") == "assistant"]
+        if len(replies) < 2 or replies[-1]["status"] != "completed" or len(record["latencies"]) < 2:
+            return False
+        audio = httpx.get(f"{base}/v1/sessions/{session_id}/items/{replies[0]['id']}/audio", headers=auth("acme"))
+        return audio.status_code == 200 and len(wav_of(audio)[0]) == len(client.reply_audio(replies[0]["response_id"]))
+
+    assert whole(record_of(base, session_id, until=whole, timeout_s=timeout_s).json())
+
+
 def test_a_killed_server_loses_nothing_already_said(tiny_dir, keys_file, tmp_path):
     """SIGKILL mid-conversation (the WebSocket still open, no shutdown of any kind), then a new server on the same
     file: everything said up to the kill is on record, and the audio of it (all but the chunk being gathered)."""
@@ -260,7 +275,7 @@ def test_a_killed_server_loses_nothing_already_said(tiny_dir, keys_file, tmp_pat
         client = await Client.connect(serve.base, additional_headers=auth("acme"))
         await spoken_turn(client, SPOKEN)
         await typed_turn(client, "And the day after?")
-        await asyncio.sleep(0.5)  # the writer commits within milliseconds of each event
+        await asyncio.to_thread(committed, serve.base, client)  # what the checks below read is on record
         serve.process.send_signal(signal.SIGKILL)
         serve.process.wait(10)
         return client

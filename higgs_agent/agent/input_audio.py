@@ -60,10 +60,13 @@ class InputAudio:
         self._total = 0  # samples since the session started: the audio clock events report
         self._buffer_start = 0  # where the manual buffer starts on that clock
         self.on_audio: Callable[[np.ndarray], None] | None = None  # told every sample the clock counts (records)
+        self._noise: NoiseReduction | None = None
+        self._noise_after_turn: tuple[NoiseReduction | None] | None = None  # a toggle asked for mid-turn
         self.reconfigure(fmt, vad, noise)
 
     def release(self) -> None:
         """Let go of every sample held (the session is over): the buffer, the tape, the VAD's history."""
+        self.on_audio = None  # the recorder has ended: audio after the close is not on record
         self._chunks = []
         self._buffered = 0
         self.tape = WireAudioTape(self.tape.rate)
@@ -86,6 +89,15 @@ class InputAudio:
 
     def reconfigure(self, fmt: AudioFormat, vad: VadSettings | None, noise: NoiseReduction | None = None) -> None:
         toggled = (noise is None) != (self._suppressor is None)
+        detector = self._detector
+        if toggled and detector is not None and detector.in_speech and detector.settings == vad:
+            # a new signal for the VAD mid-turn would restart the turn (and lose its first half): switched when
+            # the turn ends
+            self._noise_after_turn = (noise,)
+            toggled, noise = False, self._noise
+        else:
+            self._noise_after_turn = None
+        self._noise = noise
         self._set_noise(noise)
         if fmt != self.format:
             self.format = fmt
@@ -130,6 +142,8 @@ class InputAudio:
             events += [stopped] if stopped is not None else []
         if any(isinstance(event, SpeechStopped) for event in events):
             self.clear()  # the turn owns that audio now
+            if self._noise_after_turn is not None:  # asked for during the turn
+                self.reconfigure(self.format, self._detector.settings, self._noise_after_turn[0])
         return events
 
     def speech_span(self) -> tuple[int, int] | None:

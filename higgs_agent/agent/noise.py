@@ -105,8 +105,9 @@ class NoiseSuppressor:
         return out
 
     def flush(self) -> np.ndarray:
-        """The audio still inside (what a manual commit must not lose): `delay_ms` of it, pushed out by
-        silence. The stream goes on after it, its noise estimate kept."""
+        """The audio still inside, `lag_samples` of it, pushed out by silence (for a whole recording suppressed at
+        once; a session needs none: its turns keep the unsuppressed original). The stream goes on after it, its
+        noise estimate kept."""
         return self.push(np.zeros(self.lag_samples, dtype=np.float32))
 
     def aligned(self) -> DelayLine:

@@ -283,6 +283,8 @@ class Session:
     async def push_audio(self, samples: np.ndarray, rate: int) -> None:
         """Decoded caller audio from a transport that does its own decoding (WebRTC at 48 kHz, a phone at
         8 kHz: any rate)."""
+        if self.closed:  # a transport's last frames after the session ended
+            return
         await self._on_vad_events(self.input.push(samples, rate))
         await self._heard()
 
