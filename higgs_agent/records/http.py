@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.requests import Request
@@ -66,9 +67,17 @@ def _latency(row: dict[str, Any]) -> dict[str, Any]:
             "reply_item_id": row["reply_item_id"], "at": row["at"], "stages_ms": row["stages_ms"]}
 
 
+AUDIO_READS_AT_ONCE = 2  # a whole call's WAV is built in memory (~1 GB for an hour): a few at a time
+
+
 def record_routes(store: RecordStore, tenant_of: TenantOf) -> list[Route]:
+    # Reads on threads of their own: the database never holds the event loop, and a slow read (a long call's
+    # audio) never holds up the default executor's threads that live replies use.
+    pool = ThreadPoolExecutor(max_workers=AUDIO_READS_AT_ONCE + 2, thread_name_prefix="higgs-records-read")
+    audio_reads = asyncio.Semaphore(AUDIO_READS_AT_ONCE)
+
     async def read(call: Callable[[], Any]) -> Any:  # noqa: ANN401 - what the store's read returns
-        return await asyncio.to_thread(call)  # the database never holds the event loop
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     async def list_sessions(request: Request) -> Response:
         tenant = tenant_of(request)
@@ -127,7 +136,8 @@ def record_routes(store: RecordStore, tenant_of: TenantOf) -> list[Route]:
             return None if made is None else wav_bytes(made.samples, made.rate)
 
         try:
-            made = await read(wav)  # decoding and mixing are work too: off the event loop with the reads
+            async with audio_reads:  # others wait their turn rather than each holding a call's audio at once
+                made = await read(wav)  # decoding and mixing are work too: off the event loop with the reads
         except Exception as exc:  # noqa: BLE001
             return _unavailable(exc)
         if made is False:

@@ -196,9 +196,12 @@ class RecordStore:
         """Apply writes in one transaction (committed when this returns)."""
         if not self.ready:
             self.create()
+        # audio compressed before the transaction, so the database's write lock is held for the inserts only
+        flac = {id(write): encode_flac(write.pcm, write.rate) for write in writes
+                if isinstance(write, AudioWrite) and write.pcm}
         with self.engine.begin() as conn:
             for write in writes:
-                _apply(conn, write)
+                _apply(conn, write, flac.get(id(write)))
 
     # --- reads -----------------------------------------------------------------------------------------
 
@@ -311,7 +314,7 @@ def _delete_rows(conn: Connection, session_ids: list[str]) -> None:
     conn.execute(delete(audio).where(audio.c.session_id.in_(session_ids)))
 
 
-def _apply(conn: Connection, write: Write) -> None:
+def _apply(conn: Connection, write: Write, flac: bytes | None = None) -> None:
     match write:
         case SessionStarted(session_id, tenant, transport, model, at):
             conn.execute(insert(sessions).values(id=session_id, tenant=tenant, transport=transport, model=model,
@@ -333,8 +336,7 @@ def _apply(conn: Connection, write: Write) -> None:
         case AudioWrite(session_id, track, item_id, start, rate, pcm, samples, at_ms):
             _insert_into_session(conn, audio, dict(session_id=session_id, track=track, item_id=item_id, start=start,
                                                    samples=samples, rate=rate, at_ms=at_ms,
-                                                   codec="flac" if pcm else None,
-                                                   data=encode_flac(pcm, rate) if pcm else None))
+                                                   codec="flac" if pcm else None, data=flac))
 
 
 def _insert_into_session(conn: Connection, table: Table, values: dict[str, Any]) -> None:
