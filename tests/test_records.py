@@ -615,7 +615,11 @@ def audio_server(tiny_dir, keys_file, tmp_path_factory):
 def test_both_sides_audio_is_on_record_cut_at_a_barge_in_for_its_tenant_only(audio_server):
     """A spoken turn and its reply, then a second turn whose reply the caller talks over: the caller's side is
     what the client sent (resampled to 16 kHz), each reply is the audio the client got, the cut one as far as it
-    was heard; another tenant gets 404; a delete removes it."""
+    was heard; another tenant gets 404; a delete removes it.
+
+    The server cuts the second reply if it is still being made when it hears the caller; a reply already sent
+    whole (a fast machine makes its 1.6 s before the caller's speech is heard) is the client's to cut, as an
+    OpenAI WebSocket client does (`conversation.item.truncate`): either way the record keeps what was heard."""
     base = audio_server.base
     sent, _ = speech_with_silence(SPOKEN, lead_ms=300, tail_ms=1200, rate=24_000)
     stop, _ = speech_with_silence("wait, stop", lead_ms=0, tail_ms=300, rate=24_000)
@@ -625,10 +629,25 @@ def test_both_sides_audio_is_on_record_cut_at_a_barge_in_for_its_tenant_only(aud
         try:
             await client.send_audio(sent)
             await client.until("response.done", timeout=180)
+            # the caller's "wait, stop" is heard, not answered: only the two replies are on record
+            await client.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+                "turn_detection": {"type": "server_vad", "create_response": False}}}}})
+            await client.until("session.updated")
             await client.send_audio(sent)
-            await client.until("response.output_audio.delta", timeout=180)
+            await client.until("input_audio_buffer.committed", timeout=180)
+            await client.send({"type": "response.create"})
+            delta = await client.until("response.output_audio.delta", timeout=180)
             await client.send_audio(stop)  # talks over the second reply as soon as it is heard
-            await client.until("conversation.item.truncated", timeout=180)
+            # Both the reply's end and the end of the caller's speech: a cut the server makes comes before
+            # each (before response.done from the reply, right after speech_started from the turn).
+            seen = {"response.done", "input_audio_buffer.speech_stopped"}
+            while seen:
+                seen.discard((await client.next(timeout=180))["type"])
+            if not any(e["type"] == "conversation.item.truncated" for e in client.events):
+                heard_ms = len(client.reply_audio(delta["response_id"])) * 1000 // 24_000 // 2
+                await client.send({"type": "conversation.item.truncate", "item_id": delta["item_id"],
+                                   "content_index": 0, "audio_end_ms": heard_ms})
+                await client.until("conversation.item.truncated", timeout=60)
             return client
         finally:
             await client.close()
@@ -655,7 +674,7 @@ def test_both_sides_audio_is_on_record_cut_at_a_barge_in_for_its_tenant_only(aud
     assert np.array_equal(turn, caller[start:start + len(turn)])
 
     # the agent's side: what the client got, the cut reply as far as it was heard
-    truncated = next(e for e in client.events if e["type"] == "conversation.item.truncated")
+    truncated = next(e for e in client.events if e["type"] == "conversation.item.truncated")  # only one
     assert truncated["item_id"] == replies[1]["id"]
     got = [as_int16(client.reply_audio(item["response_id"])) for item in replies]
     first, rate = wav_of(get(f"/items/{replies[0]['id']}/audio"))
