@@ -155,8 +155,8 @@ def build_services(args: argparse.Namespace, bundle: HiggsBundle | None, samplin
     if bundle is None:  # the model runs elsewhere: voices travel as sound, the remote encodes them
         engine: SpeechEngine = remote_engines(args, metrics)
         if args.voice:
-            voice = VoiceReference(codes=None, transcript=args.voice_text,
-                                   audio=AudioClip(read_wav(args.voice), SAMPLE_RATE))
+            voice = VoiceReference(codes=None, transcript=args.voice_text,  # clipped once, not per phrase
+                                   audio=AudioClip(read_wav(args.voice), SAMPLE_RATE)).clipped()
         voices = None
     else:
         if args.voice:

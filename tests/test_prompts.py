@@ -4,7 +4,10 @@ import torch
 
 from higgs_agent.model import special_tokens as st
 from higgs_agent.model.prompts import (
+    MAX_REFERENCE_FRAMES,
+    AudioClip,
     SpeechPrompt,
+    VoiceReference,
     build_inputs,
     encode_voice,
     prompt_text,
@@ -142,3 +145,15 @@ def test_speaker_voices_must_cover_the_tags_and_exclude_a_single_voice(two_voice
         SpeechPrompt("[SPEAKER0] a [SPEAKER2] b", speaker_voices=(first, second))
     with pytest.raises(ValueError, match="not both"):
         SpeechPrompt("[SPEAKER0] a", voice=first, speaker_voices=(first, second))
+
+
+def test_a_reference_is_clipped_to_its_last_ten_seconds_as_codes_or_as_sound():
+    """Codes keep their last 250 frames; sound its last 10 s (a remote engine's voice); a reference no longer
+    than that is the same object, so a voice clipped where it is made is not re-made (nor re-encoded) per phrase."""
+    codes = torch.arange(8 * 300).reshape(8, 300)
+    clipped = VoiceReference(codes, "words").clipped()
+    assert clipped.codes.shape == (8, MAX_REFERENCE_FRAMES) and torch.equal(clipped.codes, codes[:, -250:])
+    samples = np.arange(16_000 * 12, dtype=np.float32)
+    sound = VoiceReference(None, "words", audio=AudioClip(samples, 16_000)).clipped()
+    assert sound.audio.rate == 16_000 and np.array_equal(sound.audio.samples, samples[-160_000:])
+    assert sound.clipped() is sound and sound.transcript == "words"

@@ -22,14 +22,10 @@ import numpy as np
 import torch
 
 from higgs_agent import FRAME_RATE, SAMPLE_RATE
-from higgs_agent.model.prompts import SpeechPrompt, VoiceReference
+from higgs_agent.model.prompts import AudioClip, SpeechPrompt, VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.model.prompts import AudioClip
 from higgs_agent.streaming.latency import GenerationStats
 from higgs_agent.streaming.speech_engine import SpeechEngine
-
-MAX_REFERENCE_FRAMES = 10 * FRAME_RATE  # longer references add prompt cost without a better voice
-
 
 def frame_budget(text: str, cap: int) -> int:
     """Frames a phrase may take: ~2x a slow speaking pace (0.12 s per character) plus a second, so a model
@@ -56,16 +52,6 @@ class SpeakerTags:
         return phrase, " ".join(_TAG.sub(" ", phrase).split())
 
 
-def clip_reference(voice: VoiceReference) -> VoiceReference:
-    if voice.frames <= MAX_REFERENCE_FRAMES:
-        return voice
-    if voice.codes is None:  # a voice as sound (for a remote engine): its last seconds
-        assert voice.audio is not None
-        keep = MAX_REFERENCE_FRAMES * voice.audio.rate // FRAME_RATE
-        return replace(voice, audio=AudioClip(voice.audio.samples[-keep:], voice.audio.rate))
-    return replace(voice, codes=voice.codes[:, -MAX_REFERENCE_FRAMES:])
-
-
 class PhraseSpeaker:
     def __init__(self, engine: SpeechEngine, sampling: SamplingSettings) -> None:
         self.engine = engine
@@ -77,9 +63,10 @@ class PhraseSpeaker:
         """What the engine is asked to say for `text` (the voice pinned, or one per speaker; the delivery in
         the scene)."""
         if speaker_voices:
-            return SpeechPrompt(text=text, speaker_voices=tuple(map(clip_reference, speaker_voices)), scene=scene)
+            clipped = tuple(speaker.clipped() for speaker in speaker_voices)
+            return SpeechPrompt(text=text, speaker_voices=clipped, scene=scene)
         reference = voice or self.own_voice
-        return SpeechPrompt(text=text, voice=None if reference is None else clip_reference(reference), scene=scene)
+        return SpeechPrompt(text=text, voice=None if reference is None else reference.clipped(), scene=scene)
 
     async def speak(self, text: str, lease: Any = None, voice: VoiceReference | None = None,  # noqa: ANN401 - lease
                     scene: str | None = None, max_frames: int | None = None,
@@ -109,5 +96,5 @@ class PhraseSpeaker:
         if speech.frames:  # the local engine: the phrase's own codes
             self.own_voice = VoiceReference(codes=torch.stack(speech.frames, dim=1), transcript=text)
         elif spoken:  # a remote engine encodes references itself: the phrase's sound
-            self.own_voice = clip_reference(VoiceReference(codes=None, transcript=text,
-                                                           audio=AudioClip(np.concatenate(spoken), SAMPLE_RATE)))
+            self.own_voice = VoiceReference(codes=None, transcript=text,
+                                            audio=AudioClip(np.concatenate(spoken), SAMPLE_RATE)).clipped()

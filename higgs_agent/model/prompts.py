@@ -13,7 +13,7 @@ then the user turn with the tagged text to speak; all in one generation.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from higgs_agent import FRAME_RATE, SAMPLE_RATE
 from higgs_agent.audio import resample
 
 DEFAULT_SYSTEM = "Generate audio following instruction."
+MAX_REFERENCE_FRAMES = 10 * FRAME_RATE  # longer references add prompt cost without a better voice
 _SPEAKER_TAG = re.compile(r"\[SPEAKER(\d+)\]")
 
 
@@ -58,6 +59,17 @@ class VoiceReference:
             assert self.audio is not None
             return int(self.audio.seconds * FRAME_RATE)
         return int(self.codes.shape[-1])
+
+    def clipped(self, frames: int = MAX_REFERENCE_FRAMES) -> VoiceReference:
+        """Its last `frames` of codes, or as many seconds of its sound; itself when it is no longer (so a voice
+        clipped where it is made stays the same object, and a remote's data URI of it is made once)."""
+        if self.frames <= frames:
+            return self
+        if self.codes is None:
+            assert self.audio is not None
+            keep = frames * self.audio.rate // FRAME_RATE
+            return replace(self, audio=AudioClip(self.audio.samples[-keep:], self.audio.rate))
+        return replace(self, codes=self.codes[:, -frames:])
 
 
 @dataclass(frozen=True)

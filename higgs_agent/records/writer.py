@@ -50,14 +50,12 @@ class RecordWriter:
 
     def put(self, write: Write) -> None:
         """Hand a write to the thread; never waits, never raises (a full queue drops it)."""
-        size = len(write.pcm) if isinstance(write, AudioWrite) else 0
-        if size:
+        if isinstance(write, AudioWrite) and write.pcm:
             with self._audio_lock:
-                if self._audio_waiting + size > self._audio_budget:
-                    size = -1
-                else:
-                    self._audio_waiting += size
-            if size < 0:
+                over = self._audio_waiting + len(write.pcm) > self._audio_budget
+                if not over:
+                    self._audio_waiting += len(write.pcm)
+            if over:
                 self._dropped("audio_queue_full", 1, "the records' audio waiting is over its budget (the database "
                                                      "is slow)")
                 return

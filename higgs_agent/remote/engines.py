@@ -32,7 +32,7 @@ import numpy as np
 from higgs_agent.metrics import AgentMetrics
 from higgs_agent.model.prompts import AudioClip, SpeechPrompt, VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
-from higgs_agent.remote.speech_api import PCM_RATE, REFERENCE_SECONDS, EngineKind, PcmChunks, speech_body
+from higgs_agent.remote.speech_api import PCM_RATE, EngineKind, PcmChunks, speech_body
 from higgs_agent.streaming.generation import AtCapacityError
 from higgs_agent.streaming.scheduler import Lease
 from higgs_agent.streaming.speech_engine import EngineError
@@ -255,10 +255,10 @@ class RemoteEngines:
 
     async def voice(self, audio: np.ndarray, sample_rate: int, transcript: str,
                     stage: str = "encode") -> VoiceReference:
-        """Kept as sound, its last REFERENCE_SECONDS (as the local engine clips codes): the remote engine encodes
-        it; sent with each phrase as `ref_audio` (made into a data URI once)."""
-        samples = np.asarray(audio, dtype=np.float32)[-int(REFERENCE_SECONDS * sample_rate):]
-        return VoiceReference(codes=None, transcript=transcript, audio=AudioClip(samples, sample_rate))
+        """Kept as sound, clipped as the local engine clips codes: the remote engine encodes it; sent with each
+        phrase as `ref_audio` (made into a data URI once)."""
+        clip = AudioClip(np.asarray(audio, dtype=np.float32), sample_rate)
+        return VoiceReference(codes=None, transcript=transcript, audio=clip).clipped()
 
     async def count_tokens(self, text: str) -> int:
         return math.ceil(len(text) / CHARS_PER_TOKEN)
@@ -360,7 +360,6 @@ class RemoteEngines:
             return
         remote.misses = 0
         remote.health_ms = (time.perf_counter() - started) * 1000.0
-        self.metrics.engine_up.labels(engine=remote.url).set(1)
         with contextlib.suppress(ValueError):
             report = response.json()
             if isinstance(report, dict) and isinstance(report.get("slots"), int):

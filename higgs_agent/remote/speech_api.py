@@ -25,13 +25,13 @@ from typing import Any, Literal
 import numpy as np
 import soundfile
 
+from higgs_agent.audio import pcm16_to_float
 from higgs_agent.model.prompts import SpeechPrompt, VoiceReference
 from higgs_agent.model.sampling import SamplingSettings
 
 EngineKind = Literal["higgs", "vllm-omni"]
 KINDS: tuple[str, ...] = ("higgs", "vllm-omni")
 PCM_RATE = 24_000  # both kinds stream Higgs Audio v2's codec rate
-REFERENCE_SECONDS = 10  # a voice's last 10 s: longer adds prompt cost without a better voice (agent/speaker.py)
 
 
 _URIS: OrderedDict[int, tuple[np.ndarray, str]] = OrderedDict()  # a clip's samples (by identity) -> its data URI
@@ -92,4 +92,4 @@ class PcmChunks:
         self._odd = data[whole:]
         if whole == 0:
             return None
-        return np.frombuffer(data[:whole], dtype="<i2").astype(np.float32) / 32768.0
+        return pcm16_to_float(data[:whole])

@@ -16,8 +16,8 @@ Two pieces, both pure logic (the session owns the codec and the transcriber):
 
 A re-clone is due (`take_due_clip`) at `min_s` (3 s) of speech, and after that each time the speech has
 grown by `growth_s` (3 s) or the reference became full. The session then encodes the clip (any rate:
-`encode_voice` resamples to 24 kHz) and uses it as the voice. Keep the reference whole: `agent/speaker`'s
-`clip_reference` keeps only the last 10 s of a reference, which would part it from its transcript.
+`encode_voice` resamples to 24 kHz) and uses it as the voice. Keep the reference whole: `VoiceReference.clipped`
+(agent/speaker.py) keeps only the last 10 s of a reference, which would part it from its transcript.
 """
 
 from __future__ import annotations
